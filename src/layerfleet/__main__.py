@@ -1,0 +1,3 @@
+from layerfleet.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,134 @@
+"""Accounts: organizations, members, API tokens and authentication rules."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from layerfleet.accounts.models import ApiToken, Organization, Role, User
+from layerfleet.accounts.passwords import MIN_PASSWORD_LENGTH, hash_password_async, verify_password_async
+from layerfleet.database import utcnow
+
+API_TOKEN_PREFIX = "lf_"
+DEFAULT_ORGANIZATION_NAME = "My print farm"
+
+
+class AccountError(ValueError):
+    """A request about accounts that cannot be carried out; the message is for a person."""
+
+
+def normalize_email(email: str) -> str:
+    email = email.strip()
+    local, sep, domain = email.rpartition("@")
+    if not sep or not local or not domain or " " in email or "." not in domain:
+        raise AccountError(f"'{email}' is not a valid email address")
+    return f"{local}@{domain.lower()}"
+
+
+def _hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+async def get_user_by_email(session: AsyncSession, email: str) -> User | None:
+    email = normalize_email(email)
+    return (await session.execute(select(User).where(func.lower(User.email) == email.lower()))).scalar_one_or_none()
+
+
+async def get_or_create_organization(session: AsyncSession, name: str | None) -> tuple[Organization, bool]:
+    query = select(Organization).order_by(Organization.id).limit(1)
+    if name:
+        query = select(Organization).where(Organization.name == name).limit(1)
+    organization = (await session.execute(query)).scalar_one_or_none()
+    if organization is not None:
+        return organization, False
+    organization = Organization(name=name or DEFAULT_ORGANIZATION_NAME)
+    session.add(organization)
+    await session.flush()
+    return organization, True
+
+
+async def create_user(
+    session: AsyncSession,
+    email: str,
+    password: str | None,
+    *,
+    role: Role = Role.OPERATOR,
+    organization_name: str | None = None,
+    name: str | None = None,
+    dh_balance: float = 0.0,
+) -> User:
+    """Create a member. The first member of a new organization is its owner."""
+    email = normalize_email(email)
+    if await get_user_by_email(session, email) is not None:
+        raise AccountError(f"a user with email {email} already exists")
+    if password is not None and len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    organization, created = await get_or_create_organization(session, organization_name)
+    user = User(
+        organization_id=organization.id,
+        email=email,
+        name=name,
+        password_hash=await hash_password_async(password) if password else None,
+        role=(Role.OWNER if created else role).value,
+        dh_balance=dh_balance,
+    )
+    session.add(user)
+    await session.flush()
+    await session.refresh(user, ["organization"])
+    return user
+
+
+async def authenticate_password(session: AsyncSession, email: str, password: str) -> User | None:
+    try:
+        user = await get_user_by_email(session, email)
+    except AccountError:
+        user = None
+    ok = await verify_password_async(user.password_hash if user else None, password)
+    if user is None or not ok or not user.is_active:
+        return None
+    user.last_login_at = utcnow()
+    return user
+
+
+@dataclass(frozen=True)
+class IssuedToken:
+    token: ApiToken
+    key: str  # shown once; only its hash is stored
+
+
+async def create_api_token(session: AsyncSession, user: User, name: str = "") -> IssuedToken:
+    key = API_TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = ApiToken(user_id=user.id, name=name, key_prefix=key[:10], key_hash=_hash_key(key))
+    session.add(token)
+    await session.flush()
+    return IssuedToken(token=token, key=key)
+
+
+async def user_for_api_key(session: AsyncSession, key: str) -> User | None:
+    token = (
+        await session.execute(select(ApiToken).where(ApiToken.key_hash == _hash_key(key)))
+    ).scalar_one_or_none()
+    if token is None or token.revoked_at is not None or not token.user.is_active:
+        return None
+    now = utcnow()
+    # Record use at minute granularity: a write on every request would cost more than it tells.
+    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
+        token.last_used_at = now
+    return token.user
+
+
+async def revoke_api_token(session: AsyncSession, user: User, token_id: int) -> bool:
+    token = await session.get(ApiToken, token_id)
+    if token is None or token.user_id != user.id or token.revoked_at is not None:
+        return False
+    token.revoked_at = utcnow()
+    return True
+
+
+async def get_active_user(session: AsyncSession, user_id: int) -> User | None:
+    user = await session.get(User, user_id)
+    return user if user is not None and user.is_active else None

@@ -1,0 +1,10 @@
+"""The Obico REST API v1 dialect: a thin translation onto the domain packages."""
+
+from fastapi import APIRouter
+
+from layerfleet.api.obico_v1 import printers, prints, users
+
+router = APIRouter(prefix="/api/v1")
+router.include_router(printers.router)
+router.include_router(prints.router)
+router.include_router(users.router)

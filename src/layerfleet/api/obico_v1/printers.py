@@ -1,0 +1,152 @@
+"""Printer API (seed 003)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, StrictBool
+
+from layerfleet.accounts.models import Role, User
+from layerfleet.api.deps import Bus, CurrentUser, Db, base_url, ensure_role
+from layerfleet.api.obico_v1.schemas import CommandResult, PrinterOut, printer_out
+from layerfleet.fleet import service as fleet
+from layerfleet.fleet.actions import PrinterActions
+from layerfleet.fleet.models import Printer
+from layerfleet.fleet.rules import PrinterChanges
+from layerfleet.prints.models import AlertOverwrite
+
+router = APIRouter(tags=["Obico v1: printers"])
+NOT_FOUND = {404: {"description": "No such printer in your organization"}}
+
+PrinterId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+
+class MuteRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    mute_alert: StrictBool = True
+
+
+class AcknowledgeRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    alert_overwrite: AlertOverwrite | None = None
+
+
+async def _printer_or_404(db: Db, user: User, printer_id: int) -> Printer:
+    printer = await fleet.get_printer(db, user.organization_id, printer_id)
+    if printer is None:
+        raise HTTPException(404, detail="Not found.")
+    return printer
+
+
+@router.get("/printers/", response_model=list[PrinterOut])
+async def list_printers(
+    request: Request, db: Db, user: CurrentUser, with_archived: Annotated[bool, Query()] = False
+) -> list[PrinterOut]:
+    printers = await fleet.list_printers(db, user.organization_id, with_archived=with_archived)
+    url = base_url(request)
+    return [printer_out(p, url) for p in printers]
+
+
+@router.get("/printers/{printer_id}/", response_model=PrinterOut, responses=NOT_FOUND)
+async def get_printer(request: Request, db: Db, user: CurrentUser, printer_id: PrinterId) -> PrinterOut:
+    return printer_out(await _printer_or_404(db, user, printer_id), base_url(request))
+
+
+@router.patch("/printers/{printer_id}/", response_model=PrinterOut, responses=NOT_FOUND)
+async def update_printer(
+    request: Request,
+    db: Db,
+    user: CurrentUser,
+    printer_id: PrinterId,
+    changes: Annotated[PrinterChanges | None, Body()] = None,
+) -> PrinterOut:
+    printer = await _printer_or_404(db, user, printer_id)
+    ensure_role(user, Role.ADMIN)
+    if changes is not None:
+        fleet.apply_changes(printer, changes)
+        await db.commit()
+    return printer_out(printer, base_url(request))
+
+
+@router.delete("/printers/{printer_id}/", response_class=Response, responses={200: {"content": {}}, **NOT_FOUND})
+async def delete_printer(db: Db, user: CurrentUser, printer_id: PrinterId) -> Response:
+    printer = await _printer_or_404(db, user, printer_id)
+    ensure_role(user, Role.ADMIN)
+    await fleet.delete_printer(db, printer)
+    await db.commit()
+    return Response(status_code=200)
+
+
+async def _act(request: Request, db: Db, printer: Printer, succeeded: bool) -> CommandResult:
+    # An action that did not succeed has changed nothing (see fleet.actions).
+    if succeeded:
+        await db.commit()
+    return CommandResult(succeeded=succeeded, printer=printer_out(printer, base_url(request)))
+
+
+Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
+
+
+def _action(name: str, summary: str) -> Callable[[Endpoint], Endpoint]:
+    path = f"/printers/{{printer_id}}/{name}"
+
+    def register(endpoint: Endpoint) -> Endpoint:
+        router.post(path, response_model=CommandResult, responses=NOT_FOUND, summary=summary)(endpoint)
+        # The seed writes these without a trailing slash; Obico's server routes them with one.
+        router.post(path + "/", response_model=CommandResult, include_in_schema=False)(endpoint)
+        return endpoint
+
+    return register
+
+
+@_action("cancel_print", "Cancel the current print")
+async def cancel_print(request: Request, db: Db, bus: Bus, user: CurrentUser, printer_id: PrinterId) -> CommandResult:
+    printer = await _printer_or_404(db, user, printer_id)
+    ensure_role(user, Role.OPERATOR)
+    return await _act(request, db, printer, await PrinterActions(db, bus).cancel(printer))
+
+
+@_action("pause_print", "Pause the current print")
+async def pause_print(request: Request, db: Db, bus: Bus, user: CurrentUser, printer_id: PrinterId) -> CommandResult:
+    printer = await _printer_or_404(db, user, printer_id)
+    ensure_role(user, Role.OPERATOR)
+    return await _act(request, db, printer, await PrinterActions(db, bus).pause(printer))
+
+
+@_action("resume_print", "Resume the current print")
+async def resume_print(request: Request, db: Db, bus: Bus, user: CurrentUser, printer_id: PrinterId) -> CommandResult:
+    printer = await _printer_or_404(db, user, printer_id)
+    ensure_role(user, Role.OPERATOR)
+    return await _act(request, db, printer, await PrinterActions(db, bus).resume(printer))
+
+
+@_action("mute_current_print", "Stop failure detection for the rest of the current print")
+async def mute_current_print(
+    request: Request,
+    db: Db,
+    bus: Bus,
+    user: CurrentUser,
+    printer_id: PrinterId,
+    body: Annotated[MuteRequest | None, Body()] = None,
+) -> CommandResult:
+    printer = await _printer_or_404(db, user, printer_id)
+    ensure_role(user, Role.OPERATOR)
+    muted = body.mute_alert if body is not None else True
+    return await _act(request, db, printer, await PrinterActions(db, bus).mute_current_print(printer, muted=muted))
+
+
+@_action("acknowledge_alert", "Acknowledge the failure alert of the current print")
+async def acknowledge_alert(
+    request: Request,
+    db: Db,
+    bus: Bus,
+    user: CurrentUser,
+    printer_id: PrinterId,
+    body: Annotated[AcknowledgeRequest | None, Body()] = None,
+) -> CommandResult:
+    printer = await _printer_or_404(db, user, printer_id)
+    ensure_role(user, Role.OPERATOR)
+    overwrite = body.alert_overwrite if body is not None else None
+    return await _act(request, db, printer, await PrinterActions(db, bus).acknowledge_alert(printer, overwrite))

@@ -1,0 +1,117 @@
+"""The ASGI application: one domain core, served through each API dialect and the web pages."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import swagger_ui_bundle
+from fastapi import FastAPI
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import HTMLResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.middleware.sessions import SessionMiddleware
+
+from layerfleet import __version__, media
+from layerfleet.agents.bus import CommandBus, InProcessCommandBus
+from layerfleet.api import obico_v1
+from layerfleet.api.errors import install_error_handlers
+from layerfleet.config import Settings, load_settings
+from layerfleet.database import create_engine, create_sessionmaker
+from layerfleet.web import routes as web
+
+log = logging.getLogger(__name__)
+
+SESSION_COOKIE = "layerfleet_session"
+
+_DRF_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "Either {detail: message} or {field: [messages]} for invalid values",
+    "additionalProperties": True,
+}
+
+
+def _openapi(app: FastAPI) -> dict[str, Any]:
+    """FastAPI documents validation errors as 422; our dialects answer 400."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description=app.description)
+    def error(description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": _DRF_ERROR_SCHEMA}}}
+
+    for path, path_item in schema.get("paths", {}).items():
+        for method, operation in path_item.items():
+            responses = operation.get("responses", {})
+            if responses.pop("422", None) is not None:
+                responses["400"] = error("Invalid request; nothing was changed")
+            if path.startswith("/api/"):
+                responses.setdefault("401", error("Not authenticated"))
+                if method != "get":
+                    responses.setdefault("403", error("Your role does not allow this"))
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "token": {"type": "apiKey", "in": "header", "name": "Authorization",
+                  "description": "`Token <key>` or `Bearer <key>`; create one with `layerfleet token create EMAIL`"},
+        "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
+    }
+    schema["security"] = [{"token": []}, {"session": []}]
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(settings: Settings | None = None, *, command_bus: CommandBus | None = None) -> FastAPI:
+    settings = settings or load_settings()
+    engine = create_engine(settings.effective_database_url, echo=settings.db_echo)
+    bus = command_bus or InProcessCommandBus()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await bus.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Layerfleet",
+        version=__version__,
+        description="Print-farm server: Obico-compatible REST API v1 (printers, prints).",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.command_bus = bus
+
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.effective_secret_key,
+        session_cookie=SESSION_COOKIE,
+        max_age=settings.session_max_age_seconds,
+        same_site="lax",
+        https_only=settings.session_cookie_secure,
+    )
+    install_error_handlers(app)
+    app.include_router(obico_v1.router)
+    app.include_router(media.router)
+    app.include_router(web.router)
+    app.mount("/static/swagger-ui", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
+    app.mount("/static", StaticFiles(packages=[("layerfleet.web", "static")]), name="static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        # Served from the package: pages never load anything from a CDN.
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title="Layerfleet API",
+            swagger_js_url="/static/swagger-ui/swagger-ui-bundle.js",
+            swagger_css_url="/static/swagger-ui/swagger-ui.css",
+            swagger_favicon_url="/static/swagger-ui/favicon-32x32.png",
+        )
+
+    app.openapi = lambda: _openapi(app)  # type: ignore[method-assign]
+    return app

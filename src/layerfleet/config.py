@@ -1,0 +1,75 @@
+"""Settings, read once from ``LAYERFLEET_*`` environment variables.
+
+Every setting has a default that is safe for a single self-hosted box: SQLite in the
+data directory, an in-process command bus, and a secret key generated on first start and
+kept in the data directory (so sessions survive a restart without any configuration).
+"""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.cwd() / "data"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LAYERFLEET_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    database_url: str | None = Field(
+        default=None,
+        description="SQLAlchemy async URL; defaults to SQLite at DATA_DIR/layerfleet.db",
+    )
+    secret_key: str | None = Field(
+        default=None,
+        description="Signs session cookies; generated into DATA_DIR/secret_key when unset",
+    )
+    host: str = "127.0.0.1"
+    port: int = 8000
+    base_url: str | None = Field(
+        default=None, description="Public URL of the server, used in links it hands out"
+    )
+    session_cookie_secure: bool = False
+    session_max_age_seconds: int = 14 * 24 * 3600
+    initial_detection_hours: float = Field(
+        default=100.0, ge=0, description="AI detection hours (dh_balance) a new account starts with"
+    )
+    db_echo: bool = False
+    log_level: str = "info"
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'layerfleet.db'}"
+
+    @property
+    def public_base_url(self) -> str:
+        return (self.base_url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @cached_property
+    def effective_secret_key(self) -> str:
+        if self.secret_key:
+            return self.secret_key
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        key_file = self.data_dir / "secret_key"
+        if not key_file.exists():
+            key_file.touch(mode=0o600)
+            key_file.write_text(secrets.token_urlsafe(48))
+        return key_file.read_text().strip()
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,79 @@
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from layerfleet.accounts.models import User, new_uuid
+from layerfleet.database import Base, UTCDateTime, utcnow
+
+if TYPE_CHECKING:
+    from layerfleet.prints.models import Print
+
+
+class ActionOnFailure(enum.StrEnum):
+    PAUSE = "PAUSE"
+    NONE = "NONE"
+
+
+DEFAULT_RETRACT_ON_PAUSE = 6.5
+DEFAULT_LIFT_Z_ON_PAUSE = 2.5
+
+
+def default_printer_settings() -> dict[str, Any]:
+    return {
+        "webcam_flipV": False,
+        "webcam_flipH": False,
+        "webcam_streamRatio": "4:3",
+        "webcam_rotation": 0,
+        "agent_name": None,
+        "agent_version": None,
+        "temp_profiles": [],
+    }
+
+
+class Printer(Base):
+    __tablename__ = "printers"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    uuid: Mapped[str] = mapped_column(String(36), unique=True, default=new_uuid)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    # The member who linked the printer; detection hours are drawn from this account.
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="RESTRICT"), index=True)
+    name: Mapped[str] = mapped_column(String(256))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    archived_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    auth_token: Mapped[str] = mapped_column(String(64), unique=True)
+
+    action_on_failure: Mapped[str] = mapped_column(String(8), default=ActionOnFailure.PAUSE.value)
+    watching_enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    tools_off_on_pause: Mapped[bool] = mapped_column(Boolean, default=True)
+    bed_off_on_pause: Mapped[bool] = mapped_column(Boolean, default=False)
+    retract_on_pause: Mapped[float] = mapped_column(Float, default=DEFAULT_RETRACT_ON_PAUSE)
+    lift_z_on_pause: Mapped[float] = mapped_column(Float, default=DEFAULT_LIFT_Z_ON_PAUSE)
+    detective_sensitivity: Mapped[float] = mapped_column(Float, default=1.0)
+
+    # Written by the agent gateway from what the printer's agent reports.
+    status: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    status_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=default_printer_settings)
+    pic_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    pic_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    normalized_p: Mapped[float] = mapped_column(Float, default=0.0)
+    current_print_id: Mapped[int | None] = mapped_column(
+        ForeignKey("prints.id", ondelete="SET NULL", use_alter=True), nullable=True
+    )
+
+    owner: Mapped[User] = relationship(lazy="joined")
+    current_print: Mapped[Print | None] = relationship(
+        foreign_keys=[current_print_id], post_update=True, lazy="selectin"
+    )
+
+    @property
+    def state_flags(self) -> dict[str, Any]:
+        state = (self.status or {}).get("state") or {}
+        flags = state.get("flags") if isinstance(state, dict) else None
+        return flags if isinstance(flags, dict) else {}

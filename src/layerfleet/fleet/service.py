@@ -1,0 +1,64 @@
+"""Printers of an organization: lookup, creation, changes, deletion.
+
+Every lookup is scoped to an organization, so an object of another organization is
+indistinguishable from one that does not exist.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from layerfleet.accounts.models import User
+from layerfleet.fleet.models import Printer, default_printer_settings
+from layerfleet.fleet.rules import PrinterChanges
+
+
+def new_printer_token() -> str:
+    return secrets.token_hex(20)
+
+
+async def list_printers(session: AsyncSession, organization_id: int, *, with_archived: bool = False) -> list[Printer]:
+    query = select(Printer).where(Printer.organization_id == organization_id).order_by(Printer.id)
+    if not with_archived:
+        query = query.where(Printer.archived_at.is_(None))
+    return list((await session.execute(query)).scalars())
+
+
+async def get_printer(session: AsyncSession, organization_id: int, printer_id: int) -> Printer | None:
+    query = select(Printer).where(Printer.id == printer_id, Printer.organization_id == organization_id)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def get_printer_by_token(session: AsyncSession, auth_token: str) -> Printer | None:
+    query = select(Printer).where(Printer.auth_token == auth_token, Printer.archived_at.is_(None))
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+async def create_printer(session: AsyncSession, owner: User, name: str) -> Printer:
+    printer = Printer(
+        organization_id=owner.organization_id,
+        user_id=owner.id,
+        name=name,
+        auth_token=new_printer_token(),
+        settings=default_printer_settings(),
+    )
+    session.add(printer)
+    await session.flush()
+    await session.refresh(printer, ["owner", "current_print"])
+    return printer
+
+
+def apply_changes(printer: Printer, changes: PrinterChanges) -> None:
+    for field, value in changes.given().items():
+        setattr(printer, field, value)
+
+
+async def delete_printer(session: AsyncSession, printer: Printer) -> None:
+    # The printer's prints go with it; its reference to the current print goes first so
+    # the two rows can be removed in either order on every backend.
+    printer.current_print_id = None
+    await session.flush()
+    await session.delete(printer)

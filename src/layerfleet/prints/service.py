@@ -1,0 +1,88 @@
+"""Prints of an organization: history queries and the user's changes."""
+
+from __future__ import annotations
+
+from sqlalchemy import Select, exists, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from layerfleet.database import utcnow
+from layerfleet.prints.models import Print, PrintShotFeedback
+from layerfleet.prints.rules import PrintChanges, PrintFilter, PrintSorting
+
+
+class UnknownFeedback(LookupError):
+    def __init__(self, feedback_ids: list[int]) -> None:
+        super().__init__(feedback_ids)
+        self.feedback_ids = feedback_ids
+
+
+def _filtered(query: Select[tuple[Print]], print_filter: PrintFilter | None) -> Select[tuple[Print]]:
+    if print_filter is PrintFilter.CANCELLED:
+        return query.where(Print.cancelled_at.is_not(None))
+    if print_filter is PrintFilter.FINISHED:
+        return query.where(Print.finished_at.is_not(None))
+    if print_filter is PrintFilter.NEED_ALERT_OVERWRITE:
+        return query.where(Print.alert_overwrite.is_(None))
+    if print_filter is PrintFilter.NEED_PRINT_SHOT_FEEDBACK:
+        has_feedback = exists().where(PrintShotFeedback.print_id == Print.id)
+        has_answer = exists().where(
+            PrintShotFeedback.print_id == Print.id, PrintShotFeedback.answered_at.is_not(None)
+        )
+        return query.where(has_feedback, ~has_answer)
+    return query
+
+
+async def list_prints(
+    session: AsyncSession,
+    organization_id: int,
+    *,
+    print_filter: PrintFilter | None = None,
+    sorting: PrintSorting | None = None,
+    start: int = 0,
+    limit: int | None = None,
+) -> list[Print]:
+    query = _filtered(select(Print).where(Print.organization_id == organization_id), print_filter)
+    if sorting is PrintSorting.DATE_ASC:
+        query = query.order_by(Print.started_at.asc(), Print.id.asc())
+    elif sorting is PrintSorting.DATE_DESC:
+        query = query.order_by(Print.started_at.desc(), Print.id.desc())
+    else:
+        query = query.order_by(Print.id.desc())
+    if start:
+        query = query.offset(start)
+    if limit is not None:
+        query = query.limit(limit)
+    return list((await session.execute(query)).scalars())
+
+
+async def get_print(session: AsyncSession, organization_id: int, print_id: int) -> Print | None:
+    query = select(Print).where(Print.id == print_id, Print.organization_id == organization_id)
+    return (await session.execute(query)).scalar_one_or_none()
+
+
+def apply_changes(print_: Print, changes: PrintChanges) -> None:
+    """Apply a user's changes, or raise :class:`UnknownFeedback` having changed nothing."""
+    given = changes.given()
+    by_id = {feedback.id: feedback for feedback in print_.feedbacks}
+    answers = changes.printshotfeedback_set if "printshotfeedback_set" in given else []
+    unknown = [answer.id for answer in answers if answer.id not in by_id]
+    if unknown:
+        raise UnknownFeedback(unknown)
+    if "alert_overwrite" in given:
+        print_.alert_overwrite = changes.alert_overwrite.value if changes.alert_overwrite else None
+    now = utcnow()
+    for answer in answers:
+        feedback = by_id[answer.id]
+        feedback.answer = answer.answer.value
+        feedback.answered_at = now
+
+
+async def delete_print(session: AsyncSession, print_: Print) -> None:
+    await session.delete(print_)
+
+
+def prediction_records(print_: Print) -> list[dict[str, object]]:
+    """The detector's frame-by-frame record of a print; empty until a frame was scored.
+
+    The live detection pipeline writes these records; until it has, there are none."""
+    return []

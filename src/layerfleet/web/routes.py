@@ -1,0 +1,113 @@
+"""Sign-in and the start page. The full dashboard builds on the session these set."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict, deque
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+
+from layerfleet.accounts import service as accounts
+from layerfleet.api.deps import SESSION_AUTH_KEY, SESSION_USER_KEY, Db, session_auth_marker, session_user
+from layerfleet.fleet import service as fleet
+from layerfleet.fleet.watching import not_watching_reason
+
+router = APIRouter(include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+LOGIN_ATTEMPTS = 10
+LOGIN_WINDOW_SECONDS = 600
+
+
+class LoginThrottle:
+    """Failed sign-ins per client address within a sliding window."""
+
+    def __init__(self, attempts: int = LOGIN_ATTEMPTS, window: float = LOGIN_WINDOW_SECONDS) -> None:
+        self.attempts = attempts
+        self.window = window
+        self._failures: dict[str, deque[float]] = defaultdict(deque)
+
+    def _recent(self, key: str) -> deque[float]:
+        failures = self._failures[key]
+        cutoff = time.monotonic() - self.window
+        while failures and failures[0] < cutoff:
+            failures.popleft()
+        return failures
+
+    def blocked(self, key: str) -> bool:
+        return len(self._recent(key)) >= self.attempts
+
+    def failed(self, key: str) -> None:
+        self._recent(key).append(time.monotonic())
+
+    def succeeded(self, key: str) -> None:
+        self._failures.pop(key, None)
+
+
+throttle = LoginThrottle()
+
+
+def _safe_next(target: str | None) -> str:
+    # Only local paths: a login link must not send the user to another site.
+    if not target or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target
+
+
+@router.get("/accounts/login/", response_class=HTMLResponse)
+async def login_page(request: Request, next: str | None = None) -> Response:
+    return templates.TemplateResponse(request, "login.html", {"next": _safe_next(next), "user": None})
+
+
+@router.post("/accounts/login/")
+async def login(
+    request: Request,
+    db: Db,
+    email: Annotated[str, Form(max_length=254)],
+    password: Annotated[str, Form(max_length=1024)],
+    next: Annotated[str | None, Form()] = None,
+) -> Response:
+    client = request.client.host if request.client else "unknown"
+    context = {"email": email, "next": _safe_next(next), "user": None}
+    if throttle.blocked(client):
+        context["error"] = "Too many failed sign-ins from your address. Wait a few minutes and try again."
+        return templates.TemplateResponse(request, "login.html", context, status_code=429)
+    user = await accounts.authenticate_password(db, email, password)
+    if user is None:
+        throttle.failed(client)
+        context["error"] = "That email and password do not match an active account."
+        return templates.TemplateResponse(request, "login.html", context, status_code=400)
+    throttle.succeeded(client)
+    await db.commit()
+    request.session.clear()
+    request.session[SESSION_USER_KEY] = user.id
+    request.session[SESSION_AUTH_KEY] = session_auth_marker(user)
+    return RedirectResponse(_safe_next(next), status_code=303)
+
+
+@router.post("/accounts/logout/")
+async def logout(request: Request) -> Response:
+    request.session.clear()
+    return RedirectResponse("/accounts/login/", status_code=303)
+
+
+@router.get("/", response_class=HTMLResponse)
+async def home(request: Request, db: Db) -> Response:
+    user = await session_user(request, db)
+    if user is None:
+        return RedirectResponse("/accounts/login/", status_code=303)
+    printers = [
+        {
+            "name": p.name,
+            "state": ((p.status or {}).get("state") or {}).get("text") or "Offline",
+            "watching": not_watching_reason(p) or "Watching",
+        }
+        for p in await fleet.list_printers(db, user.organization_id)
+    ]
+    return templates.TemplateResponse(
+        request, "home.html", {"user": user, "organization": user.organization.name, "printers": printers}
+    )

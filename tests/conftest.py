@@ -1,0 +1,206 @@
+"""Test fixtures: every database test runs on SQLite and, when it answers (always in CI),
+on PostgreSQL at 127.0.0.1:5432, database ``test``. The schema comes from the migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+
+from layerfleet.accounts import service as accounts
+from layerfleet.accounts.models import Role, User
+from layerfleet.agents.bus import AgentMessage, InProcessCommandBus
+from layerfleet.app import create_app
+from layerfleet.config import Settings
+from layerfleet.database import Base, create_engine, migrate, utcnow
+from layerfleet.fleet import service as fleet
+from layerfleet.fleet.models import Printer
+from layerfleet.prints.models import Print, PrintShotFeedback
+
+POSTGRES_URL = os.environ.get("LAYERFLEET_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+
+
+def _postgres_answers() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _backends() -> list[str]:
+    if _postgres_answers():
+        return ["sqlite", "postgresql"]
+    if os.environ.get("CI"):
+        raise RuntimeError("PostgreSQL at 127.0.0.1:5432 does not answer; CI must test on it")
+    return ["sqlite"]
+
+
+BACKENDS = _backends()
+
+
+async def _reset_postgres(url: str) -> None:
+    engine = create_engine(url, pooled=False)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
+        await conn.execute(text("CREATE SCHEMA public"))
+    await engine.dispose()
+
+
+def fresh_database_url(backend: str, directory: Path) -> str:
+    """An empty database migrated to the newest schema."""
+    if backend == "postgresql":
+        asyncio.run(_reset_postgres(POSTGRES_URL))
+        url = POSTGRES_URL
+    else:
+        url = f"sqlite+aiosqlite:///{directory / 'test.db'}"
+    migrate(url)
+    return url
+
+
+@pytest.fixture(scope="session", params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
+    return fresh_database_url(backend, tmp_path_factory.mktemp(backend))
+
+
+@pytest.fixture(scope="session")
+def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return Settings(data_dir=tmp_path_factory.mktemp("data"), database_url=database_url, secret_key="test-secret")
+
+
+@pytest.fixture(scope="session")
+async def app(settings: Settings) -> AsyncIterator[Any]:
+    application = create_app(settings)
+    yield application
+    await application.state.engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    yield
+    if "app" not in request.fixturenames:
+        return
+    application = request.getfixturevalue("app")
+    async with application.state.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            names = ", ".join(t.name for t in Base.metadata.sorted_tables)
+            await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
+        else:
+            await conn.execute(text("UPDATE printers SET current_print_id = NULL"))
+            for table in reversed(Base.metadata.sorted_tables):
+                await conn.execute(table.delete())
+    bus = application.state.command_bus
+    if isinstance(bus, InProcessCommandBus):
+        bus._receivers.clear()
+
+
+@pytest.fixture
+async def client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as c:
+        yield c
+
+
+@dataclass
+class Member:
+    user: User
+    token: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Token {self.token}"}
+
+
+@dataclass
+class FakeAgent:
+    """Stands where the agent gateway would: receives what the command bus delivers."""
+
+    received: list[AgentMessage] = field(default_factory=list)
+
+    async def __call__(self, message: AgentMessage) -> None:
+        self.received.append(message)
+
+
+PRINTING = {"state": {"text": "Printing", "flags": {"operational": True, "printing": True, "paused": False}}}
+PAUSED = {"state": {"text": "Paused", "flags": {"operational": True, "printing": False, "paused": True}}}
+IDLE = {"state": {"text": "Operational", "flags": {"operational": True, "printing": False, "paused": False}}}
+
+
+class Farm:
+    """Builds test data straight through the domain services."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.sessionmaker = app.state.sessionmaker
+        self.bus: InProcessCommandBus = app.state.command_bus
+        self._count = 0
+
+    async def member(self, role: Role = Role.OWNER, organization: str = "Farm A", dh_balance: float = 10.0) -> Member:
+        self._count += 1
+        async with self.sessionmaker() as session:
+            user = await accounts.create_user(
+                session, f"user{self._count}-{role.value}@example.com", "password-123",
+                role=role, organization_name=organization, dh_balance=dh_balance,
+            )
+            user.role = role.value  # the first member of an organization would be its owner
+            key = (await accounts.create_api_token(session, user)).key
+            await session.commit()
+            return Member(user, key)
+
+    async def printer(self, owner: Member, name: str = "MK4", status: dict[str, Any] | None = None,
+                      **fields: Any) -> Printer:
+        async with self.sessionmaker() as session:
+            user = await session.get(User, owner.user.id)
+            assert user is not None
+            printer = await fleet.create_printer(session, user, name)
+            printer.status = status
+            for key, value in fields.items():
+                setattr(printer, key, value)
+            await session.commit()
+            return printer
+
+    async def print(self, printer: Printer, *, current: bool = False, feedback: int = 0, **fields: Any) -> Print:
+        async with self.sessionmaker() as session:
+            print_ = Print(organization_id=printer.organization_id, printer_id=printer.id,
+                           filename=fields.pop("filename", "part.gcode"), **fields)
+            session.add(print_)
+            await session.flush()
+            for n in range(feedback):
+                session.add(PrintShotFeedback(print_id=print_.id, image_path=f"orgs/{printer.organization_id}/f{n}.jpg"))
+            if current:
+                db_printer = await session.get(Printer, printer.id)
+                assert db_printer is not None
+                db_printer.current_print_id = print_.id
+            await session.commit()
+            return print_
+
+    async def connect_agent(self, printer: Printer) -> FakeAgent:
+        agent = FakeAgent()
+        self.bus.register(printer.id, agent)
+        return agent
+
+    async def run(self, work: Callable[[Any], Awaitable[Any]]) -> Any:
+        async with self.sessionmaker() as session:
+            return await work(session)
+
+
+@pytest.fixture
+def farm(app: Any) -> Farm:
+    return Farm(app)
+
+
+def now() -> Any:
+    return utcnow()
