@@ -179,7 +179,8 @@ class Farm:
             session.add(print_)
             await session.flush()
             for n in range(feedback):
-                session.add(PrintShotFeedback(print_id=print_.id, image_path=f"orgs/{printer.organization_id}/f{n}.jpg"))
+                image = f"orgs/{printer.organization_id}/f{n}.jpg"
+                session.add(PrintShotFeedback(print_id=print_.id, image_path=image))
             if current:
                 db_printer = await session.get(Printer, printer.id)
                 assert db_printer is not None

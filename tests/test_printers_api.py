@@ -24,7 +24,7 @@ async def test_list_has_every_field_of_the_printer_object(client, farm: Farm) ->
     response = await client.get("/api/v1/printers/", headers=owner.headers)
     assert response.status_code == 200
     [body] = response.json()
-    assert PRINTER_FIELDS <= set(body)
+    assert set(body) >= PRINTER_FIELDS
     assert body["name"] == "MK4 #1"
     assert body["action_on_failure"] == "PAUSE"
     assert body["detective_sensitivity"] == 1.0

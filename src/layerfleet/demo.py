@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from layerfleet.accounts import service as accounts
 from layerfleet.accounts.models import Role, User
@@ -27,7 +27,9 @@ class FirstStart:
     credentials_file: Path
 
 
-async def seed(settings: Settings, factory: async_sessionmaker, *, demo_printers: bool) -> FirstStart | None:  # type: ignore[type-arg]
+async def seed(
+    settings: Settings, factory: async_sessionmaker[AsyncSession], *, demo_printers: bool
+) -> FirstStart | None:
     async with factory() as session:
         if (await session.execute(select(func.count()).select_from(User))).scalar_one() > 0:
             if demo_printers:
@@ -48,7 +50,7 @@ async def seed(settings: Settings, factory: async_sessionmaker, *, demo_printers
     return FirstStart(ADMIN_EMAIL, password, credentials)
 
 
-async def _ensure_demo_printers(session, owner: User | None) -> None:  # type: ignore[no-untyped-def]
+async def _ensure_demo_printers(session: AsyncSession, owner: User | None) -> None:
     if (await session.execute(select(func.count()).select_from(Printer))).scalar_one() > 0:
         return
     if owner is None:

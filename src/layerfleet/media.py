@@ -30,7 +30,8 @@ def media_url(base_url: str, relative_path: str | None) -> str | None:
 @router.get("/media/{path:path}")
 async def serve_media(path: str, request: Request, user: CurrentUser) -> FileResponse:
     relative = PurePosixPath(path)
-    if ".." in relative.parts or relative.is_absolute() or not path.startswith(organization_prefix(user.organization_id)):
+    own = path.startswith(organization_prefix(user.organization_id))
+    if ".." in relative.parts or relative.is_absolute() or not own:
         raise HTTPException(404, detail="Not found.")
     root = media_root(request.app.state.settings.data_dir).resolve()
     file = (root / relative).resolve()

@@ -16,7 +16,7 @@ class UnknownFeedback(LookupError):
         self.feedback_ids = feedback_ids
 
 
-def _filtered(query: Select[tuple[Print]], print_filter: PrintFilter | None) -> Select[tuple[Print]]:
+def _filtered(query: Select[Print], print_filter: PrintFilter | None) -> Select[Print]:
     if print_filter is PrintFilter.CANCELLED:
         return query.where(Print.cancelled_at.is_not(None))
     if print_filter is PrintFilter.FINISHED:

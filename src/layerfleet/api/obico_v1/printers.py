@@ -18,7 +18,7 @@ from layerfleet.fleet.rules import PrinterChanges
 from layerfleet.prints.models import AlertOverwrite
 
 router = APIRouter(tags=["Obico v1: printers"])
-NOT_FOUND = {404: {"description": "No such printer in your organization"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such printer in your organization"}}
 
 PrinterId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 

@@ -15,7 +15,7 @@ from layerfleet.prints.models import Print
 from layerfleet.prints.rules import PrintChanges, PrintFilter, PrintSorting
 
 router = APIRouter(tags=["Obico v1: prints"])
-NOT_FOUND = {404: {"description": "No such print in your organization"}}
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such print in your organization"}}
 MAX_PAGE = 1000
 
 PrintId = Annotated[int, Path(ge=1, le=2**31 - 1)]
@@ -35,8 +35,8 @@ async def list_prints(
     user: CurrentUser,
     filter: Annotated[PrintFilter | None, Query()] = None,
     sorting: Annotated[PrintSorting | None, Query()] = None,
-    start: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
-    limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE)] = None,
+    start: Annotated[int | None, Query(ge=0, le=2**31 - 1, description="Objects to skip; only with sorting")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="Objects to return; only with sorting")] = None,
 ) -> list[PrintOut]:
     if sorting is None:
         errors = {
