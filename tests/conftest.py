@@ -104,7 +104,7 @@ async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
                 await conn.execute(table.delete())
     bus = application.state.command_bus
     if isinstance(bus, InProcessCommandBus):
-        bus._receivers.clear()
+        bus.unregister_all()
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator
 from urllib.parse import urljoin, urlsplit
 
@@ -98,6 +100,11 @@ async def test_token_identifies_its_own_user(client, farm: Farm) -> None:
         "Bearer",
         "Basic dXNlcjpwYXNzd29yZA==",
         "Digest username=x",
+        # The right key under any other scheme is refused too.
+        "Basic {key}",
+        "Digest {key}",
+        "Key {key}",
+        "Token {key} {key}",
         "{key}",
         "Tokens {key}",
         "Token{key}",
@@ -483,4 +490,8 @@ async def test_passwords_are_stored_as_argon2_hashes(client, farm: Farm) -> None
 async def test_the_session_cookie_does_not_carry_the_password(client, farm: Farm) -> None:
     member = await farm.member()
     await login(client, member.user.email)
-    assert PASSWORD not in client.cookies[SESSION_COOKIE]
+    payload = client.cookies[SESSION_COOKIE].split(".", 1)[0]
+    session = json.loads(base64.b64decode(payload + "=" * (-len(payload) % 4)))
+    assert session["user_id"] == member.user.id
+    assert PASSWORD not in json.dumps(session)
+    assert member.user.password_hash not in json.dumps(session)

@@ -59,6 +59,22 @@ async def seeded(farm: Farm) -> dict[str, Any]:
     return {"headers": owner.headers, "printer_id": printer.id, "print_id": print_.id}
 
 
+def _fuzz(strategy: Any, base_url: str, headers: dict[str, str], excluded: list[Any],
+          calls: dict[str, set[int]]) -> None:
+    @hypothesis.settings(
+        max_examples=EXAMPLES_PER_MODE, deadline=None, derandomize=True, database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @hypothesis.given(case=strategy)
+    def check(case: schemathesis.Case) -> None:
+        response = case.call(base_url=base_url, headers=headers, timeout=30)
+        calls.setdefault(case.operation.label, set()).add(response.status_code)
+        assert response.status_code < 500, response.text
+        case.validate_response(response, excluded_checks=excluded)
+
+    check()
+
+
 def test_v1_operations_conform_to_our_openapi(live_url: str, seeded: dict[str, Any]) -> None:
     schema = schemathesis.openapi.from_url(f"{live_url}/openapi.json")
     operations = [result.ok() for result in schema.get_all_operations()]
@@ -82,19 +98,7 @@ def test_v1_operations_conform_to_our_openapi(live_url: str, seeded: dict[str, A
             excluded.append(schemathesis.checks.positive_data_acceptance)
         for mode, path_parameters in modes:
             strategy = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
-
-            @hypothesis.settings(
-                max_examples=EXAMPLES_PER_MODE, deadline=None, derandomize=True, database=None,
-                suppress_health_check=list(HealthCheck),
-            )
-            @hypothesis.given(case=strategy)
-            def check(case: schemathesis.Case, excluded: list[Any] = excluded) -> None:
-                response = case.call(base_url=live_url, headers=seeded["headers"], timeout=30)
-                calls.setdefault(case.operation.label, set()).add(response.status_code)
-                assert response.status_code < 500, response.text
-                case.validate_response(response, excluded_checks=excluded)
-
-            check()
+            _fuzz(strategy, live_url, seeded["headers"], excluded, calls)
 
     # The fuzzing reached real objects, not only 404s.
     assert 200 in calls["GET /api/v1/printers/{printer_id}/"]

@@ -3,8 +3,6 @@ the migration runner. The schema is only ever created by Alembic migrations."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -90,11 +88,6 @@ def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]
     return async_sessionmaker(engine, expire_on_commit=False)
 
 
-async def session_scope(factory: async_sessionmaker[AsyncSession]) -> AsyncIterator[AsyncSession]:
-    async with factory() as session:
-        yield session
-
-
 def _alembic_config(url: str) -> Any:
     from alembic.config import Config
 
@@ -117,27 +110,3 @@ def downgrade(url: str, revision: str) -> None:
     from alembic import command
 
     command.downgrade(_alembic_config(url), revision)
-
-
-def migrate_in_thread(url: str) -> None:
-    """Run migrations from code that already has an event loop running."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        migrate(url)
-        return
-    import threading
-
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            migrate(url)
-        except BaseException as exc:  # re-raised in the caller's thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]

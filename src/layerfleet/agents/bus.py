@@ -74,6 +74,9 @@ class InProcessCommandBus(CommandBus):
         if deliver is None or self._receivers.get(printer_id) is deliver:
             self._receivers.pop(printer_id, None)
 
+    def unregister_all(self) -> None:
+        self._receivers.clear()
+
     async def is_connected(self, printer_id: int) -> bool:
         return printer_id in self._receivers
 

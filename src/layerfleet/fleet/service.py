@@ -32,11 +32,6 @@ async def get_printer(session: AsyncSession, organization_id: int, printer_id: i
     return (await session.execute(query)).scalar_one_or_none()
 
 
-async def get_printer_by_token(session: AsyncSession, auth_token: str) -> Printer | None:
-    query = select(Printer).where(Printer.auth_token == auth_token, Printer.archived_at.is_(None))
-    return (await session.execute(query)).scalar_one_or_none()
-
-
 async def create_printer(session: AsyncSession, owner: User, name: str) -> Printer:
     printer = Printer(
         organization_id=owner.organization_id,

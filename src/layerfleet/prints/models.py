@@ -53,10 +53,6 @@ class Print(Base):
         cascade="all, delete-orphan", passive_deletes=True,
     )
 
-    @property
-    def has_ended(self) -> bool:
-        return self.finished_at is not None or self.cancelled_at is not None
-
 
 class PrintShotFeedback(Base):
     __tablename__ = "print_shot_feedbacks"
