@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from collections.abc import Iterator
 from urllib.parse import urljoin, urlsplit
 
@@ -12,8 +13,8 @@ from sqlalchemy import select
 
 from conftest import Farm, Member
 from layerfleet.accounts import service as accounts
-from layerfleet.accounts.models import Role, User
-from layerfleet.accounts.passwords import hash_password, verify_password
+from layerfleet.accounts.models import Role, User, WebSession
+from layerfleet.accounts.passwords import verify_password
 from layerfleet.app import SESSION_COOKIE
 from layerfleet.web import routes
 
@@ -42,6 +43,14 @@ async def set_user(farm: Farm, user_id: int, **fields) -> None:
         user = await session.get(User, user_id)
         for key, value in fields.items():
             setattr(user, key, value)
+        await session.commit()
+
+    await farm.run(work)
+
+
+async def change_password(farm: Farm, user_id: int, password: str) -> None:
+    async def work(session) -> None:
+        await accounts.set_password(session, await session.get(User, user_id), password)
         await session.commit()
 
     await farm.run(work)
@@ -257,12 +266,15 @@ async def test_logout_ends_the_session(client, farm: Farm) -> None:
     member = await farm.member()
     await login(client, member.user.email)
     assert (await me(client)).status_code == 200
+    stolen = client.cookies[SESSION_COOKIE]
     response = await client.post("/accounts/logout/")
     assert response.status_code == 303
     assert response.headers["location"] == "/accounts/login/"
     assert SESSION_COOKIE not in client.cookies
     assert (await me(client)).status_code == 401
     assert (await client.get("/api/v1/printers/")).status_code == 401
+    # The session ended on the server: a copy of the cookie taken before is worthless.
+    assert (await me(client, Cookie=f"{SESSION_COOKIE}={stolen}")).status_code == 401
 
 
 async def test_a_second_login_replaces_the_first_users_session(client, farm: Farm) -> None:
@@ -288,7 +300,7 @@ async def test_password_change_ends_existing_sessions(client, farm: Farm) -> Non
     await login(client, member.user.email)
     assert (await me(client)).status_code == 200
 
-    await set_user(farm, member.user.id, password_hash=hash_password("a-new-password-456"))
+    await change_password(farm, member.user.id, "a-new-password-456")
     assert (await me(client)).status_code == 401
     assert (await client.get("/api/v1/printers/")).status_code == 401
 
@@ -487,11 +499,61 @@ async def test_passwords_are_stored_as_argon2_hashes(client, farm: Farm) -> None
     assert hashes[0] != hashes[1]
 
 
-async def test_the_session_cookie_does_not_carry_the_password(client, farm: Farm) -> None:
+async def test_the_session_cookie_carries_only_a_random_key(client, farm: Farm) -> None:
     member = await farm.member()
     await login(client, member.user.email)
     payload = client.cookies[SESSION_COOKIE].split(".", 1)[0]
     session = json.loads(base64.b64decode(payload + "=" * (-len(payload) % 4)))
-    assert session["user_id"] == member.user.id
+    assert set(session) == {"sid"} and len(session["sid"]) >= 40
     assert PASSWORD not in json.dumps(session)
-    assert member.user.password_hash not in json.dumps(session)
+    assert member.user.password_hash[-8:] not in json.dumps(session)
+
+    async def stored(session):
+        return (await session.execute(select(WebSession))).scalars().all()
+
+    [row] = await farm.run(stored)
+    assert row.user_id == member.user.id and row.key_hash != session["sid"]
+
+
+@pytest.mark.parametrize(
+    "headers", [{"Origin": "http://evil.example"}, {"Origin": "null"}, {"Sec-Fetch-Site": "cross-site"}]
+)
+async def test_a_sign_in_sent_from_another_site_is_refused(client, farm: Farm, headers: dict[str, str]) -> None:
+    member = await farm.member()
+    response = await client.post(
+        "/accounts/login/", data={"email": member.user.email, "password": PASSWORD}, headers=headers
+    )
+    assert response.status_code == 403
+    assert "another site" in response.text
+    assert SESSION_COOKIE not in client.cookies
+    assert (await me(client)).status_code == 401
+
+
+async def test_the_configured_public_url_counts_as_our_origin(client, farm: Farm, monkeypatch) -> None:
+    # Behind a proxy that rewrites Host, the browser's Origin is the public URL.
+    member = await farm.member()
+    printer = await farm.printer(member, "before")
+    settings = client._transport.app.state.settings
+    monkeypatch.setattr(settings, "base_url", "https://farm.example.org/")
+    origin = {"Origin": "https://farm.example.org"}
+    assert (await login(client, member.user.email, **{})).status_code == 303
+    response = await client.patch(f"/api/v1/printers/{printer.id}/", json={"name": "after"}, headers=origin)
+    assert response.status_code == 200 and response.json()["name"] == "after"
+    other = await client.patch(f"/api/v1/printers/{printer.id}/", json={"name": "x"},
+                               headers={"Origin": "https://farm.example.org.evil.example"})
+    assert other.status_code == 403
+
+
+def test_the_throttle_forgets_quiet_addresses_and_stays_bounded() -> None:
+    throttle = routes.LoginThrottle(attempts=2, window=0.05, max_tracked=3)
+    for address in ["a", "b", "c", "d", "e"]:
+        throttle.failed(address)
+    assert len(throttle._failures) == 3 and "a" not in throttle._failures
+    throttle.failed("e")
+    assert throttle.blocked("e") and not throttle.blocked("a")
+    time.sleep(0.06)
+    assert not throttle.blocked("e")
+    for address in ["x", "y", "z", "w"]:
+        throttle.failed(address)
+    # Past the bound, addresses whose failures are old go first, then the oldest ones.
+    assert list(throttle._failures) == ["y", "z", "w"]

@@ -67,6 +67,22 @@ class User(Base):
         return Role(self.role)
 
 
+class WebSession(Base):
+    """A signed-in browser. The cookie holds a random key; only its hash is kept here, so
+    signing out or changing the password ends the session on the server, not just in the browser."""
+
+    __tablename__ = "web_sessions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    user: Mapped[User] = relationship(lazy="joined")
+
+
 class ApiToken(Base):
     """A personal API token. Only a hash is kept: the key is shown once, at creation."""
 

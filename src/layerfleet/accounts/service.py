@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from layerfleet.accounts.models import ApiToken, Organization, Role, User
+from layerfleet.accounts.models import ApiToken, Organization, Role, User, WebSession
 from layerfleet.accounts.passwords import MIN_PASSWORD_LENGTH, hash_password_async, verify_password_async
 from layerfleet.database import utcnow
 
@@ -129,6 +130,36 @@ async def revoke_api_token(session: AsyncSession, user: User, token_id: int) -> 
     return True
 
 
-async def get_active_user(session: AsyncSession, user_id: int) -> User | None:
-    user = await session.get(User, user_id)
-    return user if user is not None and user.is_active else None
+async def set_password(session: AsyncSession, user: User, password: str) -> None:
+    """Change a password; every browser signed in to the account is signed out."""
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise AccountError(f"the password must have at least {MIN_PASSWORD_LENGTH} characters")
+    user.password_hash = await hash_password_async(password)
+    await session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+
+
+async def start_web_session(session: AsyncSession, user: User, lifetime_seconds: int) -> str:
+    key = secrets.token_urlsafe(32)
+    now = utcnow()
+    session.add(WebSession(
+        user_id=user.id, key_hash=_hash_key(key), created_at=now, last_seen_at=now,
+        expires_at=now + timedelta(seconds=lifetime_seconds),
+    ))
+    await session.flush()
+    return key
+
+
+async def user_for_web_session(session: AsyncSession, key: str) -> User | None:
+    web_session = (
+        await session.execute(select(WebSession).where(WebSession.key_hash == _hash_key(key)))
+    ).scalar_one_or_none()
+    now = utcnow()
+    if web_session is None or web_session.expires_at <= now or not web_session.user.is_active:
+        return None
+    if (now - web_session.last_seen_at).total_seconds() > 60:
+        web_session.last_seen_at = now
+    return web_session.user
+
+
+async def end_web_session(session: AsyncSession, key: str) -> None:
+    await session.execute(delete(WebSession).where(WebSession.key_hash == _hash_key(key)))

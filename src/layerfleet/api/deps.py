@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -12,8 +13,7 @@ from layerfleet.accounts import service as accounts
 from layerfleet.accounts.models import Role, User
 from layerfleet.agents.bus import CommandBus
 
-SESSION_USER_KEY = "user_id"
-SESSION_AUTH_KEY = "auth"
+SESSION_KEY = "sid"
 _UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
@@ -37,17 +37,19 @@ def _unauthenticated(detail: str) -> HTTPException:
     return HTTPException(401, detail=detail, headers={"WWW-Authenticate": 'Token realm="api"'})
 
 
-def session_auth_marker(user: User) -> str:
-    # Stored in the cookie beside the user id: a changed password ends older sessions.
-    return (user.password_hash or "")[-16:]
-
-
-def _origin_matches(request: Request) -> bool:
+def same_origin(request: Request) -> bool:
+    """Whether a browser request comes from our own pages (a cookie alone proves nothing)."""
     if request.headers.get("sec-fetch-site") == "cross-site":
         return False
     origin = request.headers.get("origin")
     if origin is None:
         return True
+    configured: str | None = request.app.state.settings.base_url
+    if configured:
+        # Behind a proxy that rewrites Host, the public URL is what the browser sends.
+        public = urlsplit(configured)
+        if origin == f"{public.scheme}://{public.netloc}":
+            return True
     return origin.split("://", 1)[-1] == request.headers.get("host", "")
 
 
@@ -67,7 +69,7 @@ async def current_user(request: Request, db: Db) -> User:
     user = await session_user(request, db)
     if user is None:
         raise _unauthenticated("Authentication credentials were not provided.")
-    if request.method in _UNSAFE_METHODS and not _origin_matches(request):
+    if request.method in _UNSAFE_METHODS and not same_origin(request):
         # A cookie alone must not let another site change anything.
         raise HTTPException(403, detail="Cross-site request refused.")
     return user
@@ -75,13 +77,15 @@ async def current_user(request: Request, db: Db) -> User:
 
 async def session_user(request: Request, db: AsyncSession) -> User | None:
     """The user signed in by the session cookie, if the session is still valid."""
-    user_id = request.session.get(SESSION_USER_KEY) if "session" in request.scope else None
-    if not isinstance(user_id, int):
+    key = request.session.get(SESSION_KEY) if "session" in request.scope else None
+    if not isinstance(key, str):
         return None
-    user = await accounts.get_active_user(db, user_id)
-    if user is None or request.session.get(SESSION_AUTH_KEY) != session_auth_marker(user):
+    user = await accounts.user_for_web_session(db, key)
+    if user is None:
         request.session.clear()
         return None
+    if db.dirty:
+        await db.commit()
     return user
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections import defaultdict, deque
+from collections import deque
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +12,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from layerfleet.accounts import service as accounts
-from layerfleet.api.deps import SESSION_AUTH_KEY, SESSION_USER_KEY, Db, session_auth_marker, session_user
+from layerfleet.api.deps import SESSION_KEY, Db, same_origin, session_user
 from layerfleet.fleet import service as fleet
 from layerfleet.fleet.watching import not_watching_reason
 
@@ -24,25 +24,37 @@ LOGIN_WINDOW_SECONDS = 600
 
 
 class LoginThrottle:
-    """Failed sign-ins per client address within a sliding window."""
+    """Failed sign-ins per client address within a sliding window. Memory stays bounded:
+    addresses with no recent failure are dropped, and past ``max_tracked`` the oldest go."""
 
-    def __init__(self, attempts: int = LOGIN_ATTEMPTS, window: float = LOGIN_WINDOW_SECONDS) -> None:
+    def __init__(self, attempts: int = LOGIN_ATTEMPTS, window: float = LOGIN_WINDOW_SECONDS,
+                 max_tracked: int = 10_000) -> None:
         self.attempts = attempts
         self.window = window
-        self._failures: dict[str, deque[float]] = defaultdict(deque)
+        self.max_tracked = max_tracked
+        self._failures: dict[str, deque[float]] = {}
 
     def _recent(self, key: str) -> deque[float]:
-        failures = self._failures[key]
+        failures = self._failures.get(key, deque())
         cutoff = time.monotonic() - self.window
         while failures and failures[0] < cutoff:
             failures.popleft()
+        if not failures:
+            self._failures.pop(key, None)
         return failures
 
     def blocked(self, key: str) -> bool:
         return len(self._recent(key)) >= self.attempts
 
     def failed(self, key: str) -> None:
-        self._recent(key).append(time.monotonic())
+        failures = self._recent(key)
+        failures.append(time.monotonic())
+        self._failures[key] = failures
+        if len(self._failures) > self.max_tracked:
+            for address in list(self._failures):
+                self._recent(address)
+        while len(self._failures) > self.max_tracked:
+            del self._failures[next(iter(self._failures))]
 
     def succeeded(self, key: str) -> None:
         self._failures.pop(key, None)
@@ -73,6 +85,10 @@ async def login(
 ) -> Response:
     client = request.client.host if request.client else "unknown"
     context = {"email": email, "next": _safe_next(next), "user": None}
+    if not same_origin(request):
+        # Another site must not sign a visitor in to an account of its choosing.
+        context["error"] = "This sign-in form was sent from another site. Open the sign-in page and try again."
+        return templates.TemplateResponse(request, "login.html", context, status_code=403)
     if throttle.blocked(client):
         context["error"] = "Too many failed sign-ins from your address. Wait a few minutes and try again."
         return templates.TemplateResponse(request, "login.html", context, status_code=429)
@@ -82,15 +98,22 @@ async def login(
         context["error"] = "That email and password do not match an active account."
         return templates.TemplateResponse(request, "login.html", context, status_code=400)
     throttle.succeeded(client)
+    previous = request.session.get(SESSION_KEY)
+    if isinstance(previous, str):
+        await accounts.end_web_session(db, previous)
+    key = await accounts.start_web_session(db, user, request.app.state.settings.session_max_age_seconds)
     await db.commit()
     request.session.clear()
-    request.session[SESSION_USER_KEY] = user.id
-    request.session[SESSION_AUTH_KEY] = session_auth_marker(user)
+    request.session[SESSION_KEY] = key
     return RedirectResponse(_safe_next(next), status_code=303)
 
 
 @router.post("/accounts/logout/")
-async def logout(request: Request) -> Response:
+async def logout(request: Request, db: Db) -> Response:
+    key = request.session.get(SESSION_KEY)
+    if isinstance(key, str):
+        await accounts.end_web_session(db, key)
+        await db.commit()
     request.session.clear()
     return RedirectResponse("/accounts/login/", status_code=303)
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, StrictBool
 
 from layerfleet.accounts.models import Role, User
@@ -79,11 +80,28 @@ async def delete_printer(db: Db, user: CurrentUser, printer_id: PrinterId) -> Re
     return Response(status_code=200)
 
 
-async def _act(request: Request, db: Db, printer: Printer, succeeded: bool) -> CommandResult:
+@dataclass
+class Control:
+    """A printer the caller may control, with the actions to control it by."""
+
+    printer: Printer
+    actions: PrinterActions
+
+
+async def _control(db: Db, bus: Bus, user: CurrentUser, printer_id: PrinterId) -> Control:
+    printer = await _printer_or_404(db, user, printer_id)
+    ensure_role(user, Role.OPERATOR)
+    return Control(printer, PrinterActions(db, bus))
+
+
+Controlled = Annotated[Control, Depends(_control)]
+
+
+async def _result(request: Request, db: Db, control: Control, succeeded: bool) -> CommandResult:
     # An action that did not succeed has changed nothing (see fleet.actions).
     if succeeded:
         await db.commit()
-    return CommandResult(succeeded=succeeded, printer=printer_out(printer, base_url(request)))
+    return CommandResult(succeeded=succeeded, printer=printer_out(control.printer, base_url(request)))
 
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
@@ -102,51 +120,31 @@ def _action(name: str, summary: str) -> Callable[[Endpoint], Endpoint]:
 
 
 @_action("cancel_print", "Cancel the current print")
-async def cancel_print(request: Request, db: Db, bus: Bus, user: CurrentUser, printer_id: PrinterId) -> CommandResult:
-    printer = await _printer_or_404(db, user, printer_id)
-    ensure_role(user, Role.OPERATOR)
-    return await _act(request, db, printer, await PrinterActions(db, bus).cancel(printer))
+async def cancel_print(request: Request, db: Db, control: Controlled) -> CommandResult:
+    return await _result(request, db, control, await control.actions.cancel(control.printer))
 
 
 @_action("pause_print", "Pause the current print")
-async def pause_print(request: Request, db: Db, bus: Bus, user: CurrentUser, printer_id: PrinterId) -> CommandResult:
-    printer = await _printer_or_404(db, user, printer_id)
-    ensure_role(user, Role.OPERATOR)
-    return await _act(request, db, printer, await PrinterActions(db, bus).pause(printer))
+async def pause_print(request: Request, db: Db, control: Controlled) -> CommandResult:
+    return await _result(request, db, control, await control.actions.pause(control.printer))
 
 
 @_action("resume_print", "Resume the current print")
-async def resume_print(request: Request, db: Db, bus: Bus, user: CurrentUser, printer_id: PrinterId) -> CommandResult:
-    printer = await _printer_or_404(db, user, printer_id)
-    ensure_role(user, Role.OPERATOR)
-    return await _act(request, db, printer, await PrinterActions(db, bus).resume(printer))
+async def resume_print(request: Request, db: Db, control: Controlled) -> CommandResult:
+    return await _result(request, db, control, await control.actions.resume(control.printer))
 
 
 @_action("mute_current_print", "Stop failure detection for the rest of the current print")
 async def mute_current_print(
-    request: Request,
-    db: Db,
-    bus: Bus,
-    user: CurrentUser,
-    printer_id: PrinterId,
-    body: Annotated[MuteRequest | None, Body()] = None,
+    request: Request, db: Db, control: Controlled, body: Annotated[MuteRequest | None, Body()] = None
 ) -> CommandResult:
-    printer = await _printer_or_404(db, user, printer_id)
-    ensure_role(user, Role.OPERATOR)
     muted = body.mute_alert if body is not None else True
-    return await _act(request, db, printer, await PrinterActions(db, bus).mute_current_print(printer, muted=muted))
+    return await _result(request, db, control, await control.actions.mute_current_print(control.printer, muted=muted))
 
 
 @_action("acknowledge_alert", "Acknowledge the failure alert of the current print")
 async def acknowledge_alert(
-    request: Request,
-    db: Db,
-    bus: Bus,
-    user: CurrentUser,
-    printer_id: PrinterId,
-    body: Annotated[AcknowledgeRequest | None, Body()] = None,
+    request: Request, db: Db, control: Controlled, body: Annotated[AcknowledgeRequest | None, Body()] = None
 ) -> CommandResult:
-    printer = await _printer_or_404(db, user, printer_id)
-    ensure_role(user, Role.OPERATOR)
     overwrite = body.alert_overwrite if body is not None else None
-    return await _act(request, db, printer, await PrinterActions(db, bus).acknowledge_alert(printer, overwrite))
+    return await _result(request, db, control, await control.actions.acknowledge_alert(control.printer, overwrite))
