@@ -62,3 +62,21 @@ def test_migrations_create_exactly_the_models_schema_and_downgrade(backend_name:
     migrate(url)  # running it again on an up-to-date database changes nothing
     diff, _ = _run(_diff_and_tables(url))
     assert diff == []
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'pragmas.db'}"
+    migrate(url)
+
+    async def pragmas() -> tuple[str, int, int]:
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                mode = (await conn.execute(text("PRAGMA journal_mode"))).scalar_one()
+                keys = (await conn.execute(text("PRAGMA foreign_keys"))).scalar_one()
+                sync = (await conn.execute(text("PRAGMA synchronous"))).scalar_one()
+                return mode, keys, sync
+        finally:
+            await engine.dispose()
+
+    assert _run(pragmas()) == ("wal", 1, 2)  # synchronous 2 = FULL
