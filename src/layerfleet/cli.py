@@ -9,6 +9,7 @@ import logging
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 from layerfleet import __version__
@@ -132,6 +133,61 @@ def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+DETECT_BATCH = 8
+
+
+def _image_paths(paths: Sequence[str]) -> list[Path]:
+    found: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()))
+        else:
+            found.append(path)
+    return found
+
+
+def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from layerfleet.detection import BadImage, Detector, FrameResult, ModelMissing
+
+    try:
+        detector = Detector(args.model)
+    except ModelMissing as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    paths = _image_paths(args.paths)
+    failures = 0
+    if not args.json:
+        print(f"{'score':>6} {'p':>6} {'boxes':>5}  path")
+    for start in range(0, len(paths), DETECT_BATCH):
+        chunk = paths[start:start + DETECT_BATCH]
+        readable: dict[Path, bytes] = {}
+        results: dict[Path, object] = {}
+        for path in chunk:
+            try:
+                readable[path] = path.read_bytes()
+            except OSError as exc:
+                results[path] = BadImage(f"cannot read the file: {exc.strerror}")
+        results.update(zip(readable, detector.detect(list(readable.values())), strict=True))
+        for path in chunk:
+            result = results[path]
+            if isinstance(result, BadImage):
+                failures += 1
+                if args.json:
+                    print(json.dumps({"path": str(path), "error": str(result)}), flush=True)
+                else:
+                    print(f"{'-':>6} {'-':>6} {'-':>5}  {path}: {result}", flush=True)
+            elif isinstance(result, FrameResult):
+                if args.json:
+                    print(json.dumps({"path": str(path), **result.as_json()}), flush=True)
+                else:
+                    print(f"{result.score:6.3f} {result.p:6.2f} {len(result.boxes):5d}  {path}", flush=True)
+    return 1 if failures else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="layerfleet", description="Layerfleet print-farm server")
     parser.add_argument("--version", action="version", version=f"layerfleet {__version__}")
@@ -161,6 +217,17 @@ def build_parser() -> argparse.ArgumentParser:
     token_create.add_argument("email")
     token_create.add_argument("--name", default="cli", help="a label to recognise the token by")
     token_create.set_defaults(handler=cmd_token_create)
+
+    detect = commands.add_parser(
+        "detect", help="score pictures with the failure detector",
+        description="Score pictures (files or folders) with the shipped failure detector. "
+        "score is the probability that the picture shows a print failure (alert at 0.5); "
+        "p is the sum of box confidences; boxes are [xc, yc, w, h, confidence] in pixels.",
+    )
+    detect.add_argument("paths", nargs="+", metavar="PATH")
+    detect.add_argument("--json", action="store_true", help="one JSON object per line, per image")
+    detect.add_argument("--model", type=Path, help="ONNX model (default: LAYERFLEET_MODEL_PATH or the shipped one)")
+    detect.set_defaults(handler=cmd_detect)
     return parser
 
 

@@ -1,0 +1,93 @@
+"""Turning untrusted picture bytes into the detector's input, cheaply and safely.
+
+JPEGs are decoded in Pillow's draft mode, which lets libjpeg scale by 1/2, 1/4 or 1/8 while
+decoding: a 1280×720 frame costs a fraction of a full decode. Every limit is checked before
+pixels are decoded, so a hostile file cannot exhaust memory.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+MAX_IMAGE_BYTES = 25 * 1024 * 1024
+MAX_SIDE = 8192
+MAX_PIXELS = 40_000_000
+PAD_VALUE = 114
+
+
+class BadImage(ValueError):
+    """The bytes are not a picture the detector can read; the message says why."""
+
+
+@dataclass(frozen=True)
+class Letterboxed:
+    pixels: np.ndarray  # (size, size, 3) uint8 RGB
+    scale: float  # input pixels per original pixel
+    pad_x: int
+    pad_y: int
+    original_width: int
+    original_height: int
+
+    def to_original(self, boxes_xyxy: np.ndarray) -> np.ndarray:
+        """Map boxes from the letterboxed input back to original-image pixels."""
+        out = boxes_xyxy.astype(np.float32).copy()
+        out[:, [0, 2]] = (out[:, [0, 2]] - self.pad_x) / self.scale
+        out[:, [1, 3]] = (out[:, [1, 3]] - self.pad_y) / self.scale
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, self.original_width)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, self.original_height)
+        return out
+
+
+def open_image(data: bytes, target: int) -> tuple[Image.Image, int, int]:
+    """Decode ``data`` to RGB, shrinking while decoding where the format allows. Returns the
+    image and the original width and height."""
+    if not data:
+        raise BadImage("the image is empty (0 bytes)")
+    if len(data) > MAX_IMAGE_BYTES:
+        raise BadImage(f"the image is larger than {MAX_IMAGE_BYTES // (1024 * 1024)} MB")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image: Image.Image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width < 1 or height < 1 or max(width, height) > MAX_SIDE or width * height > MAX_PIXELS:
+                raise BadImage(
+                    f"the image is {width}×{height} pixels; at most {MAX_SIDE} per side "
+                    f"and {MAX_PIXELS // 1_000_000} megapixels are accepted"
+                )
+            if image.format == "JPEG":
+                scale = target / max(width, height)
+                image.draft("RGB", (max(1, int(width * scale)), max(1, int(height * scale))))
+            image = image.convert("RGB")
+            image.load()
+    except BadImage:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"not a readable image: {exc}") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise BadImage(f"the image is damaged or truncated: {exc}") from None
+    return image, width, height
+
+
+def letterbox(image: Image.Image, size: int, original: tuple[int, int] | None = None) -> Letterboxed:
+    """Fit ``image`` into a ``size``×``size`` square, keeping its aspect, padded with grey."""
+    width, height = image.size
+    original_width, original_height = original or (width, height)
+    fit = size / max(width, height)
+    new_w, new_h = max(1, round(width * fit)), max(1, round(height * fit))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    canvas = np.full((size, size, 3), PAD_VALUE, dtype=np.uint8)
+    pad_x, pad_y = (size - new_w) // 2, (size - new_h) // 2
+    canvas[pad_y:pad_y + new_h, pad_x:pad_x + new_w] = np.asarray(image, dtype=np.uint8)
+    return Letterboxed(canvas, new_w / original_width, pad_x, pad_y, original_width, original_height)
+
+
+def prepare(data: bytes, size: int) -> Letterboxed:
+    image, width, height = open_image(data, size)
+    return letterbox(image, size, (width, height))

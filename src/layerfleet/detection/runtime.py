@@ -1,0 +1,135 @@
+"""The failure detector at run time: ONNX Runtime on the CPU (CUDA when present), frames
+from many printers scored in one batch.
+
+Per frame it gives the failure boxes ``[xc, yc, w, h]`` in the original image's pixels with
+their confidences, ``p`` (the sum of those confidences: the per-frame value of the reference
+server's decision rules) and ``score`` in [0, 1], the frame's probability of showing a
+failure (0.5 is the recommended alert threshold).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from layerfleet.detection.imaging import BadImage, Letterboxed, prepare
+
+MODEL_ENV = "LAYERFLEET_MODEL_PATH"
+THREADS_ENV = "LAYERFLEET_DETECTION_THREADS"
+SHIPPED_MODEL = "failure-detector.onnx"
+BOX_THRESHOLD = 0.08  # as the reference keeps boxes
+NMS_IOU = 0.45
+FAILURE_CLASS = 0
+ALERT_SCORE = 0.5
+
+
+class ModelMissing(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    score: float
+    p: float
+    boxes: list[tuple[float, float, float, float, float]] = field(default_factory=list)  # xc, yc, w, h, conf
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "score": round(self.score, 4),
+            "p": round(self.p, 4),
+            "boxes": [[round(v, 1) for v in box[:4]] + [round(box[4], 4)] for box in self.boxes],
+        }
+
+
+def shipped_model_path() -> Path:
+    configured = os.environ.get(MODEL_ENV)
+    if configured:
+        return Path(configured)
+    return Path(str(resources.files("layerfleet.detection").joinpath("models", SHIPPED_MODEL)))
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> list[int]:
+    order = scores.argsort()[::-1]
+    keep: list[int] = []
+    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    while order.size:
+        first = int(order[0])
+        keep.append(first)
+        rest = order[1:]
+        x0 = np.maximum(boxes[first, 0], boxes[rest, 0])
+        y0 = np.maximum(boxes[first, 1], boxes[rest, 1])
+        x1 = np.minimum(boxes[first, 2], boxes[rest, 2])
+        y1 = np.minimum(boxes[first, 3], boxes[rest, 3])
+        inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+        overlap = inter / (areas[first] + areas[rest] - inter + 1e-9)
+        order = rest[overlap <= iou]
+    return keep
+
+
+class Detector:
+    """Thread-safe: ONNX Runtime sessions may be run from several threads at once."""
+
+    def __init__(self, model_path: Path | None = None, *, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        path = model_path or shipped_model_path()
+        if not path.is_file():
+            raise ModelMissing(f"no detection model at {path} (set {MODEL_ENV} to a model file)")
+        options = ort.SessionOptions()
+        threads = threads or int(os.environ.get(THREADS_ENV, "0") or 0)
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        available = ort.get_available_providers()
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.model_path = path
+        shape = self.session.get_inputs()[0].shape
+        self.input_size = int(shape[-1]) if isinstance(shape[-1], int) else 320
+        self.input_name = self.session.get_inputs()[0].name
+        self._lock = threading.Lock()
+
+    def prepare(self, data: bytes) -> Letterboxed:
+        """Decode one frame (raises :class:`BadImage`); the costly part outside the model."""
+        return prepare(data, self.input_size)
+
+    def run(self, frames: Sequence[Letterboxed]) -> list[FrameResult]:
+        if not frames:
+            return []
+        batch = np.stack([f.pixels for f in frames]).astype(np.float32).transpose(0, 3, 1, 2)
+        scores, boxes, image_score = self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})
+        return [self._decode(frames[i], scores[i], boxes[i], float(image_score[i, 0])) for i in range(len(frames))]
+
+    def _decode(self, frame: Letterboxed, scores: np.ndarray, boxes: np.ndarray, image_score: float) -> FrameResult:
+        confidence = scores[:, FAILURE_CLASS]
+        selected = confidence > BOX_THRESHOLD
+        kept_boxes, kept_conf = boxes[selected], confidence[selected]
+        found: list[tuple[float, float, float, float, float]] = []
+        if kept_conf.size:
+            order = nms(kept_boxes, kept_conf)
+            original = frame.to_original(kept_boxes[order])
+            for (x0, y0, x1, y1), conf in zip(original.tolist(), kept_conf[order].tolist(), strict=True):
+                found.append(((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, conf))
+        return FrameResult(score=image_score, p=float(sum(b[4] for b in found)), boxes=found)
+
+    def detect(self, images: Sequence[bytes]) -> list[FrameResult | BadImage]:
+        """Score many frames in one batch; a bad frame yields its error, the others go on."""
+        prepared: list[Letterboxed | BadImage] = []
+        for data in images:
+            try:
+                prepared.append(self.prepare(data))
+            except BadImage as exc:
+                prepared.append(exc)
+        good = [p for p in prepared if isinstance(p, Letterboxed)]
+        results = iter(self.run(good))
+        return [p if isinstance(p, BadImage) else next(results) for p in prepared]
+
+    def detect_one(self, data: bytes) -> FrameResult:
+        return self.run([self.prepare(data)])[0]

@@ -1,0 +1,1 @@
+"""Simulated printers: rendered webcam frames now; the simulated agent builds on them."""

@@ -1,0 +1,170 @@
+"""Training data: the print-failures set (YOLO labels), with strong augmentation, hard
+negatives, and synthetic spaghetti on real negatives and on simulator frames."""
+
+from __future__ import annotations
+
+import io
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, ImageFilter, ImageOps
+
+from layerfleet.detection.imaging import letterbox
+from layerfleet.simulator.render import FILAMENT_COLOURS, Scene, draw_spaghetti, render_frame
+
+Boxes = np.ndarray  # (k, 5): class, x0, y0, x1, y1 in pixels of the image they belong to
+
+
+@dataclass
+class Sample:
+    image: Image.Image
+    boxes: Boxes
+
+
+def read_split(root: Path, split: str, limit: int | None = None) -> list[Sample]:
+    """Load one split of the data set into memory (it is small: about 1,200 images)."""
+    samples = []
+    images = sorted((root / "images" / split).glob("*.jpg"))
+    if limit is not None:
+        # Keep failures and negatives both in a small subset.
+        images = images[: max(1, limit // 2)] + images[-max(1, limit - limit // 2):]
+    for path in images:
+        image = Image.open(path).convert("RGB")
+        w, h = image.size
+        label = root / "labels" / split / (path.stem + ".txt")
+        rows = [line.split() for line in label.read_text().splitlines() if line.strip()] if label.exists() else []
+        boxes = np.array(
+            [[int(c), (float(x) - float(bw) / 2) * w, (float(y) - float(bh) / 2) * h,
+              (float(x) + float(bw) / 2) * w, (float(y) + float(bh) / 2) * h] for c, x, y, bw, bh in rows],
+            dtype=np.float32,
+        ).reshape(-1, 5)
+        samples.append(Sample(image, boxes))
+    return samples
+
+
+def has_failure(boxes: Boxes) -> bool:
+    return bool((boxes[:, 0] == 0).any())
+
+
+def synthetic_sample(rng: random.Random, negatives: list[Sample]) -> Sample:
+    """A clean simulator frame (hard negative), a simulator failure, or spaghetti drawn on a
+    real picture without a failure."""
+    kind = rng.random()
+    if kind < 0.55 or not negatives:
+        scene = Scene.random(rng)
+        failing = rng.random() < 0.6
+        image, boxes = render_frame(scene, rng.uniform(0.0, 1.0), spaghetti=rng.uniform(0.2, 1.0) if failing else 0.0,
+                                    seed=rng.randrange(1 << 30))
+        rows = [[0, *box] for box in boxes]
+        return Sample(image, np.array(rows, dtype=np.float32).reshape(-1, 5))
+    base = rng.choice(negatives)
+    image = base.image.copy()
+    w, h = image.size
+    bw, bh = rng.uniform(0.15, 0.6) * w, rng.uniform(0.15, 0.6) * h
+    x0, y0 = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
+    box = draw_spaghetti(image, rng, (x0, y0, x0 + bw, y0 + bh), rng.choice(FILAMENT_COLOURS),
+                         amount=rng.uniform(0.5, 1.5))
+    rows = [*base.boxes.tolist(), [0, *box]]
+    return Sample(image, np.array(rows, dtype=np.float32).reshape(-1, 5))
+
+
+def _random_crop(rng: random.Random, image: Image.Image, boxes: Boxes) -> tuple[Image.Image, Boxes]:
+    """Zoom in (crop) or out (place on a larger canvas); boxes follow and are clipped; a box
+    that keeps less than 35 % of its area is dropped."""
+    w, h = image.size
+    if rng.random() < 0.25:  # zoom out
+        factor = rng.uniform(1.0, 1.8)
+        canvas = Image.new("RGB", (int(w * factor), int(h * factor)), tuple(rng.randrange(256) for _ in range(3)))
+        ox, oy = rng.randrange(canvas.width - w + 1), rng.randrange(canvas.height - h + 1)
+        canvas.paste(image, (ox, oy))
+        boxes = boxes.copy()
+        boxes[:, [1, 3]] += ox
+        boxes[:, [2, 4]] += oy
+        return canvas, boxes
+    scale = rng.uniform(0.45, 1.0)
+    aspect = rng.uniform(0.75, 1.33)
+    cw = min(w, int(w * scale * aspect ** 0.5))
+    ch = min(h, int(h * scale / aspect ** 0.5))
+    x0, y0 = rng.randrange(w - cw + 1), rng.randrange(h - ch + 1)
+    image = image.crop((x0, y0, x0 + cw, y0 + ch))
+    if len(boxes):
+        clipped = boxes.copy()
+        clipped[:, [1, 3]] = (clipped[:, [1, 3]] - x0).clip(0, cw)
+        clipped[:, [2, 4]] = (clipped[:, [2, 4]] - y0).clip(0, ch)
+        area = (boxes[:, 3] - boxes[:, 1]) * (boxes[:, 4] - boxes[:, 2])
+        kept = (clipped[:, 3] - clipped[:, 1]) * (clipped[:, 4] - clipped[:, 2])
+        boxes = clipped[kept >= 0.35 * np.maximum(area, 1e-6)]
+    return image, boxes
+
+
+def augment(rng: random.Random, image: Image.Image, boxes: Boxes) -> tuple[Image.Image, Boxes]:
+    if rng.random() < 0.8:
+        image, boxes = _random_crop(rng, image, boxes)
+    w, h = image.size
+    boxes = boxes.copy()
+    if rng.random() < 0.5:
+        image = ImageOps.mirror(image)
+        boxes[:, [1, 3]] = w - boxes[:, [3, 1]]
+    if rng.random() < 0.1:  # upside-down webcams exist
+        image = ImageOps.flip(image)
+        boxes[:, [2, 4]] = h - boxes[:, [4, 2]]
+    image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.55, 1.45))
+    image = ImageEnhance.Contrast(image).enhance(rng.uniform(0.6, 1.4))
+    image = ImageEnhance.Color(image).enhance(rng.uniform(0.3, 1.6))
+    if rng.random() < 0.3:  # colour cast of cheap webcams and LED strips
+        r, g, b = image.split()
+        shift = [rng.uniform(0.8, 1.2) for _ in range(3)]
+        bands = [band.point(lambda v, s=s: min(255, int(v * s))) for band, s in zip((r, g, b), shift, strict=True)]
+        image = Image.merge("RGB", bands)
+    if rng.random() < 0.1:
+        image = ImageOps.grayscale(image).convert("RGB")
+    if rng.random() < 0.25:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.6)))
+    return image, boxes
+
+
+def finish(rng: random.Random, image: Image.Image, boxes: Boxes, size: int) -> tuple[np.ndarray, Boxes]:
+    """Letterbox to the network's input as the runtime does, then sensor noise and JPEG."""
+    if rng.random() < 0.5:  # the runtime often sees JPEGs decoded at 1/2 or 1/4 scale
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=rng.randint(25, 95))
+        image = Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+    boxed = letterbox(image, size)
+    pixels = boxed.pixels.astype(np.float32)
+    if rng.random() < 0.3:
+        pixels += np.random.default_rng(rng.randrange(1 << 30)).normal(0, rng.uniform(2, 10), pixels.shape)
+    out = boxes.copy()
+    out[:, 1:] = out[:, 1:] * boxed.scale
+    out[:, [1, 3]] += boxed.pad_x
+    out[:, [2, 4]] += boxed.pad_y
+    widths, heights = out[:, 3] - out[:, 1], out[:, 4] - out[:, 2]
+    return pixels.clip(0, 255), out[(widths >= 2) & (heights >= 2)]
+
+
+class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    def __init__(self, samples: list[Sample], size: int, synthetic: int, seed: int = 0) -> None:
+        self.samples = samples
+        self.negatives = [s for s in samples if not has_failure(s.boxes)]
+        self.size = size
+        self.synthetic = synthetic
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples) + self.synthetic
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = random.Random(hash((self.seed, self.epoch, index)))
+        real = index < len(self.samples)
+        sample = self.samples[index] if real else synthetic_sample(rng, self.negatives)
+        image, boxes = augment(rng, sample.image, sample.boxes)
+        pixels, boxes = finish(rng, image, boxes, self.size)
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), torch.from_numpy(boxes)
+
+
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    images = torch.stack([item[0] for item in batch])
+    return images, [item[1] for item in batch]

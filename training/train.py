@@ -1,0 +1,150 @@
+"""Train the failure detector from ImageNet weights to an exported ONNX model.
+
+    python -m training.train --out training/runs/main          # the shipped model (≈ 75 min, 2 cores)
+    python -m training.train --out /tmp/x --limit 8 --steps 2   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from layerfleet.detection.imaging import letterbox
+from training.data import TrainingSet, collate, has_failure, read_split
+from training.export import export_onnx
+from training.model import FailureDetector, detection_loss
+
+DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "print-failures"
+
+
+def auroc(scores: list[float], labels: list[bool]) -> float:
+    positives = [s for s, y in zip(scores, labels, strict=True) if y]
+    negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
+    if not positives or not negatives:
+        return float("nan")
+    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
+    return wins / (len(positives) * len(negatives))
+
+
+@torch.no_grad()
+def validate(model: FailureDetector, samples: list, size: int) -> dict[str, float]:
+    """Image-level check on val, through the same letterbox as the runtime."""
+    model.eval()
+    scores, labels = [], []
+    for start in range(0, len(samples), 16):
+        batch = samples[start:start + 16]
+        pixels = [torch.from_numpy(letterbox(s.image, size).pixels.astype(np.float32)).permute(2, 0, 1) for s in batch]
+        labels.extend(has_failure(s.boxes) for s in batch)
+        _, _, image_score = model(torch.stack(pixels).contiguous(memory_format=torch.channels_last))
+        scores.extend(image_score.squeeze(1).tolist())
+    model.train()
+    negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
+    positives = [s for s, y in zip(scores, labels, strict=True) if y]
+    return {
+        "auroc": auroc(scores, labels),
+        "recall@0.5": float(np.mean([s >= 0.5 for s in positives])) if positives else float("nan"),
+        "fpr@0.5": float(np.mean([s >= 0.5 for s in negatives])) if negatives else float("nan"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--epochs", type=int, default=22)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--size", type=int, default=320)
+    parser.add_argument("--synthetic", type=int, default=320, help="synthetic samples added per epoch")
+    parser.add_argument("--freeze", type=int, default=3, help="backbone blocks kept frozen (after the stem)")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--limit", type=int, help="use only this many images of each split (smoke runs)")
+    parser.add_argument("--steps", type=int, help="stop after this many optimiser steps (smoke runs)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=20261121)
+    args = parser.parse_args()
+
+    torch.manual_seed(args.seed)
+    random.seed(args.seed)
+    torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = (args.out / "train.log").open("a")
+
+    def say(message: str) -> None:
+        line = f"{time.strftime('%H:%M:%S')} {message}"
+        print(line, flush=True)
+        log.write(line + "\n")
+        log.flush()
+
+    train = read_split(args.data, "train", args.limit)
+    val = read_split(args.data, "val", args.limit)
+    synthetic = args.synthetic if args.limit is None else min(args.synthetic, 4)
+    dataset = TrainingSet(train, args.size, synthetic, args.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch, shuffle=True, collate_fn=collate, num_workers=args.workers,
+        drop_last=len(dataset) > args.batch, persistent_workers=args.workers > 0,
+    )
+    model = FailureDetector(args.size)
+    frozen = [model.backbone._conv_stem, model.backbone._bn0, *model.backbone._blocks[: args.freeze]]
+    for module in frozen:
+        module.requires_grad_(False)
+    model = model.to(memory_format=torch.channels_last)
+    backbone = [p for p in model.backbone.parameters() if p.requires_grad]
+    head = [p for name, p in model.named_parameters() if not name.startswith("backbone.")]
+    optimiser = torch.optim.AdamW(
+        [{"params": backbone, "lr": args.lr * 0.3}, {"params": head, "lr": args.lr}], weight_decay=1e-4
+    )
+    steps_per_epoch = max(1, len(loader))
+    total = args.steps or args.epochs * steps_per_epoch
+    warmup = min(steps_per_epoch, max(1, total // 10))
+    bases = [group["lr"] for group in optimiser.param_groups]
+    say(f"train {len(train)} images + {dataset.synthetic} synthetic/epoch, val {len(val)}; {total} steps")
+
+    step, best, started = 0, -1.0, time.time()
+    model.train()
+    for module in frozen:
+        module.eval()  # frozen layers keep their ImageNet batch-norm statistics
+    for epoch in range(args.epochs):
+        dataset.epoch = epoch
+        for images, targets in loader:
+            progress = (step - warmup) / max(1, total - warmup)
+            factor = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * progress))
+            for group, base in zip(optimiser.param_groups, bases, strict=True):
+                group["lr"] = base * factor
+            has = torch.tensor([bool((t[:, 0] == 0).any()) for t in targets])
+            loss, parts = detection_loss(model, images.contiguous(memory_format=torch.channels_last), targets, has)
+            optimiser.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimiser.step()
+            step += 1
+            if step % 20 == 0 or step == total:
+                rounded = {k: round(v, 3) for k, v in parts.items()}
+                say(f"epoch {epoch} step {step}/{total} loss {loss.item():.3f} {json.dumps(rounded)}")
+            if step >= total:
+                break
+        metrics = validate(model, val, args.size)
+        checkpoint = {"model": model.state_dict(), "image_size": args.size, "epoch": epoch, "val": metrics}
+        torch.save(checkpoint, args.out / "last.pt")
+        if metrics["auroc"] >= best or math.isnan(metrics["auroc"]):
+            best = metrics["auroc"]
+            torch.save(checkpoint, args.out / "best.pt")
+        rounded = {k: round(v, 4) for k, v in metrics.items()}
+        say(f"epoch {epoch} done in {time.time() - started:.0f}s; val {json.dumps(rounded)}")
+        if step >= total:
+            break
+    final = FailureDetector(args.size, pretrained=False)
+    final.load_state_dict(torch.load(args.out / "best.pt", weights_only=False)["model"])
+    export_onnx(final.eval(), args.out / "model.onnx")
+    say(f"exported {args.out / 'model.onnx'}; total {time.time() - started:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
