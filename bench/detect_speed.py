@@ -56,8 +56,8 @@ def build_reference(path: Path, seed: int = 0) -> int:
         nodes.append(helper.make_node("LeakyRelu", [f"{name}_c"], [name], alpha=0.1))
         return name
 
-    x, channels, size, layer16, index = "input", 3, 416, "", 0
-    for spec in DARKNET19:
+    x, channels, size, layer16 = "input", 3, 416, ""
+    for index, spec in enumerate(DARKNET19):
         if spec == "M":
             nodes.append(helper.make_node("MaxPool", [x], [f"pool{index}"], kernel_shape=[2, 2], strides=[2, 2]))
             x, size = f"pool{index}", size // 2
@@ -67,7 +67,6 @@ def build_reference(path: Path, seed: int = 0) -> int:
             channels = filters
             if index == 16:
                 layer16 = x
-        index += 1
     passthrough = conv("route", layer16, 512, 64, 1, 26)
     nodes.append(helper.make_node("SpaceToDepth", [passthrough], ["reorg"], blocksize=2))
     nodes.append(helper.make_node("Concat", ["reorg", x], ["concat"], axis=1))

@@ -16,6 +16,7 @@ from layerfleet.accounts import service as accounts
 from layerfleet.accounts.models import Role, User, WebSession
 from layerfleet.accounts.passwords import verify_password
 from layerfleet.app import SESSION_COOKIE
+from layerfleet.ratelimit import RateLimiter
 from layerfleet.web import routes
 
 PASSWORD = "password-123"  # what the farm fixture gives every member
@@ -23,9 +24,9 @@ ORIGIN = "http://testserver"
 
 
 @pytest.fixture(autouse=True)
-def fresh_throttle(monkeypatch: pytest.MonkeyPatch) -> Iterator[routes.LoginThrottle]:
+def fresh_throttle(monkeypatch: pytest.MonkeyPatch) -> Iterator[RateLimiter]:
     """Failed sign-ins of one test must not block another's (the throttle is process-wide)."""
-    throttle = routes.LoginThrottle()
+    throttle = RateLimiter(routes.LOGIN_ATTEMPTS, routes.LOGIN_WINDOW_SECONDS)
     monkeypatch.setattr(routes, "throttle", throttle)
     yield throttle
 
@@ -545,15 +546,15 @@ async def test_the_configured_public_url_counts_as_our_origin(client, farm: Farm
 
 
 def test_the_throttle_forgets_quiet_addresses_and_stays_bounded() -> None:
-    throttle = routes.LoginThrottle(attempts=2, window=0.05, max_tracked=3)
+    throttle = RateLimiter(calls=2, window=0.05, max_tracked=3)
     for address in ["a", "b", "c", "d", "e"]:
-        throttle.failed(address)
-    assert len(throttle._failures) == 3 and "a" not in throttle._failures
-    throttle.failed("e")
+        throttle.record(address)
+    assert len(throttle._hits) == 3 and "a" not in throttle._hits
+    throttle.record("e")
     assert throttle.blocked("e") and not throttle.blocked("a")
     time.sleep(0.06)
     assert not throttle.blocked("e")
     for address in ["x", "y", "z", "w"]:
-        throttle.failed(address)
+        throttle.record(address)
     # Past the bound, addresses whose failures are old go first, then the oldest ones.
-    assert list(throttle._failures) == ["y", "z", "w"]
+    assert list(throttle._hits) == ["y", "z", "w"]

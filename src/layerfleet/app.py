@@ -17,10 +17,13 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from layerfleet import __version__, media
 from layerfleet.agents.bus import CommandBus, InProcessCommandBus
-from layerfleet.api import obico_v1
+from layerfleet.agents.frames import FrameSink, NullFrameSink
+from layerfleet.agents.gateway import AgentGateway
+from layerfleet.api import obico_agent, obico_v1
 from layerfleet.api.errors import install_error_handlers
 from layerfleet.config import Settings, load_settings
 from layerfleet.database import create_engine, create_sessionmaker
+from layerfleet.ratelimit import RateLimiter
 from layerfleet.web import routes as web
 
 log = logging.getLogger(__name__)
@@ -61,16 +64,30 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
-def create_app(settings: Settings | None = None, *, command_bus: CommandBus | None = None) -> FastAPI:
+# Anonymous linking: a code has a million values, so guessing must stay slow.
+VERIFY_CALLS, VERIFY_WINDOW_SECONDS = 20, 600
+# LAN discovery: an agent polls every 5 s, 120 times at most.
+DISCOVERY_CALLS, DISCOVERY_WINDOW_SECONDS = 300, 600
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    command_bus: CommandBus | None = None,
+    frame_sink: FrameSink | None = None,
+) -> FastAPI:
     settings = settings or load_settings()
     engine = create_engine(settings.effective_database_url, echo=settings.db_echo)
     bus = command_bus or InProcessCommandBus()
+    sessionmaker = create_sessionmaker(engine)
+    gateway = AgentGateway(sessionmaker, bus)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            await gateway.close_all()
             await bus.close()
             await engine.dispose()
 
@@ -84,8 +101,12 @@ def create_app(settings: Settings | None = None, *, command_bus: CommandBus | No
     )
     app.state.settings = settings
     app.state.engine = engine
-    app.state.sessionmaker = create_sessionmaker(engine)
+    app.state.sessionmaker = sessionmaker
     app.state.command_bus = bus
+    app.state.agent_gateway = gateway
+    app.state.frame_sink = frame_sink or NullFrameSink()
+    app.state.verify_throttle = RateLimiter(VERIFY_CALLS, VERIFY_WINDOW_SECONDS)
+    app.state.discovery_throttle = RateLimiter(DISCOVERY_CALLS, DISCOVERY_WINDOW_SECONDS)
 
     app.add_middleware(
         SessionMiddleware,
@@ -97,6 +118,7 @@ def create_app(settings: Settings | None = None, *, command_bus: CommandBus | No
     )
     install_error_handlers(app)
     app.include_router(obico_v1.router)
+    app.include_router(obico_agent.router)
     app.include_router(media.router)
     app.include_router(web.router)
     app.mount("/static/swagger-ui", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")

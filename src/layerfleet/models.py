@@ -1,7 +1,19 @@
 """Imports every domain's tables so that the metadata (for Alembic) is complete."""
 
 from layerfleet.accounts.models import ApiToken, Organization, User, WebSession
+from layerfleet.agents.models import OneTimeVerificationCode, PrinterEvent
 from layerfleet.fleet.models import Printer
 from layerfleet.prints.models import GCodeFile, Print, PrintShotFeedback
 
-__all__ = ["ApiToken", "GCodeFile", "Organization", "Print", "PrintShotFeedback", "Printer", "User", "WebSession"]
+__all__ = [
+    "ApiToken",
+    "GCodeFile",
+    "OneTimeVerificationCode",
+    "Organization",
+    "Print",
+    "PrintShotFeedback",
+    "Printer",
+    "PrinterEvent",
+    "User",
+    "WebSession",
+]

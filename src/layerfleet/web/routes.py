@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-from collections import deque
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +13,7 @@ from layerfleet.accounts import service as accounts
 from layerfleet.api.deps import SESSION_KEY, Db, same_origin, session_user
 from layerfleet.fleet import service as fleet
 from layerfleet.fleet.watching import not_watching_reason
+from layerfleet.ratelimit import RateLimiter
 
 router = APIRouter(include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
@@ -23,44 +22,8 @@ LOGIN_ATTEMPTS = 10
 LOGIN_WINDOW_SECONDS = 600
 
 
-class LoginThrottle:
-    """Failed sign-ins per client address within a sliding window. Memory stays bounded:
-    addresses with no recent failure are dropped, and past ``max_tracked`` the oldest go."""
-
-    def __init__(self, attempts: int = LOGIN_ATTEMPTS, window: float = LOGIN_WINDOW_SECONDS,
-                 max_tracked: int = 10_000) -> None:
-        self.attempts = attempts
-        self.window = window
-        self.max_tracked = max_tracked
-        self._failures: dict[str, deque[float]] = {}
-
-    def _recent(self, key: str) -> deque[float]:
-        failures = self._failures.get(key, deque())
-        cutoff = time.monotonic() - self.window
-        while failures and failures[0] < cutoff:
-            failures.popleft()
-        if not failures:
-            self._failures.pop(key, None)
-        return failures
-
-    def blocked(self, key: str) -> bool:
-        return len(self._recent(key)) >= self.attempts
-
-    def failed(self, key: str) -> None:
-        failures = self._recent(key)
-        failures.append(time.monotonic())
-        self._failures[key] = failures
-        if len(self._failures) > self.max_tracked:
-            for address in list(self._failures):
-                self._recent(address)
-        while len(self._failures) > self.max_tracked:
-            del self._failures[next(iter(self._failures))]
-
-    def succeeded(self, key: str) -> None:
-        self._failures.pop(key, None)
-
-
-throttle = LoginThrottle()
+# Failed sign-ins per client address.
+throttle = RateLimiter(LOGIN_ATTEMPTS, LOGIN_WINDOW_SECONDS)
 
 
 def _safe_next(target: str | None) -> str:
@@ -94,10 +57,10 @@ async def login(
         return templates.TemplateResponse(request, "login.html", context, status_code=429)
     user = await accounts.authenticate_password(db, email, password)
     if user is None:
-        throttle.failed(client)
+        throttle.record(client)
         context["error"] = "That email and password do not match an active account."
         return templates.TemplateResponse(request, "login.html", context, status_code=400)
-    throttle.succeeded(client)
+    throttle.clear(client)
     previous = request.session.get(SESSION_KEY)
     if isinstance(previous, str):
         await accounts.end_web_session(db, previous)

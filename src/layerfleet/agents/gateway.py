@@ -1,0 +1,340 @@
+"""The agent gateway: the websocket connections of printer agents (Obico protocol).
+
+One connection per printer. Each agent message is applied in its own transaction, so a bad
+message is dropped with a log line and never disturbs the connection or other printers.
+Commands reach the agent through the command bus, where the gateway registers each
+connection's delivery function.
+
+Duplicates: the newest connection for a token wins at once. The older one is asked a
+harmless remote call; if its agent still answers within ``probe_timeout`` it is a real
+duplicate (two agents share a token) and is closed with 4321, which makes that agent stop.
+Otherwise it was a dead connection of the same agent reconnecting and is closed quietly
+(1001), so an agent is never told to shut down because of its own reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from layerfleet.agents import lifecycle
+from layerfleet.agents.bus import AgentMessage, RemoteStatus
+from layerfleet.agents.linking import printer_for_token
+from layerfleet.database import utcnow
+from layerfleet.fleet.models import Printer
+from layerfleet.fleet.watching import should_watch
+
+log = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 1024 * 1024
+CLOSE_GOING_AWAY = 1001
+CLOSE_TOO_BIG = 1009
+CLOSE_DUPLICATE = 4321
+CLOSE_UNAUTHORIZED = 4401
+DEFAULT_PROBE_TIMEOUT = 2.0
+DEFAULT_CALL_TIMEOUT = 10.0
+MAX_PENDING_CALLS = 100
+KNOWN_KEYS = frozenset({
+    "status", "settings", "event", "current_print_ts", "passthru",
+    "octoprint_data", "octoprint_settings", "octoprint_event",
+})
+# The liveness probe: read-only, and answered by OctoPrint-Obico (seen in the capture).
+PROBE_TARGET, PROBE_FUNC = "_printer", "get_current_data"
+
+
+class AgentNotConnected(LookupError):
+    pass
+
+
+class AgentCallError(RuntimeError):
+    """The agent answered a remote call with an error."""
+
+
+@runtime_checkable
+class AgentRegistry(Protocol):
+    def register(self, printer_id: int, deliver: Callable[[AgentMessage], Awaitable[None]]) -> None: ...
+
+    def unregister(self, printer_id: int, deliver: Callable[[AgentMessage], Awaitable[None]] | None = None) -> None:
+        ...
+
+
+def token_from_header(header: str | None) -> str | None:
+    scheme, _, token = (header or "").partition(" ")
+    token = token.strip()
+    if scheme.lower() not in {"bearer", "token"} or not token:
+        return None
+    return token
+
+
+def _reject_constant(name: str) -> Any:
+    # NaN and Infinity are not JSON; PostgreSQL would refuse to store them.
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_frame(text: str) -> dict[str, Any] | None:
+    try:
+        frame = json.loads(text, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):
+        return None
+    return frame if isinstance(frame, dict) else None
+
+
+@dataclass(eq=False)
+class AgentConnection:
+    websocket: WebSocket
+    printer_id: int
+    organization_id: int
+    token: str
+    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    pending: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
+    replaced: bool = False
+    closed: bool = False
+    should_watch: bool | None = None
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.closed:
+            raise AgentNotConnected(self.printer_id)
+        async with self.send_lock:
+            await self.websocket.send_text(json.dumps(message))
+
+    async def deliver(self, message: AgentMessage) -> None:
+        await self.send(message.as_message())
+
+    async def close(self, code: int) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for future in self.pending.values():
+            future.cancel()
+        try:
+            async with self.send_lock:
+                await self.websocket.close(code)
+        except Exception:  # the peer may be gone already; nothing is left to tell it
+            log.debug("closing the connection of printer %s failed", self.printer_id, exc_info=True)
+
+    async def call(self, target: str, func: str, args: list[Any], kwargs: dict[str, Any], wait_seconds: float) -> Any:
+        if len(self.pending) >= MAX_PENDING_CALLS:
+            raise AgentCallError("too many calls waiting for this agent")
+        ref = uuid.uuid4().hex
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[ref] = future
+        try:
+            await self.send({"passthru": {"target": target, "func": func, "args": args, "kwargs": kwargs, "ref": ref}})
+            return await asyncio.wait_for(future, wait_seconds)
+        finally:
+            self.pending.pop(ref, None)
+
+    def answer(self, reply: dict[str, Any]) -> None:
+        future = self.pending.get(str(reply.get("ref")))
+        if future is None or future.done():
+            return
+        if reply.get("error") is not None:
+            future.set_exception(AgentCallError(str(reply["error"])[:1000]))
+        else:
+            future.set_result(reply.get("ret"))
+
+
+class AgentGateway:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        registry: object,
+        *,
+        probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
+    ) -> None:
+        self._sessionmaker = sessionmaker
+        self._registry = registry if isinstance(registry, AgentRegistry) else None
+        if self._registry is None:
+            log.warning("the command bus takes no local agents; commands will not reach agents connected here")
+        self.probe_timeout = probe_timeout
+        self._connections: dict[int, AgentConnection] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def is_connected(self, printer_id: int) -> bool:
+        return printer_id in self._connections
+
+    async def call(
+        self, printer_id: int, func: str, *args: Any, target: str = PROBE_TARGET,
+        wait_seconds: float = DEFAULT_CALL_TIMEOUT, **kwargs: Any,
+    ) -> Any:
+        """Call ``target.func(*args, **kwargs)`` on the printer's agent and return its answer."""
+        connection = self._connections.get(printer_id)
+        if connection is None:
+            raise AgentNotConnected(printer_id)
+        return await connection.call(target, func, list(args), kwargs, wait_seconds)
+
+    async def disconnect(self, printer_id: int, code: int = CLOSE_UNAUTHORIZED) -> None:
+        connection = self._connections.get(printer_id)
+        if connection is not None:
+            self._forget(connection)
+            await connection.close(code)
+
+    async def close_all(self) -> None:
+        for connection in list(self._connections.values()):
+            self._forget(connection)
+            await connection.close(CLOSE_GOING_AWAY)
+        # Let offline marks and duplicate probes finish (briefly): cancelling one mid-query
+        # would leave its database connection half closed while the engine is disposed.
+        if self._background:
+            await asyncio.wait(set(self._background), timeout=self.probe_timeout + 3)
+        for task in list(self._background):
+            task.cancel()
+
+    async def serve(self, websocket: WebSocket) -> None:
+        token = token_from_header(websocket.headers.get("authorization"))
+        printer = None
+        if token is not None:
+            async with self._sessionmaker() as session:
+                printer = await printer_for_token(session, token)
+        if printer is None or token is None:
+            # Refused before the handshake completes; never an error page.
+            await websocket.close(CLOSE_UNAUTHORIZED)
+            return
+        await websocket.accept()
+        connection = AgentConnection(websocket, printer.id, printer.organization_id, token)
+        connection.should_watch = should_watch(printer)
+        previous = self._connections.get(printer.id)
+        self._connections[printer.id] = connection
+        if self._registry is not None:
+            self._registry.register(printer.id, connection.deliver)
+        if previous is not None:
+            previous.replaced = True
+            self._spawn(self._retire(previous))
+        log.info("agent of printer %s connected", printer.id)
+        try:
+            await connection.send(RemoteStatus(should_watch=connection.should_watch).as_message())
+            await self._receive(connection)
+        except (WebSocketDisconnect, AgentNotConnected):
+            pass
+        except Exception:
+            log.exception("agent connection of printer %s failed", printer.id)
+            await connection.close(CLOSE_GOING_AWAY)
+        finally:
+            await self._disconnected(connection)
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _retire(self, old: AgentConnection) -> None:
+        alive = True
+        try:
+            await old.call(PROBE_TARGET, PROBE_FUNC, [], {}, self.probe_timeout)
+        except AgentCallError:
+            pass  # an error answer still proves an agent is there
+        except (TimeoutError, asyncio.CancelledError, Exception):
+            alive = False
+        if alive:
+            log.warning("printer %s: a second agent uses the same token; the older one is told to stop",
+                        old.printer_id)
+        await old.close(CLOSE_DUPLICATE if alive else CLOSE_GOING_AWAY)
+
+    def _forget(self, connection: AgentConnection) -> bool:
+        """Drop ``connection`` if it is still the printer's; whether it was."""
+        if self._connections.get(connection.printer_id) is not connection:
+            return False
+        del self._connections[connection.printer_id]
+        if self._registry is not None:
+            self._registry.unregister(connection.printer_id, connection.deliver)
+        return True
+
+    async def _disconnected(self, connection: AgentConnection) -> None:
+        connection.closed = True
+        for future in connection.pending.values():
+            future.cancel()
+        if not self._forget(connection) and connection.replaced:
+            return  # a newer connection holds the printer now: leave its state alone
+        log.info("agent of printer %s disconnected", connection.printer_id)
+        # Its own task: a server that cancels the connection's task on disconnect must not
+        # leave the printer looking online.
+        task = asyncio.ensure_future(self._mark_offline(connection.printer_id))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        await asyncio.shield(task)
+
+    async def _mark_offline(self, printer_id: int) -> None:
+        if printer_id in self._connections:
+            return  # the agent is back already
+        try:
+            async with self._sessionmaker() as session:
+                await session.execute(
+                    update(Printer).where(Printer.id == printer_id).values(status=None)
+                    .execution_options(synchronize_session=False)
+                )
+                await session.commit()
+        except Exception:
+            log.exception("could not mark printer %s offline", printer_id)
+
+    async def _receive(self, connection: AgentConnection) -> None:
+        websocket = connection.websocket
+        while True:
+            try:
+                message = await websocket.receive()
+            except RuntimeError:
+                return  # closed by us while waiting
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is None:
+                data = message.get("bytes") or b""
+                if len(data) > MAX_FRAME_BYTES:
+                    log.warning("printer %s: binary frame of %d bytes; closing", connection.printer_id, len(data))
+                    await connection.close(CLOSE_TOO_BIG)
+                    return
+                log.info("printer %s: binary frame ignored", connection.printer_id)
+                continue
+            if len(text) > MAX_FRAME_BYTES or len(text.encode("utf-8", "replace")) > MAX_FRAME_BYTES:
+                log.warning("printer %s: frame larger than %d bytes; closing", connection.printer_id, MAX_FRAME_BYTES)
+                await connection.close(CLOSE_TOO_BIG)
+                return
+            frame = parse_frame(text)
+            if frame is None:
+                log.info("printer %s: frame that is not a JSON object ignored", connection.printer_id)
+                continue
+            try:
+                await self._handle(connection, frame)
+            except Exception:
+                log.exception("printer %s: frame could not be applied; ignored", connection.printer_id)
+            if connection.closed:
+                return
+
+    async def _handle(self, connection: AgentConnection, frame: dict[str, Any]) -> None:
+        passthru = frame.get("passthru")
+        # printer_event copies are for the reference server's web app; the HTTP call stores them.
+        if isinstance(passthru, dict) and "ref" in passthru:
+            connection.answer(passthru)
+        if connection.replaced:
+            return
+        unknown = set(frame) - KNOWN_KEYS
+        if unknown:
+            log.info("printer %s: unknown keys ignored: %s", connection.printer_id, sorted(unknown)[:10])
+        try:
+            update_ = lifecycle.parse_update(frame)
+        except lifecycle.BadFrame as exc:
+            log.info("printer %s: frame ignored: %s", connection.printer_id, exc)
+            return
+        if update_.empty:
+            return
+        async with self._sessionmaker() as session:
+            printer = await session.get(Printer, connection.printer_id)
+            if printer is None or printer.archived_at is not None or printer.auth_token != connection.token:
+                # Deleted, archived or relinked since the agent connected: its token is no longer good.
+                self._forget(connection)
+                await connection.close(CLOSE_UNAUTHORIZED)
+                return
+            await lifecycle.apply_update(session, printer, update_, utcnow())
+            await session.commit()
+            watch = should_watch(printer)
+        if watch != connection.should_watch:
+            connection.should_watch = watch
+            await connection.send(RemoteStatus(should_watch=watch).as_message())

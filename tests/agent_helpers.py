@@ -1,0 +1,109 @@
+"""Helpers for the agent-protocol tests: pictures, status frames, a server under TestClient."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from PIL import Image
+from sqlalchemy import select
+
+from conftest import Farm
+from layerfleet.agents.models import PrinterEvent
+from layerfleet.fleet.models import Printer
+from layerfleet.prints.models import Print
+
+
+def jpeg(width: int = 64, height: int = 48, color: tuple[int, int, int] = (200, 40, 40)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), color).save(out, "JPEG", quality=80)
+    return out.getvalue()
+
+
+def status(text: str = "Operational", *, printing: bool = False, paused: bool = False,
+           file: str | None = None, gcode_id: int | None = None) -> dict[str, Any]:
+    job_file: dict[str, Any] = {"name": file, "path": file, "display": file, "origin": "local" if file else None}
+    if gcode_id is not None:
+        job_file["obico_g_code_file_id"] = gcode_id
+    return {
+        "state": {"text": text, "flags": {
+            "operational": True, "printing": printing, "paused": paused, "pausing": False,
+            "cancelling": False, "resuming": False, "finishing": False, "closedOrError": False,
+            "error": False, "ready": not printing, "sdReady": True}, "error": ""},
+        "job": {"file": job_file, "estimatedPrintTime": None, "lastPrintTime": None, "filament": None},
+        "progress": {"completion": None, "filepos": None, "printTime": None},
+        "temperatures": {"tool0": {"actual": 200.0, "target": 200.0, "offset": 0}},
+        "_ts": int(time.time()),
+    }
+
+
+def frame(st: dict[str, Any], ts: int = -1, event: str | None = None, **extra: Any) -> dict[str, Any]:
+    message: dict[str, Any] = {"status": st, "current_print_ts": ts, **extra}
+    if event is not None:
+        message["event"] = {"event_type": event, "data": {"name": st["job"]["file"]["name"]}}
+    return message
+
+
+SETTINGS = {
+    "temperature": {"profiles": [{"name": "ABS", "extruder": 210, "bed": 100},
+                                 {"name": "PLA", "extruder": 180, "bed": 60}]},
+    "agent": {"name": "octoprint_obico", "version": "2.6.1"},
+    "octoprint_version": "1.11.8",
+    "webcams": [{"name": "classic", "is_primary_camera": True, "flipH": True, "flipV": False, "rotation": 90,
+                 "streamRatio": "16:9"}],
+}
+
+
+def bearer(printer: Printer) -> dict[str, str]:
+    return {"Authorization": f"bearer {printer.auth_token}"}
+
+
+def agent_headers(printer: Printer) -> dict[str, str]:
+    return {"Authorization": f"Token {printer.auth_token}"}
+
+
+async def until(check: Callable[[], Awaitable[Any]], within: float = 10.0) -> Any:
+    """Wait for the gateway, which runs in TestClient's own thread, to have done something."""
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError("the server did not get there in time")
+        await asyncio.sleep(0.02)
+
+
+async def load_printer(farm: Farm, printer_id: int) -> Printer:
+    async def get(session: Any) -> Printer:
+        found = (await session.execute(select(Printer).where(Printer.id == printer_id))).scalar_one()
+        return found  # type: ignore[no-any-return]
+
+    return await farm.run(get)  # type: ignore[no-any-return]
+
+
+async def prints_of(farm: Farm, printer_id: int) -> list[Print]:
+    async def get(session: Any) -> list[Print]:
+        return list((await session.execute(
+            select(Print).where(Print.printer_id == printer_id).order_by(Print.id))).scalars())
+
+    return await farm.run(get)  # type: ignore[no-any-return]
+
+
+async def events_of(farm: Farm, printer_id: int) -> list[PrinterEvent]:
+    async def get(session: Any) -> list[PrinterEvent]:
+        return list((await session.execute(
+            select(PrinterEvent).where(PrinterEvent.printer_id == printer_id).order_by(PrinterEvent.id))).scalars())
+
+    return await farm.run(get)  # type: ignore[no-any-return]
+
+
+def next_command(ws: Any) -> dict[str, Any]:
+    """The next frame that is not a remote_status (those follow watching changes)."""
+    while True:
+        message: dict[str, Any] = ws.receive_json()
+        if "remote_status" not in message:
+            return message
