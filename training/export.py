@@ -16,9 +16,11 @@ INPUT_NAME = "images"
 OUTPUT_NAMES = ["scores", "boxes", "image_score"]
 
 
-def load_checkpoint(path: Path) -> FailureDetector:
+def load_checkpoint(path: Path, image_size: int | None = None) -> FailureDetector:
+    """The network is fully convolutional: it can be exported for another input size than
+    the one it was trained at."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    model = FailureDetector(image_size=checkpoint["image_size"], pretrained=False)
+    model = FailureDetector(image_size=image_size or checkpoint["image_size"], pretrained=False)
     model.load_state_dict(checkpoint["model"])
     return model.eval()
 
@@ -77,8 +79,9 @@ def main() -> None:
     parser.add_argument("--int8", type=Path, help="also write a static INT8 model here")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--calibration-frames", type=int, default=200)
+    parser.add_argument("--size", type=int, help="input size of the exported model (default: as trained)")
     args = parser.parse_args()
-    model = load_checkpoint(args.checkpoint)
+    model = load_checkpoint(args.checkpoint, args.size)
     export_onnx(model, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
     if args.int8:

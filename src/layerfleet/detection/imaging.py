@@ -67,7 +67,9 @@ def open_image(data: bytes, target: int) -> tuple[Image.Image, int, int]:
             image.load()
     except BadImage:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImage(f"the image is too large to decode safely: {exc}") from None
+    except UnidentifiedImageError as exc:
         raise BadImage(f"not a readable image: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"the image is damaged or truncated: {exc}") from None
