@@ -70,6 +70,14 @@ VERIFY_CALLS, VERIFY_WINDOW_SECONDS = 20, 600
 DISCOVERY_CALLS, DISCOVERY_WINDOW_SECONDS = 300, 600
 
 
+def _default_bus(settings: Settings) -> CommandBus:
+    if settings.redis_url:
+        from layerfleet.agents.redis_bus import RedisCommandBus
+
+        return RedisCommandBus(settings.redis_url)
+    return InProcessCommandBus()
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -78,12 +86,13 @@ def create_app(
 ) -> FastAPI:
     settings = settings or load_settings()
     engine = create_engine(settings.effective_database_url, echo=settings.db_echo)
-    bus = command_bus or InProcessCommandBus()
+    bus = command_bus or _default_bus(settings)
     sessionmaker = create_sessionmaker(engine)
     gateway = AgentGateway(sessionmaker, bus)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await bus.start()
         try:
             yield
         finally:

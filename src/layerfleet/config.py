@@ -38,6 +38,9 @@ class Settings(BaseSettings):
     )
     session_cookie_secure: bool = False
     session_max_age_seconds: int = 14 * 24 * 3600
+    redis_url: str | None = Field(
+        default=None, description="redis://… to deliver agent commands across server processes"
+    )
     initial_detection_hours: float = Field(
         default=100.0, ge=0, description="AI detection hours (dh_balance) a new account starts with"
     )

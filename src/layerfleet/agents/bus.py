@@ -55,6 +55,9 @@ class CommandBus(abc.ABC):
     async def send(self, printer_id: int, message: AgentMessage) -> bool:
         """Hand a message to the printer's agent; False when no agent took it."""
 
+    async def start(self) -> None:  # noqa: B027  (optional hook)
+        """Open connections the bus needs; called when the server starts."""
+
     async def close(self) -> None:  # noqa: B027  (optional hook)
         """Release connections the bus holds."""
 
