@@ -28,16 +28,16 @@ from layerfleet.prints.models import Print, PrintShotFeedback
 POSTGRES_URL = os.environ.get("LAYERFLEET_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 
 
-def _postgres_answers() -> bool:
+def local_port_answers(port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=1):
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True
     except OSError:
         return False
 
 
 def _backends() -> list[str]:
-    if _postgres_answers():
+    if local_port_answers(5432):
         return ["sqlite", "postgresql"]
     if os.environ.get("CI"):
         raise RuntimeError("PostgreSQL at 127.0.0.1:5432 does not answer; CI must test on it")

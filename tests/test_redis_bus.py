@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import time
 import uuid
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import PRINTING, FakeAgent, Farm
+from conftest import PRINTING, FakeAgent, Farm, local_port_answers
 from layerfleet.agents.bus import AgentCommand, RemoteStatus
 from layerfleet.agents.redis_bus import RedisCommandBus
 from layerfleet.app import create_app
@@ -20,15 +19,7 @@ from layerfleet.app import create_app
 REDIS_URL = os.environ.get("LAYERFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
-def _redis_answers() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-if not _redis_answers():
+if not local_port_answers(6379):
     if os.environ.get("CI"):
         raise RuntimeError("Redis at 127.0.0.1:6379 does not answer; CI must test on it")
     pytest.skip("Redis does not answer at 127.0.0.1:6379", allow_module_level=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from layerfleet.detection import Detector
-from layerfleet.detection.runtime import shipped_model_path
+from layerfleet.detection.runtime import iou, shipped_model_path
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "print-failures"
 
@@ -30,17 +30,6 @@ def read_failure_boxes(label: Path, width: int, height: int) -> np.ndarray:
                 x, y, w, h = (float(v) for v in parts[1:5])
                 rows.append([(x - w / 2) * width, (y - h / 2) * height, (x + w / 2) * width, (y + h / 2) * height])
     return np.array(rows, dtype=np.float32).reshape(-1, 4)
-
-
-def iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
-    x0 = np.maximum(box[0], others[:, 0])
-    y0 = np.maximum(box[1], others[:, 1])
-    x1 = np.minimum(box[2], others[:, 2])
-    y1 = np.minimum(box[3], others[:, 3])
-    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    return inter / (area + areas - inter + 1e-9)
 
 
 def average_precision(detections: list[tuple[float, int, np.ndarray]], truth: list[np.ndarray]) -> float:
@@ -73,6 +62,8 @@ def average_precision(detections: list[tuple[float, int, np.ndarray]], truth: li
 
 def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     positives, negatives = scores[labels], scores[~labels]
+    if not len(positives) or not len(negatives):
+        return float("nan")
     wins = (positives[:, None] > negatives[None, :]).sum() + 0.5 * (positives[:, None] == negatives[None, :]).sum()
     return float(wins / (len(positives) * len(negatives)))
 

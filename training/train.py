@@ -18,19 +18,11 @@ import torch
 
 from layerfleet.detection.imaging import letterbox
 from training.data import TrainingSet, collate, has_failure, read_split
+from training.evaluate import auroc
 from training.export import export_onnx
 from training.model import FailureDetector, detection_loss
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "print-failures"
-
-
-def auroc(scores: list[float], labels: list[bool]) -> float:
-    positives = [s for s, y in zip(scores, labels, strict=True) if y]
-    negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
-    if not positives or not negatives:
-        return float("nan")
-    wins = sum((p > n) + 0.5 * (p == n) for p in positives for n in negatives)
-    return wins / (len(positives) * len(negatives))
 
 
 @torch.no_grad()
@@ -48,7 +40,7 @@ def validate(model: FailureDetector, samples: list, size: int) -> dict[str, floa
     negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
     positives = [s for s, y in zip(scores, labels, strict=True) if y]
     return {
-        "auroc": auroc(scores, labels),
+        "auroc": auroc(np.array(scores), np.array(labels, dtype=bool)),
         "recall@0.5": float(np.mean([s >= 0.5 for s in positives])) if positives else float("nan"),
         "fpr@0.5": float(np.mean([s >= 0.5 for s in negatives])) if negatives else float("nan"),
     }

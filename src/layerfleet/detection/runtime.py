@@ -54,21 +54,26 @@ def shipped_model_path() -> Path:
     return Path(str(resources.files("layerfleet.detection").joinpath("models", SHIPPED_MODEL)))
 
 
-def nms(boxes: np.ndarray, scores: np.ndarray, iou: float = NMS_IOU) -> list[int]:
+def iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Intersection over union of one x0, y0, x1, y1 box with each of ``others``."""
+    x0 = np.maximum(box[0], others[:, 0])
+    y0 = np.maximum(box[1], others[:, 1])
+    x1 = np.minimum(box[2], others[:, 2])
+    y1 = np.minimum(box[3], others[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
+    return inter / (area + areas - inter + 1e-9)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float = NMS_IOU) -> list[int]:
     order = scores.argsort()[::-1]
     keep: list[int] = []
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
     while order.size:
         first = int(order[0])
         keep.append(first)
         rest = order[1:]
-        x0 = np.maximum(boxes[first, 0], boxes[rest, 0])
-        y0 = np.maximum(boxes[first, 1], boxes[rest, 1])
-        x1 = np.minimum(boxes[first, 2], boxes[rest, 2])
-        y1 = np.minimum(boxes[first, 3], boxes[rest, 3])
-        inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-        overlap = inter / (areas[first] + areas[rest] - inter + 1e-9)
-        order = rest[overlap <= iou]
+        order = rest[iou(boxes[first], boxes[rest]) <= threshold]
     return keep
 
 
