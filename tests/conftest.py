@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,3 +205,12 @@ def farm(app: Any) -> Farm:
 
 def now() -> Any:
     return utcnow()
+
+
+@pytest.fixture
+def live_url(settings: Settings) -> Iterator[str]:
+    """The app served by a real Uvicorn on a free port (same database as `farm`)."""
+    from live_server import LiveServer
+
+    with LiveServer(settings) as url:
+        yield url

@@ -342,6 +342,18 @@ async def test_anonymous_verify_calls_are_throttled_per_address(app: Any) -> Non
         assert (await neighbour.post("/api/v1/octo/verify/?code=000000")).status_code == 404
 
 
+async def test_only_wrong_codes_count_towards_the_verify_throttle(app: Any, farm: Farm) -> None:
+    owner = await farm.member()
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.11", 4242))
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as farm_host:
+        for _ in range(25):  # more printers than the throttle's 20 calls, all with real codes
+            code = (await farm_host.get("/api/v1/onetimeverificationcodes/", headers=owner.headers)).json()["code"]
+            linked = await farm_host.post(f"/api/v1/octo/verify/?code={code}")
+            assert linked.status_code == 200, linked.text
+        wrong = [(await farm_host.post("/api/v1/octo/verify/?code=abc")).status_code for _ in range(21)]
+    assert wrong[:20] == [400] * 20 and wrong[20] == 429
+
+
 # --- the websocket ----------------------------------------------------------------------------------
 
 async def test_websocket_refuses_bad_tokens(server: TestClient, farm: Farm) -> None:
@@ -473,6 +485,28 @@ async def test_print_lifecycle(server: TestClient, farm: Farm) -> None:
     assert second.cancelled_at is not None and second.finished_at is None
     assert third.cancelled_at is not None and third.finished_at is None
     assert (await load_printer(farm, printer.id)).current_print_id is None
+
+
+async def test_events_replayed_after_a_reconnect_end_only_their_own_print(server: TestClient, farm: Farm) -> None:
+    owner = await farm.member()
+    printer = await farm.printer(owner)
+    t1 = 1_700_000_000
+    t2 = t1 + 12  # the next print started within the clock-skew window of the first
+    with server.websocket_connect("/ws/dev/", headers=bearer(printer)) as ws:
+        ws.receive_json()
+        ws.send_json(frame(status("Printing", printing=True, file="a.gcode"), ts=t1, event="PrintStarted"))
+        ws.send_json(frame(status("Operational", file="a.gcode"), ts=t1, event="PrintDone"))
+        ws.send_json(frame(status("Printing", printing=True, file="b.gcode"), ts=t2, event="PrintStarted"))
+        await until(lambda: _count_prints(farm, printer.id, 2))
+        # A copy of the first print's end, late: the second print goes on.
+        ws.send_json(frame(status("Printing", printing=True, file="b.gcode"), ts=t1, event="PrintFailed"))
+        ws.send_json(frame(status("Printing", printing=True, file="b.gcode", gcode_id=None), ts=t2))
+        await until(lambda: _status_is(farm, printer.id, t2, "Printing", file="b.gcode"))
+    prints = await prints_of(farm, printer.id)
+    assert [(p.filename, p.ext_id) for p in prints] == [("a.gcode", t1), ("b.gcode", t2)]
+    assert prints[0].finished_at is not None and prints[0].cancelled_at is None
+    assert prints[1].finished_at is None and prints[1].cancelled_at is None
+    assert (await load_printer(farm, printer.id)).current_print_id == prints[1].id
 
 
 async def _count_prints(farm: Farm, printer_id: int, count: int) -> bool:

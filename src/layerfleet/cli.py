@@ -188,6 +188,145 @@ def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failures else 0
 
 
+AGENT_EXIT_CODES = {"REQUESTED": 0, "UNAUTHORIZED": 2, "DUPLICATE": 3}
+
+
+def _run_until_signalled(work: Callable[[asyncio.Event], Awaitable[T]]) -> T:
+    """Run ``work`` with an event that SIGINT / SIGTERM set, so agents stop cleanly."""
+    import signal
+
+    async def main() -> T:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        return await work(stop)
+
+    return asyncio.run(main())
+
+
+def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
+    import httpx
+
+    from layerfleet.printer_agent.camera import Camera, MjpegStreamCamera, SnapshotUrlCamera
+    from layerfleet.printer_agent.config import AgentConfig, ConfigError
+    from layerfleet.printer_agent.connector import Connector
+    from layerfleet.printer_agent.runner import AgentRunner
+    from layerfleet.simulator.farm import LinkError
+
+    try:
+        config = AgentConfig.from_file(args.config) if args.config else AgentConfig()
+        config = config.overridden(
+            server=args.server, token=args.token, octoprint_url=args.octoprint,
+            octoprint_api_key=args.octoprint_api_key, moonraker_url=args.moonraker,
+            moonraker_api_key=args.moonraker_api_key, snapshot_url=args.snapshot_url,
+            stream_url=args.stream_url, name=args.name,
+        )
+        config.validate(need_token=args.code is None)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    assert config.server is not None
+    if args.code is not None:
+        try:
+            config.token = asyncio.run(_verify_code(config.server, args.code, config.name))
+        except (LinkError, httpx.HTTPError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"linked; the printer token is {config.token}\n"
+              "  put it in the config file (token = \"…\") or pass --token next time", flush=True)
+    assert config.token is not None
+    connector: Connector
+    if config.octoprint_url:
+        from layerfleet.printer_agent.octoprint import OctoPrintConnector
+
+        connector = OctoPrintConnector(config.octoprint_url, config.octoprint_api_key or "")
+    else:
+        from layerfleet.printer_agent.moonraker import MoonrakerConnector
+
+        assert config.moonraker_url is not None
+        connector = MoonrakerConnector(config.moonraker_url, api_key=config.moonraker_api_key)
+    camera: Camera | None = None
+    if config.snapshot_url:
+        camera = SnapshotUrlCamera(config.snapshot_url)
+    elif config.stream_url:
+        camera = MjpegStreamCamera(config.stream_url)
+    runner = AgentRunner(config.server, config.token, connector, camera, label=config.name or connector.kind)
+
+    async def work(stop: asyncio.Event) -> str:
+        stopper = asyncio.create_task(stop.wait())
+        stopper.add_done_callback(lambda _: runner.stop())
+        result = await runner.run()
+        stopper.cancel()
+        return result.name
+
+    outcome = _run_until_signalled(work)
+    if outcome != "REQUESTED":
+        print(f"agent stopped: {outcome.lower()}", file=sys.stderr)
+    return AGENT_EXIT_CODES[outcome]
+
+
+async def _verify_code(server: str, code: str, name: str | None) -> str:
+    import httpx
+
+    from layerfleet.simulator.farm import LinkError
+
+    async with httpx.AsyncClient(base_url=server.rstrip("/"), timeout=30) as client:
+        answer = await client.post("/api/v1/octo/verify/", params={"code": code}, json={"name": name} if name else {})
+    if not answer.is_success:
+        detail = answer.json().get("detail", answer.text[:200]) if answer.headers.get(
+            "content-type", "").startswith("application/json") else answer.text[:200]
+        raise LinkError(f"the server did not accept code {code}: {answer.status_code} {detail}")
+    token: str = answer.json()["printer"]["auth_token"]
+    return token
+
+
+def _minutes_range(text: str) -> tuple[float, float]:
+    low, _, high = text.partition("-")
+    try:
+        values = (float(low), float(high or low))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN-MAX minutes, like 20-60, not {text!r}") from None
+    if not 0 < values[0] <= values[1]:
+        raise argparse.ArgumentTypeError("minutes must be positive and MIN ≤ MAX")
+    return values
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number from 0 to 1, not {text!r}") from None
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError("the fail rate is a share of prints, from 0 to 1")
+    return value
+
+
+def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    import httpx
+
+    from layerfleet.simulator.farm import LinkError, TokenStore, describe, link_printers, run_farm
+    from layerfleet.simulator.printer import SimulationOptions
+
+    low, high = args.print_minutes
+    options = SimulationOptions(speed=args.speed, fail_rate=args.fail_rate, min_print_minutes=low,
+                                max_print_minutes=high)
+    store = TokenStore(args.state or settings.data_dir / "simulated-printers.json")
+
+    async def work(stop: asyncio.Event) -> int:
+        try:
+            links = await link_printers(args.server, args.token, args.printers, store, prefix=args.name)
+        except (LinkError, httpx.HTTPError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(f"  {len(links)} simulated printer(s) on {args.server}; Ctrl-C stops them", flush=True)
+        results = await run_farm(args.server, links, options, seed=args.seed, stop=stop)
+        print(f"simulator stopped: {describe(results)}", flush=True)
+        return 0
+
+    return _run_until_signalled(work)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="layerfleet", description="Layerfleet print-farm server")
     parser.add_argument("--version", action="version", version=f"layerfleet {__version__}")
@@ -228,6 +367,53 @@ def build_parser() -> argparse.ArgumentParser:
     detect.add_argument("--json", action="store_true", help="one JSON object per line, per image")
     detect.add_argument("--model", type=Path, help="ONNX model (default: LAYERFLEET_MODEL_PATH or the shipped one)")
     detect.set_defaults(handler=cmd_detect)
+
+    from layerfleet.printer_agent.config import EXAMPLE as AGENT_CONFIG_EXAMPLE
+
+    agent = commands.add_parser(
+        "agent", help="run the printer agent for an OctoPrint or Moonraker printer",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Connect one printer (through OctoPrint or Moonraker) to a Layerfleet server, or any "
+        "server that speaks the Obico agent protocol. It reports status and print events, posts webcam "
+        "pictures for failure detection, and carries out pause / resume / cancel. It reconnects with "
+        "backoff and keeps print events while the server is away.\n\n"
+        "Link once with a 6-digit code from the server (Printers → Link a printer):\n"
+        "  layerfleet agent --server URL --code 123456 --octoprint http://127.0.0.1:5000 --octoprint-api-key KEY\n"
+        "then run with the printer token it prints (--token) or a config file (--config):\n\n"
+        + AGENT_CONFIG_EXAMPLE,
+        epilog="Exit codes: 0 stopped, 2 configuration or token refused, 3 another agent uses the token.",
+    )
+    agent.add_argument("--config", type=Path, help="TOML config file (flags override it)")
+    agent.add_argument("--server", help="server base URL, e.g. https://farm.example.com")
+    agent.add_argument("--token", help="the printer token (from linking)")
+    agent.add_argument("--code", help="link with this 6-digit one-time code and print the token")
+    agent.add_argument("--octoprint", metavar="URL", help="OctoPrint base URL, e.g. http://127.0.0.1:5000")
+    agent.add_argument("--octoprint-api-key", metavar="KEY", help="an OctoPrint application or user API key")
+    agent.add_argument("--moonraker", metavar="URL", help="Moonraker base URL, e.g. http://127.0.0.1:7125")
+    agent.add_argument("--moonraker-api-key", metavar="KEY", help="Moonraker API key, when it requires one")
+    agent.add_argument("--snapshot-url", metavar="URL", help="webcam snapshot URL (default: the host's webcam)")
+    agent.add_argument("--stream-url", metavar="URL", help="MJPEG stream URL to grab frames from")
+    agent.add_argument("--name", help="a label for the logs, and the printer's name when linking")
+    agent.set_defaults(handler=cmd_agent)
+
+    simulate = commands.add_parser(
+        "simulate", help="run simulated printers linked to a server",
+        description="Simulated printers that link to SERVER like real ones (one-time code, own printer "
+        "token) and heat, print, pause, resume and cancel, with webcam pictures of a growing part. "
+        "With --fail-rate some prints turn to spaghetti part-way. Printer tokens are kept in --state, "
+        "so a second run brings back the same printers.",
+    )
+    simulate.add_argument("--server", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
+    simulate.add_argument("--token", required=True, help="API token of an admin (`layerfleet token create`)")
+    simulate.add_argument("--printers", type=int, default=3, help="how many printers (default 3)")
+    simulate.add_argument("--fail-rate", type=_fraction, default=0.0, help="share of prints that fail, 0–1")
+    simulate.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second (default 1)")
+    simulate.add_argument("--print-minutes", type=_minutes_range, default=(20.0, 60.0), metavar="MIN-MAX",
+                          help="print length range in simulated minutes (default 20-60)")
+    simulate.add_argument("--name", default="Simulated printer", help="printer name prefix")
+    simulate.add_argument("--state", type=Path, help="token file (default: DATA_DIR/simulated-printers.json)")
+    simulate.add_argument("--seed", type=int, help="random seed, for repeatable runs")
+    simulate.set_defaults(handler=cmd_simulate)
     return parser
 
 

@@ -4,7 +4,9 @@ The rules are the reference server's: a new ``current_print_ts`` (±20 s of cloc
 a Print; PrintDone ends it finished, PrintFailed / PrintCancelled end it cancelled, and
 ``current_print_ts`` going to -1 ends an open print cancelled (its PrintDone was never seen).
 A print is known by its ``ext_id`` (the agent's start time), so reconnects and late status
-messages of an ended print never create it twice.
+messages of an ended print never create it twice. Agents replay events kept while they were
+disconnected: a message carrying exactly an ended print's time is about that print and never
+ends or restarts the current one, even within the skew window.
 """
 
 from __future__ import annotations
@@ -182,6 +184,12 @@ def _started_at(ts: int, now: datetime) -> datetime:
     return started if now - MAX_START_AGE <= started <= now else now
 
 
+async def _ended_print_started_at(session: AsyncSession, printer: Printer, ts: int) -> bool:
+    query = select(Print.id).where(Print.printer_id == printer.id, Print.ext_id == ts,
+                                   (Print.finished_at.is_not(None)) | (Print.cancelled_at.is_not(None)))
+    return (await session.execute(query.limit(1))).first() is not None
+
+
 async def _track_print(session: AsyncSession, printer: Printer, update: AgentUpdate, now: datetime) -> None:
     ts = update.current_print_ts
     assert ts is not None
@@ -193,6 +201,8 @@ async def _track_print(session: AsyncSession, printer: Printer, update: AgentUpd
     if ts == 0:
         return
     if current is not None and current.ext_id is not None and abs(current.ext_id - ts) <= CLOCK_SKEW_SECONDS:
+        if current.ext_id != ts and await _ended_print_started_at(session, printer, ts):
+            return  # exactly an earlier print's time: a late message about that one
         if current.gcode_file_id is None:
             current.gcode_file_id = await _gcode_file_id(session, printer, update)
         return
@@ -203,7 +213,10 @@ async def _track_print(session: AsyncSession, printer: Printer, update: AgentUpd
         .limit(1)
     )).scalar_one_or_none()
     if known is not None and not _is_open(known):
-        return  # a late status of a print that has already ended
+        if update.event_type != "PrintStarted" or known.ext_id == ts:
+            return  # a late status of a print that has already ended
+        # A print started within the skew window of the one that just ended is a new print.
+        known = None
     if current is not None:
         log.info("printer %s: print %s ended without an end event; a new print started", printer.id, current.id)
         _end(printer, current, now, finished=False)
@@ -251,6 +264,10 @@ async def apply_update(session: AsyncSession, printer: Printer, update: AgentUpd
     current = printer.current_print
     if event_type is None or current is None:
         return
+    ts = update.current_print_ts
+    if ts is not None and ts > 0 and current.ext_id is not None and current.ext_id != ts and (
+            abs(current.ext_id - ts) > CLOCK_SKEW_SECONDS or await _ended_print_started_at(session, printer, ts)):
+        return  # a late event of an earlier print (sent after a reconnect) is not about this one
     if event_type in ENDS_FINISHED:
         _end(printer, current, now, finished=True)
     elif event_type in ENDS_CANCELLED:

@@ -82,15 +82,20 @@ def _printer_name(fields: dict[str, Any]) -> str | None:
 
 
 async def _verify(request: Request, db: Db, code: str | None) -> VerificationCodeOut:
+    # Only wrong codes count: guessing is what the throttle stops, and a farm linking many
+    # printers from one address with real codes must not be locked out.
     limiter: RateLimiter = request.app.state.verify_throttle
-    if not limiter.allow(client_address(request)):
+    address = client_address(request)
+    if limiter.blocked(address):
         raise HTTPException(429, detail="Request was throttled. Wait a few minutes and try again.")
     code = (code or "").strip()
     if not linking.is_well_formed(code):
+        limiter.record(address)
         raise FieldErrors({"code": ["Enter the 6-digit code shown when you add a printer."]})
     body = await read_body(request, MAX_VERIFY_BODY, max_files=0)
     linked = await linking.verify(db, code, _printer_name(body.fields))
     if linked is None:
+        limiter.record(address)
         # Unknown, expired and used codes answer alike.
         raise HTTPException(404, detail=NOT_FOUND)
     await db.commit()

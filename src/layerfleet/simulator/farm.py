@@ -1,0 +1,146 @@
+"""`layerfleet simulate`: a farm of simulated printers linked to a server like real ones.
+
+Each printer is linked through the normal path (a one-time code asked for with the user's
+API token, then the agent's anonymous verify call), gets its own printer token, and runs the
+same `AgentRunner` as `layerfleet agent`. Tokens are kept in a state file, so running the
+simulator again brings back the same printers instead of adding new ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from layerfleet.printer_agent.runner import AgentRunner, Cadence, Stopped
+from layerfleet.simulator.printer import SimulatedCamera, SimulatedPrinter, SimulationOptions
+
+log = logging.getLogger(__name__)
+
+
+class LinkError(RuntimeError):
+    """The server would not link a simulated printer; the message says why."""
+
+
+@dataclass(frozen=True)
+class SimulatedPrinterLink:
+    name: str
+    token: str
+
+
+class TokenStore:
+    """Printer tokens per server and user token, in a small JSON file (mode 0600)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _load(self) -> dict[str, dict[str, str]]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def tokens(self, key: str) -> dict[str, str]:
+        found = self._load().get(key, {})
+        return {k: v for k, v in found.items() if isinstance(v, str)} if isinstance(found, dict) else {}
+
+    def save(self, key: str, name: str, token: str) -> None:
+        data = self._load()
+        data.setdefault(key, {})[name] = token
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(data, indent=2))
+        os.chmod(temporary, 0o600)
+        temporary.replace(self.path)  # never a half-written file after a crash
+
+
+def store_key(server: str, user_token: str) -> str:
+    # The user's token is not written down; a short fingerprint tells farms apart.
+    import hashlib
+
+    return f"{server.rstrip('/')}#{hashlib.sha256(user_token.encode()).hexdigest()[:12]}"
+
+
+async def _token_works(client: httpx.AsyncClient, token: str) -> bool:
+    response = await client.get("/api/v1/octo/printer/", headers={"Authorization": f"Token {token}"})
+    if response.status_code in (401, 403):
+        return False
+    response.raise_for_status()
+    return True
+
+
+async def link_printer(client: httpx.AsyncClient, user_token: str, name: str) -> str:
+    """Link a new printer called ``name`` with a one-time code; returns its printer token."""
+    answer = await client.get("/api/v1/onetimeverificationcodes/", headers={"Authorization": f"Token {user_token}"})
+    if answer.status_code in (401, 403):
+        raise LinkError(f"the server refused the API token ({answer.status_code}): "
+                        "use a token of an admin or owner (`layerfleet token create EMAIL`)")
+    if not answer.is_success:
+        raise LinkError(f"asking for a linking code failed: {answer.status_code} {answer.text[:200]}")
+    code = answer.json()["code"]
+    linked = await client.post("/api/v1/octo/verify/", params={"code": code}, json={"name": name})
+    if not linked.is_success:
+        raise LinkError(f"linking with code {code} failed: {linked.status_code} {linked.text[:200]}")
+    token: str = linked.json()["printer"]["auth_token"]
+    return token
+
+
+async def link_printers(server: str, user_token: str, count: int, store: TokenStore,
+                        prefix: str = "Simulated printer") -> list[SimulatedPrinterLink]:
+    """``count`` printers, reusing those linked before (still valid) and linking the rest."""
+    key = store_key(server, user_token)
+    known = store.tokens(key)
+    links: list[SimulatedPrinterLink] = []
+    async with httpx.AsyncClient(base_url=server.rstrip("/"), timeout=30) as client:
+        for number in range(1, count + 1):
+            name = f"{prefix} {number}"
+            token = known.get(name)
+            if token is None or not await _token_works(client, token):
+                token = await link_printer(client, user_token, name)
+                store.save(key, name, token)
+                log.info("linked %s", name)
+            links.append(SimulatedPrinterLink(name, token))
+    return links
+
+
+async def run_farm(
+    server: str,
+    links: list[SimulatedPrinterLink],
+    options: SimulationOptions,
+    *,
+    cadence: Cadence | None = None,
+    seed: int | None = None,
+    stop: asyncio.Event | None = None,
+) -> list[Stopped]:
+    """Run one simulated printer per link until ``stop`` is set (or every agent gave up)."""
+    runners: list[AgentRunner] = []
+    for index, link in enumerate(links):
+        printer = SimulatedPrinter(link.name, options, seed=None if seed is None else seed + index)
+        runners.append(AgentRunner(server, link.token, printer, SimulatedCamera(printer),
+                                   cadence=cadence, label=link.name))
+    tasks = [asyncio.create_task(runner.run()) for runner in runners]
+    if stop is not None:
+        async def stopper() -> None:
+            await stop.wait()
+            for runner in runners:
+                runner.stop()
+
+        stopping = asyncio.create_task(stopper())
+    results: list[Stopped] = await asyncio.gather(*tasks)
+    if stop is not None:
+        stopping.cancel()
+    return results
+
+
+def describe(results: list[Stopped]) -> dict[str, Any]:
+    counts: dict[str, Any] = {}
+    for result in results:
+        counts[result.name] = counts.get(result.name, 0) + 1
+    return counts
