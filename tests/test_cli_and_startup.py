@@ -68,14 +68,27 @@ def sign_in(url: str, email: str, password: str) -> Iterator[httpx.Client]:
         yield client
 
 
+def live_printers(client: httpx.Client, count: int, within: float = 60.0) -> list[dict[str, object]]:
+    """The printers once ``count`` of them report a status (the demo's simulator has linked them)."""
+    deadline = time.monotonic() + within
+    while True:
+        printers: list[dict[str, object]] = client.get("/api/v1/printers/").json()
+        if len(printers) == count and all(p.get("status") for p in printers):
+            return printers
+        assert len(printers) <= count, printers
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the demo printers did not come alive: {printers}")
+        time.sleep(0.5)
+
+
 def test_first_start_seeds_an_admin_and_demo_printers_and_keeps_them(tmp_path: Path) -> None:
     with Server(tmp_path, "--demo") as server:
         email = re.search(r"email:\s+(\S+)", server.output)
         password = re.search(r"password:\s+(\S+)", server.output)
         assert email and password, server.output
         with sign_in(server.url, email[1], password[1]) as client:
-            printers = client.get("/api/v1/printers/").json()
-            assert len(printers) == 3
+            printers = live_printers(client, 3)
+            assert all(p["settings"]["agent_name"] == "layerfleet_agent" for p in printers)
             me = client.get("/api/v1/users/me/").json()
             assert me["email"] == email[1] and me["role"] == "owner"
             home = client.get("/")
@@ -91,7 +104,7 @@ def test_first_start_seeds_an_admin_and_demo_printers_and_keeps_them(tmp_path: P
     with Server(tmp_path, "--demo") as server:
         assert "First start" not in server.output
         with sign_in(server.url, email[1], password[1]) as client:
-            assert [p["name"] for p in client.get("/api/v1/printers/").json()] == names
+            assert [p["name"] for p in live_printers(client, 3)] == names
 
 
 def test_createuser_and_token_create(tmp_path: Path) -> None:

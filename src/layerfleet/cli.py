@@ -47,7 +47,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
     from layerfleet.app import create_app
     from layerfleet.database import create_engine, create_sessionmaker, migrate
-    from layerfleet.demo import seed
+    from layerfleet.demo import demo_simulator_token, seed
 
     if args.host:
         settings.host = args.host
@@ -57,14 +57,16 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     if not args.no_migrate:
         migrate(settings.effective_database_url)
 
-    async def first_start() -> Any:
+    async def first_start() -> tuple[Any, str | None]:
         engine = create_engine(settings.effective_database_url, pooled=False)
         try:
-            return await seed(settings, create_sessionmaker(engine), demo_printers=args.demo)
+            created = await seed(settings, create_sessionmaker(engine))
+            token = await demo_simulator_token(settings, create_sessionmaker(engine)) if args.demo else None
+            return created, token
         finally:
             await engine.dispose()
 
-    created = asyncio.run(first_start())
+    created, demo_token = asyncio.run(first_start())
     if created is not None:
         print(
             "\n  First start: an admin account was created.\n"
@@ -73,11 +75,38 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             flush=True,
         )
     print(f"  Layerfleet {__version__} on http://{settings.host}:{settings.port}/  (API docs: /docs)\n", flush=True)
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port,
-        log_level=settings.log_level, proxy_headers=True,
-    )
+    simulator = _start_demo_simulator(settings, demo_token) if demo_token else None
+    try:
+        uvicorn.run(
+            create_app(settings), host=settings.host, port=settings.port,
+            log_level=settings.log_level, proxy_headers=True,
+        )
+    finally:
+        if simulator is not None:
+            simulator.terminate()
+            simulator.wait(timeout=15)
     return 0
+
+
+def _start_demo_simulator(settings: Settings, token: str) -> Any:
+    """`layerfleet simulate` beside the server, so the demo shows live printers (one in three
+    prints fails); it waits for the server, and stops with it."""
+    import os
+    import subprocess
+
+    from layerfleet.demo import DEMO_FAIL_RATE, DEMO_PRINTERS
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    command = [
+        sys.executable, "-m", "layerfleet", "simulate", "--server", f"http://{host}:{settings.port}",
+        "--token", token, "--printers", str(DEMO_PRINTERS), "--fail-rate", str(DEMO_FAIL_RATE),
+        "--print-minutes", "10-30", "--name", "Demo printer",
+        "--state", str(settings.data_dir / "simulated-printers.json"),
+    ]
+    environment = {**os.environ, "LAYERFLEET_LOG_LEVEL": "warning"}
+    print(f"  --demo: {DEMO_PRINTERS} simulated printers are linking (layerfleet simulate)\n", flush=True)
+    return subprocess.Popen(command, env=environment)
 
 
 def cmd_createuser(args: argparse.Namespace, settings: Settings) -> int:
@@ -335,7 +364,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="migrate the database and run the server")
     serve.add_argument("--host", help="address to listen on (LAYERFLEET_HOST, default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (LAYERFLEET_PORT, default 8000)")
-    serve.add_argument("--demo", action="store_true", help="add a few demo printers on first start")
+    serve.add_argument("--demo", action="store_true", help="also run three simulated printers linked to this server")
     serve.add_argument("--no-migrate", action="store_true", help="do not run migrations before starting")
     serve.set_defaults(handler=cmd_serve)
 

@@ -9,6 +9,7 @@ simulator again brings back the same printers instead of adding new ones.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -35,7 +36,7 @@ class SimulatedPrinterLink:
 
 
 class TokenStore:
-    """Printer tokens per server and user token, in a small JSON file (mode 0600)."""
+    """Printer tokens per user token, in a small JSON file (mode 0600)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -61,11 +62,10 @@ class TokenStore:
         temporary.replace(self.path)  # never a half-written file after a crash
 
 
-def store_key(server: str, user_token: str) -> str:
-    # The user's token is not written down; a short fingerprint tells farms apart.
-    import hashlib
-
-    return f"{server.rstrip('/')}#{hashlib.sha256(user_token.encode()).hexdigest()[:12]}"
+def store_key(user_token: str) -> str:
+    # The user's token identifies the farm (not the URL, which changes with ports and proxies);
+    # it is not written down itself, only a fingerprint.
+    return "user-token:" + hashlib.sha256(user_token.encode()).hexdigest()[:16]
 
 
 async def _token_works(client: httpx.AsyncClient, token: str) -> bool:
@@ -92,13 +92,27 @@ async def link_printer(client: httpx.AsyncClient, user_token: str, name: str) ->
     return token
 
 
+async def wait_for_server(client: httpx.AsyncClient, within: float = 60.0) -> None:
+    """Wait for the server to answer at all (it may be starting beside the simulator)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            await client.get("/api/v1/octo/printer/")
+            return
+        except httpx.TransportError:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def link_printers(server: str, user_token: str, count: int, store: TokenStore,
                         prefix: str = "Simulated printer") -> list[SimulatedPrinterLink]:
     """``count`` printers, reusing those linked before (still valid) and linking the rest."""
-    key = store_key(server, user_token)
+    key = store_key(user_token)
     known = store.tokens(key)
     links: list[SimulatedPrinterLink] = []
     async with httpx.AsyncClient(base_url=server.rstrip("/"), timeout=30) as client:
+        await wait_for_server(client)
         for number in range(1, count + 1):
             name = f"{prefix} {number}"
             token = known.get(name)
