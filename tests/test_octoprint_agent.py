@@ -1,0 +1,149 @@
+"""End to end: our server, a real OctoPrint 1.11 with its virtual printer, and `layerfleet agent`
+as a separate process linking the two, the way a print farm runs it."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import Farm
+from octoprint_host import OctoPrintHost, StaticServer, jpeg, sample_gcode
+
+CAMERA_FRAME = jpeg((640, 480))
+# Long enough for every step below; the test cancels it.
+LONG_PRINT = sample_gcode(moves=2000)
+
+
+@pytest.fixture(scope="module")
+def camera() -> Iterator[StaticServer]:
+    with StaticServer({"/snapshot.jpg": ("image/jpeg", CAMERA_FRAME)}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def octoprint(tmp_path_factory: pytest.TempPathFactory, camera: StaticServer) -> Iterator[OctoPrintHost]:
+    with OctoPrintHost(tmp_path_factory.mktemp("octoprint"), snapshot_url=f"{camera.url}/snapshot.jpg") as host:
+        yield host
+
+
+class AgentProcess:
+    """`layerfleet agent` in a subprocess, its output in a log file for failure messages."""
+
+    def __init__(self, log_path: Path, *args: str) -> None:
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "layerfleet", "agent", *args],
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        self.process.terminate()
+        try:
+            return self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"the agent did not stop on SIGTERM:\n{self.log()}") from None
+
+
+async def poll(check: Callable[[], Awaitable[Any]], what: str, agent: AgentProcess, within: float = 30.0) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if agent.process.poll() is not None:
+            raise AssertionError(f"the agent exited with {agent.process.returncode}:\n{agent.log()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; agent log:\n{agent.log()[-4000:]}")
+        await asyncio.sleep(0.2)
+
+
+async def test_the_agent_links_our_server_and_octoprint(
+        live_url: str, farm: Farm, octoprint: OctoPrintHost, tmp_path: Path) -> None:
+    owner = await farm.member()
+    printer = await farm.printer(owner, "OctoPrint MK3")
+    agent = AgentProcess(tmp_path / "agent.log", "--server", live_url, "--token", printer.auth_token,
+                         "--octoprint", octoprint.url, "--octoprint-api-key", octoprint.api_key)
+    try:
+        async with httpx.AsyncClient(base_url=live_url, headers=owner.headers, timeout=10) as api:
+
+            async def shown() -> dict[str, Any]:
+                return dict((await api.get(f"/api/v1/printers/{printer.id}/")).json())
+
+            async def state_is(text: str) -> bool:
+                return bool(((await shown()).get("status") or {}).get("state", {}).get("text") == text)
+
+            async def our_prints() -> list[dict[str, Any]]:
+                listed = (await api.get("/api/v1/prints/")).json()
+                return [p for p in listed if p["printer"] == printer.id]
+
+            async def octoprint_says(text: str) -> bool:
+                return await asyncio.to_thread(octoprint.job_state) == text
+
+            await poll(lambda: state_is("Operational"), "the agent to report the idle printer", agent)
+            assert (await shown())["settings"]["agent_name"] == "layerfleet_agent"
+
+            await asyncio.to_thread(octoprint.start_print, "e2e part.gcode", LONG_PRINT)
+
+            async def printing_hot() -> dict[str, Any] | None:
+                status = (await shown()).get("status") or {}
+                tool = (status.get("temperatures") or {}).get("tool0") or {}
+                hot = tool.get("target") == 60 and (tool.get("actual") or 0) > 50
+                return status if status.get("state", {}).get("text") == "Printing" and hot else None
+
+            status = await poll(printing_hot, "the server to show the printer printing and hot", agent)
+            assert status["job"]["file"]["name"] == "e2e part.gcode"
+            assert status["temperatures"]["bed"]["target"] == 40
+            started = await poll(our_prints, "the server to record the print", agent)
+            assert [(p["filename"], p["finished_at"], p["cancelled_at"]) for p in started] == [
+                ("e2e part.gcode", None, None)]
+
+            async def camera_picture() -> str | None:
+                url = ((await shown()).get("pic") or {}).get("img_url")
+                return str(url) if url else None
+
+            picture_url = await poll(camera_picture, "a picture from OctoPrint's webcam", agent)
+            assert (await api.get(picture_url)).content == CAMERA_FRAME
+
+            mark = octoprint.serial_log_mark()
+            paused = await api.post(f"/api/v1/printers/{printer.id}/pause_print/")
+            assert paused.status_code == 200 and paused.json()["succeeded"] is True, paused.text
+            await poll(lambda: octoprint_says("Paused"), "OctoPrint to pause", agent)
+            # The printer's pause settings (seed defaults) travel with the command.
+            await poll(lambda: asyncio.to_thread(lambda: "M104 S0" in octoprint.sent_since(mark)),
+                       "the nozzle heater to be turned off", agent)
+            assert {"G1 E-6.500 F1800", "G1 Z2.500 F600", "M104 S0"} <= set(octoprint.sent_since(mark))
+            await poll(lambda: state_is("Paused"), "the server to show Paused", agent)
+
+            resumed = await api.post(f"/api/v1/printers/{printer.id}/resume_print/")
+            assert resumed.status_code == 200 and resumed.json()["succeeded"] is True, resumed.text
+            await poll(lambda: octoprint_says("Printing"), "OctoPrint to print again after reheating", agent)
+            await poll(lambda: state_is("Printing"), "the server to show Printing", agent)
+
+            cancelled = await api.post(f"/api/v1/printers/{printer.id}/cancel_print/")
+            assert cancelled.status_code == 200 and cancelled.json()["succeeded"] is True, cancelled.text
+            await poll(lambda: octoprint_says("Operational"), "OctoPrint to cancel", agent)
+
+            async def print_cancelled() -> bool:
+                return any(p["cancelled_at"] for p in await our_prints())
+
+            await poll(print_cancelled, "the print to end as cancelled", agent)
+            ended = await our_prints()
+            assert len(ended) == 1 and ended[0]["filename"] == "e2e part.gcode" and ended[0]["finished_at"] is None
+            await poll(lambda: state_is("Operational"), "the server to show the printer idle", agent)
+    finally:
+        await asyncio.to_thread(octoprint.cancel_print)
+        exit_code = await asyncio.to_thread(agent.stop)
+    assert exit_code == 0, agent.log()
+    assert "Traceback" not in agent.log(), agent.log()
