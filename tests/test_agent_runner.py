@@ -191,6 +191,8 @@ def test_agent_with_incomplete_settings_says_what_is_missing(tmp_path: Path) -> 
     assert missing.returncode == 2 and "--octoprint URL or --moonraker URL" in missing.stderr
     absent = _agent("--config", str(tmp_path / "nope.toml"))
     assert absent.returncode == 2 and "cannot read" in absent.stderr
+    odd_url = _agent("--server", "http://127.0.0.1:9", "--token", "t", "--moonraker", "ftp://printer")
+    assert odd_url.returncode == 2 and "ftp://printer" in odd_url.stderr
 
 
 async def test_agent_with_a_wrong_code_says_so(live_url: str) -> None:

@@ -217,6 +217,36 @@ def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if failures else 0
 
 
+def cmd_hours_grant(args: argparse.Namespace, settings: Settings) -> int:
+    from layerfleet.accounts import service as accounts
+
+    async def grant(session: Any) -> float | None:
+        user = await accounts.get_user_by_email(session, args.email)
+        if user is None:
+            return None
+        user.dh_balance += args.hours
+        return float(user.dh_balance)
+
+    balance = _with_session(settings, grant)
+    if balance is None:
+        print(f"error: no user with email {args.email}", file=sys.stderr)
+        return 1
+    print(f"{args.email}: {balance:.2f} AI detection hours")
+    return 0
+
+
+def _hours(text: str) -> float:
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of hours, not {text!r}") from None
+    if not math.isfinite(value) or abs(value) > 1_000_000:
+        raise argparse.ArgumentTypeError("hours must be a finite number up to a million")
+    return value
+
+
 AGENT_EXIT_CODES = {"REQUESTED": 0, "UNAUTHORIZED": 2, "DUPLICATE": 3}
 
 
@@ -266,15 +296,19 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
               "  put it in the config file (token = \"…\") or pass --token next time", flush=True)
     assert config.token is not None
     connector: Connector
-    if config.octoprint_url:
-        from layerfleet.printer_agent.octoprint import OctoPrintConnector
+    try:
+        if config.octoprint_url:
+            from layerfleet.printer_agent.octoprint import OctoPrintConnector
 
-        connector = OctoPrintConnector(config.octoprint_url, config.octoprint_api_key or "")
-    else:
-        from layerfleet.printer_agent.moonraker import MoonrakerConnector
+            connector = OctoPrintConnector(config.octoprint_url, config.octoprint_api_key or "")
+        else:
+            from layerfleet.printer_agent.moonraker import MoonrakerConnector
 
-        assert config.moonraker_url is not None
-        connector = MoonrakerConnector(config.moonraker_url, api_key=config.moonraker_api_key)
+            assert config.moonraker_url is not None
+            connector = MoonrakerConnector(config.moonraker_url, api_key=config.moonraker_api_key)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     camera: Camera | None = None
     if config.snapshot_url:
         camera = SnapshotUrlCamera(config.snapshot_url)
@@ -334,6 +368,7 @@ def _fraction(text: str) -> float:
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     import httpx
 
+    from layerfleet.printer_agent.runner import Cadence
     from layerfleet.simulator.farm import LinkError, TokenStore, describe, link_printers, run_farm
     from layerfleet.simulator.printer import SimulationOptions
 
@@ -349,7 +384,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         print(f"  {len(links)} simulated printer(s) on {args.server}; Ctrl-C stops them", flush=True)
-        results = await run_farm(args.server, links, options, seed=args.seed, stop=stop)
+        cadence = Cadence(watched_picture=args.picture_interval)
+        results = await run_farm(args.server, links, options, cadence=cadence, seed=args.seed, stop=stop)
         print(f"simulator stopped: {describe(results)}", flush=True)
         return 0
 
@@ -385,6 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
     token_create.add_argument("email")
     token_create.add_argument("--name", default="cli", help="a label to recognise the token by")
     token_create.set_defaults(handler=cmd_token_create)
+
+    hours = commands.add_parser(
+        "hours", help="AI detection hours (dh_balance)",
+        description="Watched printing time uses up a user's AI detection hours; at 0 the detector stops "
+        "watching their printers. Self-hosters can set LAYERFLEET_UNLIMITED_DETECTION_HOURS=true instead.",
+    )
+    hours_commands = hours.add_subparsers(dest="hours_command", required=True, metavar="ACTION")
+    hours_grant = hours_commands.add_parser("grant", help="add hours to a user's balance (negative to take)")
+    hours_grant.add_argument("email")
+    hours_grant.add_argument("hours", type=_hours)
+    hours_grant.set_defaults(handler=cmd_hours_grant)
 
     detect = commands.add_parser(
         "detect", help="score pictures with the failure detector",
@@ -439,6 +486,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second (default 1)")
     simulate.add_argument("--print-minutes", type=_minutes_range, default=(20.0, 60.0), metavar="MIN-MAX",
                           help="print length range in simulated minutes (default 20-60)")
+    simulate.add_argument("--picture-interval", type=float, default=10.0, metavar="SECONDS",
+                          help="seconds between webcam pictures while printing and watched (default 10, as "
+                          "real agents)")
     simulate.add_argument("--name", default="Simulated printer", help="printer name prefix")
     simulate.add_argument("--state", type=Path, help="token file (default: DATA_DIR/simulated-printers.json)")
     simulate.add_argument("--seed", type=int, help="random seed, for repeatable runs")

@@ -465,7 +465,8 @@ class AgentRunner:
         name = command.get("cmd")
         args = command.get("args") if isinstance(command.get("args"), dict) else {}
         assert isinstance(args, dict)
-        log.info("%s: command %s from %s", self.label, name, command.get("initiator"))
+        log.info("%s: command %s %s from %s", self.label, name, json.dumps(args, sort_keys=True),
+                 command.get("initiator"))
         actions: dict[str, Callable[[], Awaitable[None]]] = {
             "pause": lambda: self.connector.pause(PauseOptions.from_args(args)),
             "resume": self.connector.resume,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 import random
 import time
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from layerfleet.printer_agent.connector import (
     Temperature,
 )
 from layerfleet.simulator.render import Scene, render_frame
+
+log = logging.getLogger(__name__)
 
 TICK_SECONDS = 1.0
 AMBIENT = 24.0
@@ -70,6 +73,7 @@ class SimulatedPrinter(Connector):
         self.elapsed_seconds = 0.0  # since the job started, heating and pauses included
         self.heated = False
         self.frame_seed = 0  # per job, so a failure's strands stay where they are and grow
+        self.failure_shown = False
         self.idle_left = self.rng.uniform(2.0, 8.0) if self.options.start_printing else float("inf")
         self.paused_targets: tuple[float, float] | None = None
         self.z_lift = 0.0
@@ -209,6 +213,7 @@ class SimulatedPrinter(Connector):
         self.printed_seconds = self.elapsed_seconds = 0.0
         self.heated = False
         self.frame_seed = self.rng.randint(0, 2**31)
+        self.failure_shown = False
         self.state = PrinterState.PRINTING
         self.tool.target, self.bed.target = self.job.tool_target, self.job.bed_target
         self._raise(Event.PRINT_STARTED)
@@ -258,6 +263,10 @@ class SimulatedPrinter(Connector):
             self.heated = self._at_temperature()
             return
         self.printed_seconds += seconds
+        if self.job.fails_at is not None and not self.failure_shown and self.spaghetti > 0:
+            self.failure_shown = True
+            # Machine-readable on purpose: the end-to-end tests time the detector against it.
+            log.info("%s: failure injected at %.3f (print %s)", self.name, time.time(), self.job.file_name)
         if self.printed_seconds >= self.job.duration:
             self._raise(Event.PRINT_DONE, time=self.elapsed_seconds)
             self._end_job()
