@@ -78,7 +78,10 @@ def database_url(backend: str, tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return Settings(data_dir=tmp_path_factory.mktemp("data"), database_url=database_url, secret_key="test-secret")
+    # The detector is off unless a test turns it on (tests/test_watching.py): most tests post
+    # pictures of "printing" printers without wanting them scored.
+    return Settings(data_dir=tmp_path_factory.mktemp("data"), database_url=database_url, secret_key="test-secret",
+                    detection_enabled=False)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from layerfleet.api import obico_agent, obico_v1
 from layerfleet.api.errors import install_error_handlers
 from layerfleet.config import Settings, load_settings
 from layerfleet.database import create_engine, create_sessionmaker
+from layerfleet.detection.pipeline import WatchingPipeline
 from layerfleet.ratelimit import RateLimiter
 from layerfleet.web import routes as web
 
@@ -90,13 +91,24 @@ def create_app(
     sessionmaker = create_sessionmaker(engine)
     gateway = AgentGateway(sessionmaker, bus)
 
+    pipeline: WatchingPipeline | None = None
+    if frame_sink is None and settings.detection_enabled:
+        pipeline = WatchingPipeline(
+            sessionmaker, bus, data_dir=settings.data_dir, interval_seconds=settings.detection_interval_seconds,
+            batch_size=settings.detection_batch_size, unlimited_hours=settings.unlimited_detection_hours,
+        )
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await bus.start()
+        if pipeline is not None:
+            await pipeline.start()
         try:
             yield
         finally:
             await gateway.close_all()
+            if pipeline is not None:
+                await pipeline.close()
             await bus.close()
             await engine.dispose()
 
@@ -113,7 +125,8 @@ def create_app(
     app.state.sessionmaker = sessionmaker
     app.state.command_bus = bus
     app.state.agent_gateway = gateway
-    app.state.frame_sink = frame_sink or NullFrameSink()
+    app.state.frame_sink = frame_sink or pipeline or NullFrameSink()
+    app.state.watching = pipeline
     app.state.verify_throttle = RateLimiter(VERIFY_CALLS, VERIFY_WINDOW_SECONDS)
     app.state.discovery_throttle = RateLimiter(DISCOVERY_CALLS, DISCOVERY_WINDOW_SECONDS)
 

@@ -44,6 +44,14 @@ class Settings(BaseSettings):
     initial_detection_hours: float = Field(
         default=100.0, ge=0, description="AI detection hours (dh_balance) a new account starts with"
     )
+    unlimited_detection_hours: bool = Field(
+        default=False, description="Never run out of detection hours (self-hosting: your own CPU)"
+    )
+    detection_enabled: bool = Field(default=True, description="Score agents' pictures with the failure detector")
+    detection_interval_seconds: float = Field(
+        default=10.0, ge=0, description="At most one scored frame per printer in this many seconds"
+    )
+    detection_batch_size: int = Field(default=8, ge=1, le=64, description="Frames scored together")
     db_echo: bool = False
     log_level: str = "info"
 

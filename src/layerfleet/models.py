@@ -2,14 +2,17 @@
 
 from layerfleet.accounts.models import ApiToken, Organization, User, WebSession
 from layerfleet.agents.models import OneTimeVerificationCode, PrinterEvent
+from layerfleet.detection.models import Alert, PredictionFrame
 from layerfleet.fleet.models import Printer
 from layerfleet.prints.models import GCodeFile, Print, PrintShotFeedback
 
 __all__ = [
+    "Alert",
     "ApiToken",
     "GCodeFile",
     "OneTimeVerificationCode",
     "Organization",
+    "PredictionFrame",
     "Print",
     "PrintShotFeedback",
     "Printer",

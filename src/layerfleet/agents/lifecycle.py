@@ -21,6 +21,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.agents.models import EventClass, PrinterEvent
+from layerfleet.detection.watching import create_feedback_shots
 from layerfleet.fleet.models import Printer, default_printer_settings
 from layerfleet.prints.models import GCodeFile, Print
 
@@ -147,14 +148,16 @@ def _is_open(print_: Print) -> bool:
     return print_.finished_at is None and print_.cancelled_at is None
 
 
-def _end(printer: Printer, print_: Print, now: datetime, *, finished: bool) -> None:
+async def _end(session: AsyncSession, printer: Printer, print_: Print, now: datetime, *, finished: bool) -> None:
     if _is_open(print_):
         if finished:
             print_.finished_at = now
         else:
             print_.cancelled_at = now
+        await create_feedback_shots(session, print_)
     if printer.current_print_id == print_.id or printer.current_print is print_:
         printer.current_print = None
+        printer.normalized_p = 0.0
 
 
 def _job_file(status: dict[str, Any] | None) -> dict[str, Any]:
@@ -196,7 +199,7 @@ async def _track_print(session: AsyncSession, printer: Printer, update: AgentUpd
     current = printer.current_print
     if ts == NOT_PRINTING:
         if current is not None:
-            _end(printer, current, now, finished=False)
+            await _end(session, printer, current, now, finished=False)
         return
     if ts == 0:
         return
@@ -219,7 +222,7 @@ async def _track_print(session: AsyncSession, printer: Printer, update: AgentUpd
         known = None
     if current is not None:
         log.info("printer %s: print %s ended without an end event; a new print started", printer.id, current.id)
-        _end(printer, current, now, finished=False)
+        await _end(session, printer, current, now, finished=False)
     if known is None:
         known = Print(
             organization_id=printer.organization_id,
@@ -231,6 +234,7 @@ async def _track_print(session: AsyncSession, printer: Printer, update: AgentUpd
         )
         session.add(known)
         await session.flush()
+        printer.normalized_p = 0.0  # a new print starts the gauge afresh (the long mean stays)
     printer.current_print = known
 
 
@@ -269,8 +273,8 @@ async def apply_update(session: AsyncSession, printer: Printer, update: AgentUpd
             abs(current.ext_id - ts) > CLOCK_SKEW_SECONDS or await _ended_print_started_at(session, printer, ts)):
         return  # a late event of an earlier print (sent after a reconnect) is not about this one
     if event_type in ENDS_FINISHED:
-        _end(printer, current, now, finished=True)
+        await _end(session, printer, current, now, finished=True)
     elif event_type in ENDS_CANCELLED:
-        _end(printer, current, now, finished=False)
+        await _end(session, printer, current, now, finished=False)
     elif event_type in RECORDED_EVENTS:
         _record_event(session, printer, event_type)

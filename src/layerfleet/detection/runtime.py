@@ -38,6 +38,8 @@ class FrameResult:
     score: float
     p: float
     boxes: list[tuple[float, float, float, float, float]] = field(default_factory=list)  # xc, yc, w, h, conf
+    width: int = 0  # of the original image, which the boxes are in
+    height: int = 0
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -122,7 +124,8 @@ class Detector:
             original = frame.to_original(kept_boxes[order])
             for (x0, y0, x1, y1), conf in zip(original.tolist(), kept_conf[order].tolist(), strict=True):
                 found.append(((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, conf))
-        return FrameResult(score=image_score, p=float(sum(b[4] for b in found)), boxes=found)
+        return FrameResult(score=image_score, p=float(sum(b[4] for b in found)), boxes=found,
+                           width=frame.original_width, height=frame.original_height)
 
     def detect(self, images: Sequence[bytes]) -> list[FrameResult | BadImage]:
         """Score many frames in one batch; a bad frame yields its error, the others go on."""

@@ -63,6 +63,12 @@ class Printer(Base):
     pic_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     pic_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     normalized_p: Mapped[float] = mapped_column(Float, default=0.0)
+    # Rectangles [x0, y0, x1, y1] in 0–1 image coordinates where detections are ignored.
+    ignore_masks: Mapped[list[list[float]]] = mapped_column(JSON, default=list)
+    # The camera's baseline: the long rolling mean of p over the printer's life (never reset).
+    detection_long_mean: Mapped[float] = mapped_column(Float, default=0.0)
+    detection_lifetime_frames: Mapped[int] = mapped_column(Integer, default=0)
+    last_scored_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     current_print_id: Mapped[int | None] = mapped_column(
         ForeignKey("prints.id", ondelete="SET NULL", use_alter=True), nullable=True
     )

@@ -16,6 +16,10 @@ MAX_PAUSE_DISTANCE_MM = 100.0
 NAME_MAX_LENGTH = 256
 
 PauseDistance = Annotated[float, Field(ge=0.0, le=MAX_PAUSE_DISTANCE_MM, allow_inf_nan=False)]
+MAX_IGNORE_MASKS = 32
+ImageFraction = Annotated[float, Field(ge=0.0, le=1.0, allow_inf_nan=False, strict=True)]
+# [x0, y0, x1, y1]: left, top, right, bottom as fractions of the picture's width and height.
+IgnoreMask = Annotated[list[ImageFraction], Field(min_length=4, max_length=4)]
 
 
 class PrinterChanges(BaseModel):
@@ -35,6 +39,11 @@ class PrinterChanges(BaseModel):
         float, Field(ge=SENSITIVITY_MIN, le=SENSITIVITY_MAX, allow_inf_nan=False)
     ] = 1.0
     archived_at: datetime | None = None
+    ignore_masks: Annotated[list[IgnoreMask], Field(max_length=MAX_IGNORE_MASKS)] = Field(
+        default_factory=list,
+        description="Rectangles [x0, y0, x1, y1] in 0–1 picture coordinates (left, top, right, bottom) where "
+        "the failure detector's findings are ignored (bed logos, enclosure walls, cables); any two opposite corners.",
+    )
 
     @field_validator("name")
     @classmethod
@@ -58,6 +67,13 @@ class PrinterChanges(BaseModel):
         if isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
             raise ValueError("A valid number is required.")
         return value
+
+    @field_validator("ignore_masks")
+    @classmethod
+    def _rectangles(cls, masks: list[list[float]]) -> list[list[float]]:
+        # Any two opposite corners make the rectangle (a mouse drags in any direction).
+        return [[round(v, 4) for v in (min(m[0], m[2]), min(m[1], m[3]), max(m[0], m[2]), max(m[1], m[3]))]
+                for m in masks]
 
     def given(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.model_fields_set}

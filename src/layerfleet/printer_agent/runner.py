@@ -346,13 +346,13 @@ class AgentRunner:
 
     async def _picture_pacer(self) -> None:
         while True:
-            snapshot = self.connector.snapshot()
-            printing = snapshot.state is PrinterState.PRINTING
+            # Cleared before the upload, so a remote_status arriving meanwhile is not lost.
+            self._wake_picture.clear()
+            if self.connector.snapshot().state is PrinterState.PRINTING and self.connected:
+                await self.post_picture()
+            printing = self.connector.snapshot().state is PrinterState.PRINTING
             watched = self.should_watch or self.viewing
             delay = self.cadence.watched_picture if printing and watched else self.cadence.unwatched_picture
-            if printing and self.connected:
-                await self.post_picture()
-            self._wake_picture.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_picture.wait(), delay)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import enum
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Integer, String
+from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from layerfleet.accounts.models import new_uuid
@@ -47,6 +47,13 @@ class Print(Base):
     tagged_video_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     poster_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     prediction_json_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # The detector's state for this print (reset at each print start).
+    detection_frames: Mapped[int] = mapped_column(Integer, default=0)
+    detection_p: Mapped[float] = mapped_column(Float, default=0.0)
+    detection_ewm: Mapped[float] = mapped_column(Float, default=0.0)
+    detection_short_mean: Mapped[float] = mapped_column(Float, default=0.0)
+    detection_last_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    watched_seconds: Mapped[float] = mapped_column(Float, default=0.0)
 
     feedbacks: Mapped[list[PrintShotFeedback]] = relationship(
         back_populates="print", order_by="PrintShotFeedback.id", lazy="selectin",

@@ -6,6 +6,8 @@ from sqlalchemy import Select, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.database import utcnow
+from layerfleet.detection.models import PredictionFrame
+from layerfleet.detection.watching import prediction_record
 from layerfleet.prints.models import Print, PrintShotFeedback
 from layerfleet.prints.rules import PrintChanges, PrintFilter, PrintSorting
 
@@ -81,8 +83,9 @@ async def delete_print(session: AsyncSession, print_: Print) -> None:
     await session.delete(print_)
 
 
-def prediction_records(print_: Print) -> list[dict[str, object]]:
-    """The detector's frame-by-frame record of a print; empty until a frame was scored.
-
-    The live detection pipeline writes these records; until it has, there are none."""
-    return []
+async def prediction_records(session: AsyncSession, print_: Print) -> list[dict[str, object]]:
+    """The detector's frame-by-frame record of a print, in frame order; empty until a frame was scored."""
+    frames = (await session.execute(
+        select(PredictionFrame).where(PredictionFrame.print_id == print_.id).order_by(PredictionFrame.frame_number)
+    )).scalars()
+    return [prediction_record(frame) for frame in frames]

@@ -25,6 +25,9 @@ from layerfleet.simulator.printer import SimulatedCamera, SimulatedPrinter, Simu
 log = logging.getLogger(__name__)
 
 
+LINK_ATTEMPTS = 5
+
+
 class LinkError(RuntimeError):
     """The server would not link a simulated printer; the message says why."""
 
@@ -78,18 +81,24 @@ async def _token_works(client: httpx.AsyncClient, token: str) -> bool:
 
 async def link_printer(client: httpx.AsyncClient, user_token: str, name: str) -> str:
     """Link a new printer called ``name`` with a one-time code; returns its printer token."""
-    answer = await client.get("/api/v1/onetimeverificationcodes/", headers={"Authorization": f"Token {user_token}"})
-    if answer.status_code in (401, 403):
-        raise LinkError(f"the server refused the API token ({answer.status_code}): "
-                        "use a token of an admin or owner (`layerfleet token create EMAIL`)")
-    if not answer.is_success:
-        raise LinkError(f"asking for a linking code failed: {answer.status_code} {answer.text[:200]}")
-    code = answer.json()["code"]
-    linked = await client.post("/api/v1/octo/verify/", params={"code": code}, json={"name": name})
-    if not linked.is_success:
-        raise LinkError(f"linking with code {code} failed: {linked.status_code} {linked.text[:200]}")
-    token: str = linked.json()["printer"]["auth_token"]
-    return token
+    for _ in range(LINK_ATTEMPTS):
+        answer = await client.get("/api/v1/onetimeverificationcodes/",
+                                  headers={"Authorization": f"Token {user_token}"})
+        if answer.status_code in (401, 403):
+            raise LinkError(f"the server refused the API token ({answer.status_code}): "
+                            "use a token of an admin or owner (`layerfleet token create EMAIL`)")
+        if not answer.is_success:
+            raise LinkError(f"asking for a linking code failed: {answer.status_code} {answer.text[:200]}")
+        code = answer.json()["code"]
+        linked = await client.post("/api/v1/octo/verify/", params={"code": code}, json={"name": name})
+        if linked.is_success:
+            token: str = linked.json()["printer"]["auth_token"]
+            return token
+        if linked.status_code != 404:
+            break
+        # The user's live code is shared: another linker (a second simulator) used it first.
+        await asyncio.sleep(0.2)
+    raise LinkError(f"linking with code {code} failed: {linked.status_code} {linked.text[:200]}")
 
 
 async def wait_for_server(client: httpx.AsyncClient, within: float = 60.0) -> None:

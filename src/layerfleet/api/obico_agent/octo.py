@@ -34,7 +34,7 @@ MAX_FORM_BYTES = 64 * 1024
 MAX_PICTURE_REQUEST_BYTES = pictures.MAX_PICTURE_BYTES + 64 * 1024
 MAX_EVENT_TEXT = 64 * 1024
 # What an agent may change on its printer; archiving stays with the members.
-AGENT_WRITABLE = frozenset(PrinterChanges.model_fields) - {"archived_at"}
+AGENT_WRITABLE = frozenset(PrinterChanges.model_fields) - {"archived_at", "ignore_masks"}
 BOOL_FIELDS = frozenset(
     name for name, info in PrinterChanges.model_fields.items() if info.annotation is bool
 )

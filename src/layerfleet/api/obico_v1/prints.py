@@ -98,4 +98,4 @@ for prefix, in_schema in (("/prints", True), ("/print", False)):
 @router.get("/prints/{print_id}/prediction_json", response_model=list[dict[str, Any]], responses=NOT_FOUND)
 async def prediction_json(db: Db, user: CurrentUser, print_id: PrintId) -> list[dict[str, Any]]:
     found = await _print_or_404(db, user, print_id)
-    return prints.prediction_records(found)
+    return await prints.prediction_records(db, found)

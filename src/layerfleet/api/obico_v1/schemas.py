@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from layerfleet.accounts.models import User
 from layerfleet.fleet.models import ActionOnFailure, Printer, default_printer_settings
@@ -77,6 +77,8 @@ class PrinterOut(BaseModel):
     normalized_p: float
     auth_token: str
     archived_at: datetime | None
+    ignore_masks: list[list[float]] = Field(
+        description="Layerfleet extension: rectangles [x0, y0, x1, y1] (0–1) where detections are ignored")
 
 
 class CommandResult(BaseModel):
@@ -147,6 +149,7 @@ def printer_out(printer: Printer, base_url: str) -> PrinterOut:
         normalized_p=printer.normalized_p,
         auth_token=printer.auth_token,
         archived_at=printer.archived_at,
+        ignore_masks=printer.ignore_masks or [],
     )
 
 

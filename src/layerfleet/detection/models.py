@@ -1,0 +1,57 @@
+"""What watching a print leaves behind: a record per scored frame, and alerts."""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String
+from sqlalchemy.orm import Mapped, mapped_column
+
+from layerfleet.database import Base, UTCDateTime, utcnow
+
+
+class PredictionFrame(Base):
+    """One scored webcam frame of a print, with the detector's state after it."""
+
+    __tablename__ = "prediction_frames"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    print_id: Mapped[int] = mapped_column(ForeignKey("prints.id", ondelete="CASCADE"), index=True)
+    frame_number: Mapped[int] = mapped_column(Integer)
+    taken_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    p: Mapped[float] = mapped_column(Float)  # the decision rules' input (`watching.evidence`)
+    score: Mapped[float] = mapped_column(Float, default=0.0)  # the image head's failure probability
+    ewm_mean: Mapped[float] = mapped_column(Float)
+    rolling_mean_short: Mapped[float] = mapped_column(Float)
+    rolling_mean_long: Mapped[float] = mapped_column(Float)
+    normalized_p: Mapped[float] = mapped_column(Float)
+    # [[xc, yc, w, h, confidence], …] in the frame's pixels; masked boxes are not in here.
+    boxes: Mapped[list[list[float]]] = mapped_column(JSON, default=list)
+    ignored_boxes: Mapped[int] = mapped_column(Integer, default=0)
+    image_path: Mapped[str] = mapped_column(String(512))
+    tagged_image_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+
+
+class AlertKind(enum.StrEnum):
+    WARNING = "WARNING"  # looks like it may be failing
+    FAILURE = "FAILURE"  # failing: paused when the printer's action on failure says so
+
+
+class Alert(Base):
+    """A failure alert: a domain event for notifications to deliver."""
+
+    __tablename__ = "alerts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    printer_id: Mapped[int] = mapped_column(ForeignKey("printers.id", ondelete="CASCADE"), index=True)
+    print_id: Mapped[int] = mapped_column(ForeignKey("prints.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    normalized_p: Mapped[float] = mapped_column(Float)
+    paused: Mapped[bool] = mapped_column(Boolean, default=False)
+    frame_id: Mapped[int | None] = mapped_column(ForeignKey("prediction_frames.id", ondelete="SET NULL"),
+                                                 nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
