@@ -19,11 +19,12 @@ from layerfleet import __version__, media
 from layerfleet.agents.bus import CommandBus, InProcessCommandBus
 from layerfleet.agents.frames import FrameSink, NullFrameSink
 from layerfleet.agents.gateway import AgentGateway
-from layerfleet.api import obico_agent, obico_v1
+from layerfleet.api import obico_agent, obico_v1, printwatch
 from layerfleet.api.errors import install_error_handlers
 from layerfleet.config import Settings, load_settings
 from layerfleet.database import create_engine, create_sessionmaker
 from layerfleet.detection.pipeline import WatchingPipeline
+from layerfleet.printwatch.inference import PrintWatchInference
 from layerfleet.ratelimit import RateLimiter
 from layerfleet.web import routes as web
 
@@ -127,6 +128,8 @@ def create_app(
     app.state.agent_gateway = gateway
     app.state.frame_sink = frame_sink or pipeline or NullFrameSink()
     app.state.watching = pipeline
+    # The PrintWatch API borrows the pipeline's detector when there is one, else loads its own.
+    app.state.printwatch_inference = PrintWatchInference(lambda: pipeline.detector if pipeline else None)
     app.state.verify_throttle = RateLimiter(VERIFY_CALLS, VERIFY_WINDOW_SECONDS)
     app.state.discovery_throttle = RateLimiter(DISCOVERY_CALLS, DISCOVERY_WINDOW_SECONDS)
 
@@ -141,6 +144,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(obico_v1.router)
     app.include_router(obico_agent.router)
+    app.include_router(printwatch.router)
     app.include_router(media.router)
     app.include_router(web.router)
     app.mount("/static/swagger-ui", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")

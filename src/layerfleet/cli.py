@@ -141,25 +141,44 @@ def cmd_createuser(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _print_for_user(settings: Settings, email: str, make: Callable[[Any, Any], Awaitable[str]],
+                    errors: tuple[type[Exception], ...] = ()) -> int:
+    """Run ``make(session, user)`` for the user with ``email`` and print what it returns (a key)."""
+    from layerfleet.accounts import service as accounts
+
+    async def work(session: Any) -> str | None:
+        user = await accounts.get_user_by_email(session, email)
+        return None if user is None else await make(session, user)
+
+    refusals: tuple[type[Exception], ...] = (accounts.AccountError, *errors)
+    try:
+        printed = _with_session(settings, work)
+    except refusals as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if printed is None:
+        print(f"error: no user with email {email}", file=sys.stderr)
+        return 1
+    print(printed)
+    return 0
+
+
 def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
     from layerfleet.accounts import service as accounts
 
-    async def create(session: Any) -> str | None:
-        user = await accounts.get_user_by_email(session, args.email)
-        if user is None:
-            return None
+    async def create(session: Any, user: Any) -> str:
         return (await accounts.create_api_token(session, user, args.name)).key
 
-    try:
-        key = _with_session(settings, create)
-    except accounts.AccountError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    if key is None:
-        print(f"error: no user with email {args.email}", file=sys.stderr)
-        return 1
-    print(key)
-    return 0
+    return _print_for_user(settings, args.email, create)
+
+
+def cmd_printwatch_key_create(args: argparse.Namespace, settings: Settings) -> int:
+    from layerfleet.printwatch import keys
+
+    async def create(session: Any, user: Any) -> str:
+        return (await keys.issue_key(session, user, args.devices, args.name)).plain
+
+    return _print_for_user(settings, args.email, create, (keys.PrintWatchKeyError,))
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -421,6 +440,21 @@ def build_parser() -> argparse.ArgumentParser:
     token_create.add_argument("email")
     token_create.add_argument("--name", default="cli", help="a label to recognise the token by")
     token_create.set_defaults(handler=cmd_token_create)
+
+    printwatch_key = commands.add_parser(
+        "printwatch-key", help="API keys of the PrintWatch inference API",
+        description="Keys for PrintWatch clients (the OctoPrint plugin, the Klipper client) pointed at this "
+        "server. Each key serves up to --devices printers (printer_ids); more answer 212.",
+    )
+    printwatch_key_commands = printwatch_key.add_subparsers(dest="printwatch_key_command", required=True,
+                                                            metavar="ACTION")
+    printwatch_key_create = printwatch_key_commands.add_parser(
+        "create", help="print a new PrintWatch API key for a user (shown once; only its hash is stored)")
+    printwatch_key_create.add_argument("email")
+    printwatch_key_create.add_argument("--devices", type=int, default=1, metavar="N",
+                                       help="how many printers the key serves (default 1)")
+    printwatch_key_create.add_argument("--name", default="cli", help="a label to recognise the key by")
+    printwatch_key_create.set_defaults(handler=cmd_printwatch_key_create)
 
     hours = commands.add_parser(
         "hours", help="AI detection hours (dh_balance)",

@@ -5,6 +5,7 @@ from layerfleet.agents.models import OneTimeVerificationCode, PrinterEvent
 from layerfleet.detection.models import Alert, PredictionFrame
 from layerfleet.fleet.models import Printer
 from layerfleet.prints.models import GCodeFile, Print, PrintShotFeedback
+from layerfleet.printwatch.models import PrintWatchDevice, PrintWatchFeedback, PrintWatchKey, PrintWatchNotification
 
 __all__ = [
     "Alert",
@@ -15,6 +16,10 @@ __all__ = [
     "PredictionFrame",
     "Print",
     "PrintShotFeedback",
+    "PrintWatchDevice",
+    "PrintWatchFeedback",
+    "PrintWatchKey",
+    "PrintWatchNotification",
     "Printer",
     "PrinterEvent",
     "User",

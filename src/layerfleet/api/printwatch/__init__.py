@@ -1,0 +1,10 @@
+"""The PrintWatch dialect: the inference API the PrintWatch clients call (`protocol`, where the
+table of status codes is), and the REST management of its API keys (`keys`, under /api/v1)."""
+
+from fastapi import APIRouter
+
+from layerfleet.api.printwatch import keys, protocol
+
+router = APIRouter()
+router.include_router(protocol.router)
+router.include_router(keys.router, prefix="/api/v1")
