@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
@@ -107,3 +110,38 @@ def next_command(ws: Any) -> dict[str, Any]:
         message: dict[str, Any] = ws.receive_json()
         if "remote_status" not in message:
             return message
+
+
+class AgentProcess:
+    """`layerfleet agent` in a subprocess, its output in a log file for failure messages."""
+
+    def __init__(self, log_path: Path, *args: str) -> None:
+        self.log_path = log_path
+        with log_path.open("wb") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "layerfleet", "agent", *args],
+                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int:
+        self.process.terminate()
+        try:
+            return self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(10)
+            raise AssertionError(f"the agent did not stop on SIGTERM:\n{self.log()}") from None
+
+
+async def poll_agent(check: Callable[[], Awaitable[Any]], what: str, agent: AgentProcess, within: float = 30.0) -> Any:
+    deadline = time.monotonic() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if agent.process.poll() is not None:
+            raise AssertionError(f"the agent exited with {agent.process.returncode}:\n{agent.log()}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}; agent log:\n{agent.log()[-4000:]}")
+        await asyncio.sleep(0.2)

@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import HTTPException
 from sqlalchemy import select, update
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
@@ -624,3 +625,24 @@ async def test_printing_status_through_conftest_shape_is_accepted(server: TestCl
         return list((await session.execute(select(PrinterEvent))).scalars())
 
     assert await farm.run(events) == []
+
+
+async def test_a_picture_replaced_while_it_is_served_is_still_served_whole(app: Any, farm: Farm) -> None:
+    from types import SimpleNamespace
+
+    from layerfleet.media import media_root, serve_media
+
+    owner = await farm.member()
+    relative = f"orgs/{owner.user.organization_id}/printers/1/pics/race.jpg"
+    file = media_root(app.state.settings.data_dir) / relative
+    file.parent.mkdir(parents=True, exist_ok=True)
+    picture = jpeg(640, 480)
+    file.write_bytes(picture)
+    request = SimpleNamespace(app=app)
+    response = await serve_media(relative, request, owner.user)  # type: ignore[arg-type]
+    file.unlink()  # a newer picture arrived and the old one went, after the request found it
+    body = b"".join([chunk async for chunk in response.body_iterator])  # type: ignore[misc]
+    assert body == picture and response.headers["content-length"] == str(len(picture))
+    with pytest.raises(HTTPException) as missing:
+        await serve_media(relative, request, owner.user)  # type: ignore[arg-type]
+    assert missing.value.status_code == 404

@@ -119,8 +119,9 @@ async def test_snapshot_is_operational_with_temperatures_and_versions(host: Moon
     settings = connector.host_settings()
     assert settings["moonraker_version"].lstrip("v").startswith("0.11")
     assert settings["klipper_version"]
-    # The webcam configured in moonraker.conf, made absolute against Moonraker's URL.
-    assert connector.snapshot_url() == f"{host.url}/webcam/?action=snapshot"
+    # The webcam configured in moonraker.conf is relative: the front end's web server (same host,
+    # default port) serves it, as Mainsail and Fluidd installs do.
+    assert connector.snapshot_url() == "http://127.0.0.1/webcam/?action=snapshot"
 
     # A target changed by another client shows up through the subscription.
     await in_thread(lambda: host.gcode("M140 S0"))

@@ -4,16 +4,15 @@ as a separate process linking the two, the way a print farm runs it."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from agent_helpers import AgentProcess
+from agent_helpers import poll_agent as poll
 from conftest import Farm
 from octoprint_host import OctoPrintHost, StaticServer, jpeg, sample_gcode
 
@@ -32,41 +31,6 @@ def camera() -> Iterator[StaticServer]:
 def octoprint(tmp_path_factory: pytest.TempPathFactory, camera: StaticServer) -> Iterator[OctoPrintHost]:
     with OctoPrintHost(tmp_path_factory.mktemp("octoprint"), snapshot_url=f"{camera.url}/snapshot.jpg") as host:
         yield host
-
-
-class AgentProcess:
-    """`layerfleet agent` in a subprocess, its output in a log file for failure messages."""
-
-    def __init__(self, log_path: Path, *args: str) -> None:
-        self.log_path = log_path
-        with log_path.open("wb") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "layerfleet", "agent", *args],
-                                            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> int:
-        self.process.terminate()
-        try:
-            return self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait(10)
-            raise AssertionError(f"the agent did not stop on SIGTERM:\n{self.log()}") from None
-
-
-async def poll(check: Callable[[], Awaitable[Any]], what: str, agent: AgentProcess, within: float = 30.0) -> Any:
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if agent.process.poll() is not None:
-            raise AssertionError(f"the agent exited with {agent.process.returncode}:\n{agent.log()}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}; agent log:\n{agent.log()[-4000:]}")
-        await asyncio.sleep(0.2)
 
 
 async def test_the_agent_links_our_server_and_octoprint(

@@ -545,9 +545,13 @@ class MoonrakerConnector(Connector):
         return lift  # a printer without Z limits (kinematics: none) has nothing to run into
 
     def _pick_snapshot_url(self, webcams: list[Any]) -> str | None:
+        # Relative webcam URLs are written for the web front end (Mainsail, Fluidd) that serves
+        # the camera from the same host's web server, not from Moonraker's own port.
+        parts = urlsplit(self.http_url)
+        front_end = urlunsplit((parts.scheme, parts.hostname or "", "/", "", ""))
         for cam in webcams:
             if isinstance(cam, dict) and cam.get("enabled", True) and cam.get("snapshot_url"):
-                return urljoin(self.http_url + "/", str(cam["snapshot_url"]))
+                return urljoin(front_end, str(cam["snapshot_url"]))
         return None
 
     # -- snapshot and events -------------------------------------------------------------
