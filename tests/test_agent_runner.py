@@ -198,3 +198,22 @@ def test_agent_with_incomplete_settings_says_what_is_missing(tmp_path: Path) -> 
 async def test_agent_with_a_wrong_code_says_so(live_url: str) -> None:
     result = await asyncio.to_thread(_agent, "--server", live_url, "--code", "000000", "--moonraker", "http://mr")
     assert result.returncode == 2 and "did not accept code 000000" in result.stderr
+
+
+async def test_stopping_while_the_server_is_away_ends_at_once(settings: Settings, farm: Farm) -> None:
+    owner = await farm.member()
+    record = await farm.printer(owner)
+    port = _free_port()
+    server = LiveServer(settings, port=port)
+    server.__enter__()
+    runner = AgentRunner(f"http://127.0.0.1:{port}", record.auth_token, SimulatedPrinter("sim"), cadence=FAST)
+    task = asyncio.create_task(runner.run())
+    try:
+        await until(lambda: _is(runner.connected), within=20)
+    finally:
+        server.__exit__(None, None, None)
+    await until(lambda: _is(not runner.connected), within=15)
+    started = asyncio.get_running_loop().time()
+    runner.stop()
+    assert await asyncio.wait_for(task, 10) is Stopped.REQUESTED
+    assert asyncio.get_running_loop().time() - started < 3

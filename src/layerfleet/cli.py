@@ -19,7 +19,10 @@ T = TypeVar("T")
 
 
 def _with_session(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
-    from layerfleet.database import create_engine, create_sessionmaker
+    from layerfleet.database import create_engine, create_sessionmaker, migrate
+
+    # A command may be the first thing run on a new data directory: the schema must be there.
+    migrate(settings.effective_database_url)
 
     async def run() -> T:
         engine = create_engine(settings.effective_database_url, pooled=False)

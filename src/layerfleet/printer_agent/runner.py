@@ -360,7 +360,9 @@ class AgentRunner:
 
     async def _keep_connected(self) -> None:
         backoff = Backoff(self.cadence.min_backoff, self.cadence.max_backoff)
-        while True:
+        # Checked here, not only by cancellation: `_sleep` returns at once once stopping, so a
+        # loop that missed its cancellation would reconnect as fast as the CPU allows.
+        while not self._stop.is_set():
             try:
                 async with connect(
                     self.ws_url, additional_headers={"Authorization": f"bearer {self.token}"},
