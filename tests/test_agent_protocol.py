@@ -501,8 +501,9 @@ async def test_events_replayed_after_a_reconnect_end_only_their_own_print(server
         await until(lambda: _count_prints(farm, printer.id, 2))
         # A copy of the first print's end, late: the second print goes on.
         ws.send_json(frame(status("Printing", printing=True, file="b.gcode"), ts=t1, event="PrintFailed"))
-        ws.send_json(frame(status("Printing", printing=True, file="b.gcode", gcode_id=None), ts=t2))
-        await until(lambda: _status_is(farm, printer.id, t2, "Printing", file="b.gcode"))
+        ws.send_json(frame(status("Finishing", printing=True, file="b.gcode"), ts=t2))
+        # Frames are applied in order: once this last one shows, the late PrintFailed was handled.
+        await until(lambda: _status_is(farm, printer.id, t2, "Finishing", file="b.gcode"))
     prints = await prints_of(farm, printer.id)
     assert [(p.filename, p.ext_id) for p in prints] == [("a.gcode", t1), ("b.gcode", t2)]
     assert prints[0].finished_at is not None and prints[0].cancelled_at is None
