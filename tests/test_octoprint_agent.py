@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_helpers import AgentProcess
+from agent_helpers import AgentProcess, ServerView
 from agent_helpers import poll_agent as poll
 from conftest import Farm
 from octoprint_host import OctoPrintHost, StaticServer, jpeg, sample_gcode
@@ -41,16 +41,8 @@ async def test_the_agent_links_our_server_and_octoprint(
                          "--octoprint", octoprint.url, "--octoprint-api-key", octoprint.api_key)
     try:
         async with httpx.AsyncClient(base_url=live_url, headers=owner.headers, timeout=10) as api:
-
-            async def shown() -> dict[str, Any]:
-                return dict((await api.get(f"/api/v1/printers/{printer.id}/")).json())
-
-            async def state_is(text: str) -> bool:
-                return bool(((await shown()).get("status") or {}).get("state", {}).get("text") == text)
-
-            async def our_prints() -> list[dict[str, Any]]:
-                listed = (await api.get("/api/v1/prints/")).json()
-                return [p for p in listed if p["printer"] == printer.id]
+            view = ServerView(api, printer.id)
+            shown, state_is, our_prints = view.printer, view.state_is, view.prints
 
             async def octoprint_says(text: str) -> bool:
                 return await asyncio.to_thread(octoprint.job_state) == text
@@ -77,8 +69,12 @@ async def test_the_agent_links_our_server_and_octoprint(
                 url = ((await shown()).get("pic") or {}).get("img_url")
                 return str(url) if url else None
 
-            picture_url = await poll(camera_picture, "a picture from OctoPrint's webcam", agent)
-            assert (await api.get(picture_url)).content == CAMERA_FRAME
+            async def camera_frame_served() -> bool:
+                # A newer picture may replace (delete) the one just listed: read the current one.
+                url = await camera_picture()
+                return url is not None and (await api.get(url)).content == CAMERA_FRAME
+
+            await poll(camera_frame_served, "OctoPrint's webcam frame served as the printer's picture", agent)
 
             mark = octoprint.serial_log_mark()
             paused = await api.post(f"/api/v1/printers/{printer.id}/pause_print/")
