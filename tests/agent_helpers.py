@@ -145,3 +145,20 @@ async def poll_agent(check: Callable[[], Awaitable[Any]], what: str, agent: Agen
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}; agent log:\n{agent.log()[-4000:]}")
         await asyncio.sleep(0.2)
+
+
+class ServerView:
+    """One printer and its prints as the v1 API shows them, for the end-to-end agent tests."""
+
+    def __init__(self, api: Any, printer_id: int) -> None:
+        self.api, self.printer_id = api, printer_id
+
+    async def printer(self) -> dict[str, Any]:
+        return dict((await self.api.get(f"/api/v1/printers/{self.printer_id}/")).json())
+
+    async def state_is(self, text: str) -> bool:
+        return bool(((await self.printer()).get("status") or {}).get("state", {}).get("text") == text)
+
+    async def prints(self) -> list[dict[str, Any]]:
+        listed = (await self.api.get("/api/v1/prints/")).json()
+        return [p for p in listed if p["printer"] == self.printer_id]

@@ -370,3 +370,14 @@ def _stop(process: subprocess.Popen[bytes] | None) -> None:
         process.wait(timeout=5)
 
 
+def required_host(tmp_path_factory: Any) -> Iterator[MoonrakerHost]:
+    """A module fixture's body: a running host, skipped locally without Moonraker, an error in CI."""
+    import pytest
+
+    executable = moonraker_executable()
+    if executable is None:
+        if os.environ.get("CI"):
+            raise RuntimeError("Moonraker is not installed; CI must run .ci/install-moonraker first")
+        pytest.skip("Moonraker is not installed (run .ci/install-moonraker)")
+    with running_host(tmp_path_factory.mktemp("moonraker"), executable) as host:
+        yield host

@@ -8,7 +8,6 @@ temperatures stay 0 °C (only targets are checked here) and heater waits return 
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,10 +15,10 @@ from typing import Any
 import httpx
 import pytest
 
-from agent_helpers import AgentProcess
+from agent_helpers import AgentProcess, ServerView
 from agent_helpers import poll_agent as poll
 from conftest import Farm
-from moonraker_host import MoonrakerHost, moonraker_executable, paced_print, running_host
+from moonraker_host import MoonrakerHost, paced_print, required_host
 
 FILE_NAME = "e2e part.gcode"  # a space, as real file names have
 # About 40 s on the simulated printer: long enough for every step below; the test cancels it.
@@ -31,13 +30,7 @@ RETRACT, LIFT = 6.5, 2.5
 
 @pytest.fixture(scope="module")
 def moonraker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoonrakerHost]:
-    executable = moonraker_executable()
-    if executable is None:
-        if os.environ.get("CI"):
-            raise RuntimeError("Moonraker is not installed; CI must run .ci/install-moonraker first")
-        pytest.skip("Moonraker is not installed (run .ci/install-moonraker)")
-    with running_host(tmp_path_factory.mktemp("moonraker"), executable) as host:
-        yield host
+    yield from required_host(tmp_path_factory)
 
 
 async def test_the_agent_links_our_server_and_moonraker(
@@ -50,16 +43,8 @@ async def test_the_agent_links_our_server_and_moonraker(
                          "--moonraker", moonraker.url, "--moonraker-api-key", moonraker.api_key)
     try:
         async with httpx.AsyncClient(base_url=live_url, headers=owner.headers, timeout=10) as api:
-
-            async def shown() -> dict[str, Any]:
-                return dict((await api.get(f"/api/v1/printers/{printer.id}/")).json())
-
-            async def state_is(text: str) -> bool:
-                return bool(((await shown()).get("status") or {}).get("state", {}).get("text") == text)
-
-            async def our_prints() -> list[dict[str, Any]]:
-                listed = (await api.get("/api/v1/prints/")).json()
-                return [p for p in listed if p["printer"] == printer.id]
+            view = ServerView(api, printer.id)
+            shown, state_is, our_prints = view.printer, view.state_is, view.prints
 
             async def klipper(*objects: str) -> dict[str, Any]:
                 return await asyncio.to_thread(moonraker.query, *objects)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -32,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from tests.moonraker_host import MoonrakerHost, free_port, moonraker_executable, paced_print, running_host
+from tests.moonraker_host import MoonrakerHost, free_port, paced_print, required_host
 
 from layerfleet.printer_agent.connector import ConnectorError, Event, PauseOptions, PrinterState
 from layerfleet.printer_agent.moonraker import MoonrakerConnector
@@ -42,13 +41,7 @@ _names = itertools.count(1)
 
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MoonrakerHost]:
-    moonraker = moonraker_executable()
-    if moonraker is None:
-        if os.environ.get("CI"):
-            raise RuntimeError("Moonraker is not installed; CI must run .ci/install-moonraker first")
-        pytest.skip("Moonraker is not installed (run .ci/install-moonraker)")
-    with running_host(tmp_path_factory.mktemp("moonraker"), moonraker) as running:
-        yield running
+    yield from required_host(tmp_path_factory)
 
 
 class Recorder:
