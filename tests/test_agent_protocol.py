@@ -3,6 +3,9 @@ one-time code, and the agent websocket with the print lifecycle it drives."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -33,6 +36,7 @@ from layerfleet.agents.models import OneTimeVerificationCode, PrinterEvent
 from layerfleet.app import create_app
 from layerfleet.config import Settings
 from layerfleet.database import utcnow
+from layerfleet.fleet.models import Printer
 from layerfleet.prints.models import GCodeFile
 from layerfleet.ratelimit import RateLimiter
 
@@ -647,3 +651,54 @@ async def test_a_picture_replaced_while_it_is_served_is_still_served_whole(app: 
     with pytest.raises(HTTPException) as missing:
         await serve_media(relative, request, owner.user)  # type: ignore[arg-type]
     assert missing.value.status_code == 404
+
+
+def _at(reported: dict[str, Any], completion: float) -> dict[str, Any]:
+    reported["progress"]["completion"] = completion
+    return reported
+
+
+async def test_a_server_stopping_while_frames_are_applied_stops_promptly(settings: Settings, farm: Farm) -> None:
+    """Shutdown with an agent's frames still queued: bounded, nothing left hanging or locked."""
+    owner = await farm.member()
+    printer = await farm.printer(owner)
+    t1 = 1_700_000_000
+
+    def busy_server_stops() -> None:
+        with TestClient(create_app(settings)) as test_client, \
+                test_client.websocket_connect("/ws/dev/", headers=bearer(printer)) as ws:
+            ws.receive_json()
+            for n in range(60):
+                event = "PrintStarted" if n == 0 else ("PrintPaused" if n % 7 == 0 else None)
+                ws.send_json(frame(_at(status("Printing", printing=True, file="a.gcode"), n), ts=t1, event=event))
+            # Leave at once: the server stops with most of those frames not applied yet.
+
+    stopped = threading.Thread(target=busy_server_stops, daemon=True)
+    started = time.monotonic()
+    stopped.start()
+    await asyncio.to_thread(stopped.join, 40)
+    assert not stopped.is_alive(), "the server did not stop"
+    assert time.monotonic() - started < 30
+    # Nothing was left locked or half-written: the database takes writes, and the printer is
+    # not shown online by a server that has stopped.
+    await until(lambda: _offline(farm, printer.id))
+    async with farm.sessionmaker() as session:
+        await session.execute(update(Printer).where(Printer.id == printer.id).values(name="still writable"))
+        await session.commit()
+
+
+async def test_plain_statuses_never_land_after_a_later_event(server: TestClient, farm: Farm) -> None:
+    owner = await farm.member()
+    printer = await farm.printer(owner)
+    t1 = 1_700_000_000
+    with server.websocket_connect("/ws/dev/", headers=bearer(printer)) as ws:
+        ws.receive_json()
+        ws.send_json(frame(status("Printing", printing=True, file="a.gcode"), ts=t1, event="PrintStarted"))
+        for n in range(20):  # plain statuses: batched
+            ws.send_json(frame(_at(status("Printing", printing=True, file="a.gcode"), n), ts=t1))
+        ws.send_json(frame(status("Paused", paused=True, file="a.gcode"), ts=t1, event="PrintPaused"))
+        await until(lambda: _status_is(farm, printer.id, t1, "Paused"))
+        # Well after the writer's batch interval: no older "Printing" status overwrote the pause.
+        await asyncio.sleep(0.8)
+        assert await _status_is(farm, printer.id, t1, "Paused")
+        assert [e.event_type for e in await events_of(farm, printer.id)] == ["PRINT_PAUSED"]

@@ -105,6 +105,24 @@ def test_first_start_seeds_an_admin_and_demo_printers_and_keeps_them(tmp_path: P
         assert "First start" not in server.output
         with sign_in(server.url, email[1], password[1]) as client:
             assert [p["name"] for p in live_printers(client, 3)] == names
+    # The simulator stops with the server (uvicorn re-raises SIGTERM, so the server cannot
+    # always stop it itself).
+    deadline = time.monotonic() + 10
+    while _simulators_of(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _simulators_of(tmp_path) == []
+
+
+def _simulators_of(data_dir: Path) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"simulate" in command and str(data_dir / "simulated-printers.json").encode() in command:
+            found.append(int(proc.name))
+    return found
 
 
 def test_createuser_and_token_create(tmp_path: Path) -> None:

@@ -105,7 +105,7 @@ def _start_demo_simulator(settings: Settings, token: str) -> Any:
         sys.executable, "-m", "layerfleet", "simulate", "--server", f"http://{host}:{settings.port}",
         "--token", token, "--printers", str(DEMO_PRINTERS), "--fail-rate", str(DEMO_FAIL_RATE),
         "--print-minutes", "10-30", "--name", "Demo printer",
-        "--state", str(settings.data_dir / "simulated-printers.json"),
+        "--state", str(settings.data_dir / "simulated-printers.json"), "--stop-with-pid", str(os.getpid()),
     ]
     environment = {**os.environ, "LAYERFLEET_LOG_LEVEL": "warning"}
     print(f"  --demo: {DEMO_PRINTERS} simulated printers are linking (layerfleet simulate)\n", flush=True)
@@ -272,6 +272,22 @@ def _hours(text: str) -> float:
 AGENT_EXIT_CODES = {"REQUESTED": 0, "UNAUTHORIZED": 2, "DUPLICATE": 3}
 
 
+async def _stop_when_gone(pid: int, stop: asyncio.Event) -> None:
+    """Set ``stop`` once process ``pid`` has exited. Uvicorn re-raises the SIGTERM it caught
+    after its shutdown, so `serve --demo` may die before it can stop its simulator itself."""
+    import os
+
+    while not stop.is_set():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            stop.set()
+            return
+        except PermissionError:
+            pass  # it exists, under another user
+        await asyncio.sleep(1.0)
+
+
 def _run_until_signalled(work: Callable[[asyncio.Event], Awaitable[T]]) -> T:
     """Run ``work`` with an event that SIGINT / SIGTERM set, so agents stop cleanly."""
     import signal
@@ -400,8 +416,19 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     store = TokenStore(args.state or settings.data_dir / "simulated-printers.json")
 
     async def work(stop: asyncio.Event) -> int:
+        watchers: set[asyncio.Task[None]] = set()  # held: a task nobody references may be collected
+        if args.stop_with_pid is not None:
+            watchers.add(asyncio.create_task(_stop_when_gone(args.stop_with_pid, stop)))
+        linking = asyncio.create_task(link_printers(args.server, args.token, args.printers, store,
+                                                    prefix=args.name))
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait({linking, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not linking.done():
+            linking.cancel()  # stopped while still linking (the server may not be up yet)
+            return 0
         try:
-            links = await link_printers(args.server, args.token, args.printers, store, prefix=args.name)
+            links = linking.result()
         except (LinkError, httpx.HTTPError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
@@ -529,6 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--name", default="Simulated printer", help="printer name prefix")
     simulate.add_argument("--state", type=Path, help="token file (default: DATA_DIR/simulated-printers.json)")
     simulate.add_argument("--seed", type=int, help="random seed, for repeatable runs")
+    simulate.add_argument("--stop-with-pid", type=int, metavar="PID",
+                          help="stop when process PID is gone (`serve --demo` runs its simulator so)")
     simulate.set_defaults(handler=cmd_simulate)
     return parser
 

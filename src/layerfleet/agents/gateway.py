@@ -1,7 +1,11 @@
 """The agent gateway: the websocket connections of printer agents (Obico protocol).
 
-One connection per printer. Each agent message is applied in its own transaction, so a bad
-message is dropped with a log line and never disturbs the connection or other printers.
+One connection per printer. Its frames are read at once and applied in order by the
+connection's own worker, so a slow database never keeps the socket unread (an agent whose
+pings go unanswered is dropped). A plain status (only numbers changed) is handed to the
+``StatusWriter``, which writes all printers' statuses in one batch; any other message is
+applied in its own transaction, so a bad message is dropped with a log line and never
+disturbs the connection or other printers.
 Commands reach the agent through the command bus, where the gateway registers each
 connection's delivery function.
 
@@ -18,6 +22,7 @@ import asyncio
 import json
 import logging
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -29,6 +34,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from layerfleet.agents import lifecycle
 from layerfleet.agents.bus import AgentMessage, RemoteStatus
 from layerfleet.agents.linking import printer_for_token
+from layerfleet.agents.status_writer import StatusWriter
 from layerfleet.database import utcnow
 from layerfleet.fleet.models import Printer
 from layerfleet.fleet.watching import should_watch
@@ -42,6 +48,9 @@ CLOSE_DUPLICATE = 4321
 CLOSE_UNAUTHORIZED = 4401
 DEFAULT_PROBE_TIMEOUT = 2.0
 DEFAULT_CALL_TIMEOUT = 10.0
+MAX_INBOX = 200
+DRAIN_SECONDS = 10.0
+STATUS_WAIT_SECONDS = 10.0
 MAX_PENDING_CALLS = 100
 KNOWN_KEYS = frozenset({
     "status", "settings", "event", "current_print_ts", "passthru",
@@ -99,6 +108,27 @@ class AgentConnection:
     replaced: bool = False
     closed: bool = False
     should_watch: bool | None = None
+    # Frames wait here for the connection's worker, so reading never waits for the database
+    # (an unread socket misses its keep-alive pongs and is dropped under load).
+    inbox: deque[dict[str, Any]] = field(default_factory=deque)
+    inbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
+    reading_done: bool = False
+    # What the last fully applied message said, to tell a plain status from a change.
+    applied_flags: tuple[bool, bool, bool] | None = None
+    applied_ts: int | None = None
+    status_written: asyncio.Future[None] | None = None
+
+    def enqueue(self, frame: dict[str, Any]) -> None:
+        last = self.inbox[-1] if self.inbox else None
+        if last is not None and _coalescible(last, frame):
+            self.inbox[-1] = frame  # only the newest of two plain statuses matters
+        else:
+            if len(self.inbox) >= MAX_INBOX:
+                log.warning("printer %s: the agent sends faster than the server applies; oldest frame dropped",
+                            self.printer_id)
+                self.inbox.popleft()
+            self.inbox.append(frame)
+        self.inbox_ready.set()
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.closed:
@@ -143,6 +173,21 @@ class AgentConnection:
             future.set_result(reply.get("ret"))
 
 
+PLAIN_KEYS = frozenset({"status", "current_print_ts", "octoprint_data"})
+
+
+def _coalescible(older: dict[str, Any], newer: dict[str, Any]) -> bool:
+    return set(older) <= PLAIN_KEYS and set(newer) <= PLAIN_KEYS \
+        and older.get("current_print_ts") == newer.get("current_print_ts")
+
+
+def _watch_flags(status: dict[str, Any]) -> tuple[bool, bool, bool]:
+    state = status.get("state")
+    flags = state.get("flags") if isinstance(state, dict) else None
+    flags = flags if isinstance(flags, dict) else {}
+    return bool(flags.get("printing")), bool(flags.get("paused")), bool(flags.get("pausing"))
+
+
 class AgentGateway:
     def __init__(
         self,
@@ -158,6 +203,7 @@ class AgentGateway:
         self.probe_timeout = probe_timeout
         self._connections: dict[int, AgentConnection] = {}
         self._background: set[asyncio.Task[None]] = set()
+        self.status_writer = StatusWriter(sessionmaker)
 
     def is_connected(self, printer_id: int) -> bool:
         return printer_id in self._connections
@@ -188,6 +234,7 @@ class AgentGateway:
             await asyncio.wait(set(self._background), timeout=self.probe_timeout + 3)
         for task in list(self._background):
             task.cancel()
+        await self.status_writer.close()
 
     async def serve(self, websocket: WebSocket) -> None:
         token = token_from_header(websocket.headers.get("authorization"))
@@ -210,6 +257,7 @@ class AgentGateway:
             previous.replaced = True
             self._spawn(self._retire(previous))
         log.info("agent of printer %s connected", printer.id)
+        worker = asyncio.create_task(self._apply_frames(connection), name=f"agent-{printer.id}")
         try:
             await connection.send(RemoteStatus(should_watch=connection.should_watch).as_message())
             await self._receive(connection)
@@ -219,7 +267,19 @@ class AgentGateway:
             log.exception("agent connection of printer %s failed", printer.id)
             await connection.close(CLOSE_GOING_AWAY)
         finally:
-            await self._disconnected(connection)
+            # What the agent said before it went (a PrintDone, say) is still applied, then it is
+            # offline. Every wait here is bounded, and a cancellation of this task (a server
+            # shutting down) is never swallowed: it ends the worker at once.
+            connection.reading_done = True
+            connection.inbox_ready.set()
+            try:
+                await asyncio.wait({worker}, timeout=DRAIN_SECONDS)
+                if not worker.done():
+                    log.warning("printer %s: frames not applied within %.0f s of the disconnect; dropped",
+                                connection.printer_id, DRAIN_SECONDS)
+            finally:
+                worker.cancel()
+                await self._disconnected(connection)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -257,12 +317,16 @@ class AgentGateway:
         log.info("agent of printer %s disconnected", connection.printer_id)
         # Its own task: a server that cancels the connection's task on disconnect must not
         # leave the printer looking online.
-        task = asyncio.ensure_future(self._mark_offline(connection.printer_id))
+        task = asyncio.ensure_future(self._mark_offline(connection.printer_id, connection.status_written))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         await asyncio.shield(task)
 
-    async def _mark_offline(self, printer_id: int) -> None:
+    async def _mark_offline(self, printer_id: int, status_written: asyncio.Future[None] | None) -> None:
+        if status_written is not None:
+            # A status still waiting in the writer would otherwise land after this and show
+            # the printer online again.
+            await asyncio.wait({status_written}, timeout=STATUS_WAIT_SECONDS)
         if printer_id in self._connections:
             return  # the agent is back already
         try:
@@ -274,6 +338,15 @@ class AgentGateway:
                 await session.commit()
         except Exception:
             log.exception("could not mark printer %s offline", printer_id)
+
+    @staticmethod
+    def _is_plain_status(connection: AgentConnection, update_: lifecycle.AgentUpdate) -> bool:
+        """Only numbers changed: no event, no settings, the same print, the same watching state."""
+        if update_.status is None or update_.settings is not None or update_.event_type is not None:
+            return False
+        if connection.applied_flags is None or _watch_flags(update_.status) != connection.applied_flags:
+            return False
+        return update_.current_print_ts is None or update_.current_print_ts == connection.applied_ts
 
     async def _receive(self, connection: AgentConnection) -> None:
         websocket = connection.websocket
@@ -301,18 +374,33 @@ class AgentGateway:
             if frame is None:
                 log.info("printer %s: frame that is not a JSON object ignored", connection.printer_id)
                 continue
-            try:
-                await self._handle(connection, frame)
-            except Exception:
-                log.exception("printer %s: frame could not be applied; ignored", connection.printer_id)
+            passthru = frame.get("passthru")
+            # printer_event copies are for the reference server's web app; the HTTP call stores them.
+            if isinstance(passthru, dict) and "ref" in passthru:
+                connection.answer(passthru)  # answers to our calls: at once, not behind the queue
+            if not connection.replaced:
+                connection.enqueue(frame)
             if connection.closed:
                 return
 
+    async def _apply_frames(self, connection: AgentConnection) -> None:
+        """The connection's worker: applies its frames in order, one at a time."""
+        while True:
+            if not connection.inbox:
+                if connection.reading_done:
+                    return
+                connection.inbox_ready.clear()
+                await connection.inbox_ready.wait()
+                continue
+            frame = connection.inbox.popleft()
+            try:
+                await self._handle(connection, frame)
+            except (WebSocketDisconnect, AgentNotConnected):
+                pass  # gone while we answered it; what it sent is applied
+            except Exception:
+                log.exception("printer %s: frame could not be applied; ignored", connection.printer_id)
+
     async def _handle(self, connection: AgentConnection, frame: dict[str, Any]) -> None:
-        passthru = frame.get("passthru")
-        # printer_event copies are for the reference server's web app; the HTTP call stores them.
-        if isinstance(passthru, dict) and "ref" in passthru:
-            connection.answer(passthru)
         if connection.replaced:
             return
         unknown = set(frame) - KNOWN_KEYS
@@ -325,6 +413,16 @@ class AgentGateway:
             return
         if update_.empty:
             return
+        if self._is_plain_status(connection, update_):
+            assert update_.status is not None
+            connection.status_written = self.status_writer.submit(
+                connection.printer_id, connection.token, update_.status, utcnow())
+            return
+        if connection.status_written is not None:
+            # An earlier plain status must not land after this message. Bounded: the writer
+            # resolves its futures even when it fails, but a stuck database must not stall this.
+            await asyncio.wait({connection.status_written}, timeout=STATUS_WAIT_SECONDS)
+            connection.status_written = None
         async with self._sessionmaker() as session:
             printer = await session.get(Printer, connection.printer_id)
             if printer is None or printer.archived_at is not None or printer.auth_token != connection.token:
@@ -335,6 +433,10 @@ class AgentGateway:
             await lifecycle.apply_update(session, printer, update_, utcnow())
             await session.commit()
             watch = should_watch(printer)
+        if update_.status is not None:
+            connection.applied_flags = _watch_flags(update_.status)
+        if update_.current_print_ts is not None:
+            connection.applied_ts = update_.current_print_ts
         if watch != connection.should_watch:
             connection.should_watch = watch
             await connection.send(RemoteStatus(should_watch=watch).as_message())
