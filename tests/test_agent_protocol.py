@@ -696,6 +696,12 @@ async def test_plain_statuses_never_land_after_a_later_event(server: TestClient,
         ws.send_json(frame(status("Printing", printing=True, file="a.gcode"), ts=t1, event="PrintStarted"))
         for n in range(20):  # plain statuses: batched
             ws.send_json(frame(_at(status("Printing", printing=True, file="a.gcode"), n), ts=t1))
+
+        async def newest_written() -> bool:
+            reported = (await load_printer(farm, printer.id)).status or {}
+            return bool(reported.get("progress", {}).get("completion") == 19)
+
+        await until(newest_written)
         ws.send_json(frame(status("Paused", paused=True, file="a.gcode"), ts=t1, event="PrintPaused"))
         await until(lambda: _status_is(farm, printer.id, t1, "Paused"))
         # Well after the writer's batch interval: no older "Printing" status overwrote the pause.

@@ -19,11 +19,13 @@ from layerfleet import __version__, media
 from layerfleet.agents.bus import CommandBus, InProcessCommandBus
 from layerfleet.agents.frames import FrameSink, NullFrameSink
 from layerfleet.agents.gateway import AgentGateway
-from layerfleet.api import obico_agent, obico_v1, printwatch
+from layerfleet.api import access_keys, eiger_v3, obico_agent, obico_v1, printwatch
 from layerfleet.api.errors import install_error_handlers
 from layerfleet.config import Settings, load_settings
 from layerfleet.database import create_engine, create_sessionmaker
 from layerfleet.detection.pipeline import WatchingPipeline
+from layerfleet.jobs import create_job_queue
+from layerfleet.library.slicing_service import SlicingService
 from layerfleet.printwatch.inference import PrintWatchInference
 from layerfleet.ratelimit import RateLimiter
 from layerfleet.web import routes as web
@@ -99,14 +101,21 @@ def create_app(
             batch_size=settings.detection_batch_size, unlimited_hours=settings.unlimited_detection_hours,
         )
 
+    slicing = SlicingService(
+        sessionmaker, create_job_queue(settings), settings.data_dir, workers=settings.job_workers,
+        sole_worker=settings.redis_url is None, timeout=settings.slice_timeout_seconds,
+    )
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await bus.start()
         if pipeline is not None:
             await pipeline.start()
+        await slicing.start()
         try:
             yield
         finally:
+            await slicing.close()
             await gateway.close_all()
             if pipeline is not None:
                 await pipeline.close()
@@ -128,6 +137,7 @@ def create_app(
     app.state.agent_gateway = gateway
     app.state.frame_sink = frame_sink or pipeline or NullFrameSink()
     app.state.watching = pipeline
+    app.state.slicing = slicing
     # The PrintWatch API borrows the pipeline's detector when there is one, else loads its own.
     app.state.printwatch_inference = PrintWatchInference(lambda: pipeline.detector if pipeline else None)
     app.state.verify_throttle = RateLimiter(VERIFY_CALLS, VERIFY_WINDOW_SECONDS)
@@ -145,6 +155,8 @@ def create_app(
     app.include_router(obico_v1.router)
     app.include_router(obico_agent.router)
     app.include_router(printwatch.router)
+    app.include_router(eiger_v3.router)
+    app.include_router(access_keys.router)
     app.include_router(media.router)
     app.include_router(web.router)
     app.mount("/static/swagger-ui", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")

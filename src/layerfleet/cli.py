@@ -175,6 +175,16 @@ def cmd_token_create(args: argparse.Namespace, settings: Settings) -> int:
     return _print_for_user(settings, args.email, create)
 
 
+def cmd_accesskey_create(args: argparse.Namespace, settings: Settings) -> int:
+    from layerfleet.accounts import service as accounts
+
+    async def create(session: Any, user: Any) -> str:
+        issued = await accounts.create_access_key(session, user, args.name)
+        return f"{issued.access_key} {issued.secret}"
+
+    return _print_for_user(settings, args.email, create)
+
+
 def cmd_printwatch_key_create(args: argparse.Namespace, settings: Settings) -> int:
     from layerfleet.printwatch import keys
 
@@ -470,6 +480,18 @@ def build_parser() -> argparse.ArgumentParser:
     token_create.add_argument("email")
     token_create.add_argument("--name", default="cli", help="a label to recognise the token by")
     token_create.set_defaults(handler=cmd_token_create)
+
+    accesskey = commands.add_parser(
+        "accesskey", help="access keys of the print-farm API (/api/v3, HTTP Basic)",
+        description="Access key / secret key pairs for the Eiger-compatible print-farm API: use them as "
+        "the user name and password of HTTP Basic auth.",
+    )
+    accesskey_commands = accesskey.add_subparsers(dest="accesskey_command", required=True, metavar="ACTION")
+    accesskey_create = accesskey_commands.add_parser(
+        "create", help="print ACCESS_KEY SECRET_KEY for a user (the secret is shown once; only its hash is stored)")
+    accesskey_create.add_argument("email")
+    accesskey_create.add_argument("--name", default="cli", help="a label to recognise the key by")
+    accesskey_create.set_defaults(handler=cmd_accesskey_create)
 
     printwatch_key = commands.add_parser(
         "printwatch-key", help="API keys of the PrintWatch inference API",

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="At most one scored frame per printer in this many seconds"
     )
     detection_batch_size: int = Field(default=8, ge=1, le=64, description="Frames scored together")
+    job_workers: int = Field(
+        default=1, ge=0, le=32,
+        description="Background jobs (slicing) this process runs at once; 0 leaves them to `layerfleet worker`",
+    )
+    slice_timeout_seconds: float = Field(default=600.0, gt=0, description="A slice taking longer is stopped")
     db_echo: bool = False
     log_level: str = "info"
 

@@ -1,27 +1,39 @@
 """Imports every domain's tables so that the metadata (for Alembic) is complete."""
 
-from layerfleet.accounts.models import ApiToken, Organization, User, WebSession
+from layerfleet.accounts.models import AccessKey, ApiToken, Organization, User, WebSession
 from layerfleet.agents.models import OneTimeVerificationCode, PrinterEvent
 from layerfleet.detection.models import Alert, PredictionFrame
 from layerfleet.fleet.models import Printer
+from layerfleet.library.models import Build, BuildItem, Part, PartVersion, SettingsPreset, SliceJob
 from layerfleet.prints.models import GCodeFile, Print, PrintShotFeedback
 from layerfleet.printwatch.models import PrintWatchDevice, PrintWatchFeedback, PrintWatchKey, PrintWatchNotification
+from layerfleet.scheduling.models import PrintedPart, PrintJob, QueuedJob
 
 __all__ = [
+    "AccessKey",
     "Alert",
     "ApiToken",
+    "Build",
+    "BuildItem",
     "GCodeFile",
     "OneTimeVerificationCode",
     "Organization",
+    "Part",
+    "PartVersion",
     "PredictionFrame",
     "Print",
+    "PrintJob",
     "PrintShotFeedback",
     "PrintWatchDevice",
     "PrintWatchFeedback",
     "PrintWatchKey",
     "PrintWatchNotification",
+    "PrintedPart",
     "Printer",
     "PrinterEvent",
+    "QueuedJob",
+    "SettingsPreset",
+    "SliceJob",
     "User",
     "WebSession",
 ]

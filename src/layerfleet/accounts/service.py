@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
@@ -10,11 +11,12 @@ from datetime import timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from layerfleet.accounts.models import ApiToken, Organization, Role, User, WebSession
+from layerfleet.accounts.models import AccessKey, ApiToken, Organization, Role, User, WebSession
 from layerfleet.accounts.passwords import MIN_PASSWORD_LENGTH, hash_password_async, verify_password_async
 from layerfleet.database import utcnow
 
 API_TOKEN_PREFIX = "lf_"
+ACCESS_KEY_PREFIX = "LFAK"
 DEFAULT_ORGANIZATION_NAME = "My print farm"
 
 
@@ -127,6 +129,53 @@ async def revoke_api_token(session: AsyncSession, user: User, token_id: int) -> 
     if token is None or token.user_id != user.id or token.revoked_at is not None:
         return False
     token.revoked_at = utcnow()
+    return True
+
+
+@dataclass(frozen=True)
+class IssuedAccessKey:
+    key: AccessKey
+    secret: str  # shown once; only its hash is stored
+
+    @property
+    def access_key(self) -> str:
+        return self.key.access_key
+
+
+async def create_access_key(session: AsyncSession, user: User, name: str = "") -> IssuedAccessKey:
+    """An access key / secret key pair for HTTP Basic auth (the Eiger dialect)."""
+    access = ACCESS_KEY_PREFIX + secrets.token_hex(10).upper()
+    secret = secrets.token_urlsafe(30)
+    key = AccessKey(user_id=user.id, name=name, access_key=access, secret_hash=_hash_key(secret))
+    session.add(key)
+    await session.flush()
+    return IssuedAccessKey(key=key, secret=secret)
+
+
+async def user_for_access_key(session: AsyncSession, access_key: str, secret: str) -> User | None:
+    key = (await session.execute(select(AccessKey).where(AccessKey.access_key == access_key))).scalar_one_or_none()
+    # The secret's hash is compared even for an unknown key, so timing tells nothing.
+    expected = key.secret_hash if key is not None else _hash_key("")
+    if not hmac.compare_digest(expected, _hash_key(secret)) or key is None:
+        return None
+    if key.revoked_at is not None or not key.user.is_active:
+        return None
+    now = utcnow()
+    if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
+        key.last_used_at = now
+    return key.user
+
+
+async def access_keys_of(session: AsyncSession, user: User) -> list[AccessKey]:
+    query = select(AccessKey).where(AccessKey.user_id == user.id).order_by(AccessKey.id)
+    return list((await session.execute(query)).scalars())
+
+
+async def revoke_access_key(session: AsyncSession, user: User, key_id: int) -> bool:
+    key = await session.get(AccessKey, key_id)
+    if key is None or key.user_id != user.id or key.revoked_at is not None:
+        return False
+    key.revoked_at = utcnow()
     return True
 
 

@@ -34,7 +34,7 @@ _WRITE = (
     update(_printers)
     .where(_printers.c.id == bindparam("printer_id"), _printers.c.auth_token == bindparam("token"),
            _printers.c.archived_at.is_(None))
-    .values(status=bindparam("new_status"), status_updated_at=bindparam("updated_at"))
+    .values(status=bindparam("new_status"), status_updated_at=bindparam("reported_at"))
 )
 
 
@@ -61,7 +61,7 @@ class StatusWriter:
             done.set_result(None)
             return done
         self._waiting[printer_id] = {"printer_id": printer_id, "token": token, "new_status": status,
-                                     "updated_at": at}
+                                     "reported_at": at}
         future = self._futures.get(printer_id)
         if future is None:
             future = self._futures[printer_id] = asyncio.get_running_loop().create_future()

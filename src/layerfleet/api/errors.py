@@ -56,12 +56,22 @@ def _is_path_error(exc: RequestValidationError) -> bool:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    from layerfleet.api.eiger_v3 import errors as eiger
+
+    @app.exception_handler(eiger.EigerError)
+    async def _eiger(request: Request, exc: eiger.EigerError) -> JSONResponse:
+        return eiger.error_response(request, exc.status, exc.message, exc.headers)
+
     @app.exception_handler(FieldErrors)
-    async def _field_errors(_request: Request, exc: FieldErrors) -> JSONResponse:
+    async def _field_errors(request: Request, exc: FieldErrors) -> JSONResponse:
+        if eiger.is_eiger_request(request):
+            return eiger.error_response(request, 400, "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.errors.items()))
         return JSONResponse(exc.errors, status_code=400)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        if eiger.is_eiger_request(request):
+            return eiger.error_response(request, 400, eiger.validation_message(list(exc.errors())))
         if _is_path_error(exc):
             # An id that cannot exist is simply not found, as a URL pattern would say.
             return JSONResponse({"detail": "Not found."}, status_code=404)
@@ -72,6 +82,10 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if eiger.is_eiger_request(request):
+            message = {404: "No such endpoint in the Eiger v3 API", 405: f"Method {request.method} not allowed here"}
+            text = message.get(exc.status_code, str(exc.detail))
+            return eiger.error_response(request, exc.status_code, text, dict(exc.headers or {}))
         detail = exc.detail
         if exc.status_code == 404 and detail == "Not Found":
             detail = "Not found."
@@ -81,6 +95,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        if eiger.is_eiger_request(request):
+            return eiger.error_response(request, 500, "The server failed to process the request", exc_info=True)
         reference = uuid.uuid4().hex[:12]
         log.exception("unhandled error %s on %s %s", reference, request.method, request.url.path)
         return JSONResponse(

@@ -55,6 +55,15 @@ class Printer(Base):
     retract_on_pause: Mapped[float] = mapped_column(Float, default=DEFAULT_RETRACT_ON_PAUSE)
     lift_z_on_pause: Mapped[float] = mapped_column(Float, default=DEFAULT_LIFT_Z_ON_PAUSE)
     detective_sensitivity: Mapped[float] = mapped_column(Float, default=1.0)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow, nullable=True)
+
+    # What the farm knows about the machine (the Eiger dialect's device fields).
+    device_type: Mapped[str] = mapped_column(String(32), default="Unknown")
+    device_series: Mapped[str] = mapped_column(String(32), default="Unknown")
+    loaded_primary_material: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    loaded_secondary_material: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    ccs_primary_remaining: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ccs_secondary_remaining: Mapped[float | None] = mapped_column(Float, nullable=True)
 
     # Written by the agent gateway from what the printer's agent reports.
     status: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -119,7 +119,7 @@ def find_prusaslicer() -> Path | None:
 
 
 async def slice_stl(
-    stl_path: str | os.PathLike[str],
+    stl_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     profile_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
     *,
@@ -129,6 +129,9 @@ async def slice_stl(
     executable: str | os.PathLike[str] | None = None,
 ) -> SliceResult:
     """Slice ``stl_path`` with the PrusaSlicer profile ``profile_path`` into ``output_path``.
+
+    Several STL paths (a build's plate; one path per part instance) are arranged on the bed by
+    PrusaSlicer and sliced into one G-code file.
 
     ``extra_options`` are PrusaSlicer config options written ``--name=value`` or ``--flag``
     (e.g. ``--fill-density=30%``); they override the profile. Raises ``SlicerError`` (with
@@ -142,7 +145,11 @@ async def slice_stl(
     if program is None:
         raise SlicerNotFound(f"PrusaSlicer is not installed: no prusa-slicer on PATH and {ENVIRONMENT_VARIABLE} "
                              "is not set (Debian: apt-get install prusa-slicer).")
-    job = await asyncio.to_thread(_SliceJob.prepare, Path(stl_path), Path(profile_path), Path(output_path))
+    stls = [stl_path] if isinstance(stl_path, str | os.PathLike) else list(stl_path)
+    if not stls:
+        raise SlicerError("Nothing to slice: no STL file given.")
+    job = await asyncio.to_thread(_SliceJob.prepare, [Path(p) for p in stls], Path(profile_path),
+                                  Path(output_path))
     try:
         command = [
             str(program),
@@ -152,9 +159,12 @@ async def slice_stl(
             *options,
             # A profile's post_process scripts would run any program as this server; clear them.
             "--post-process", "",
+            # Several objects: arranged on the bed as one plate (without it PrusaSlicer exports
+            # only the first object's G-code).
+            *(["--merge"] if len(job.stls) > 1 else []),
             "--export-gcode",
             "--output", str(job.partial),
-            str(job.stl),
+            *(str(stl) for stl in job.stls),
         ]
         exit_code, stdout, stderr = await _run(command, time_limit=timeout, cancel=cancel)
         summary = await asyncio.to_thread(job.finish, exit_code, stdout, stderr)
@@ -176,7 +186,7 @@ async def slice_stl(
 class _SliceJob:
     """The file-system side of one slice (run in a thread: these are blocking calls)."""
 
-    stl: Path
+    stls: tuple[Path, ...]
     profile: Path
     output: Path
     work_dir: Path  # private directory beside the output, removed after the slice
@@ -186,19 +196,19 @@ class _SliceJob:
         return self.work_dir / "output.gcode"
 
     @classmethod
-    def prepare(cls, stl: Path, profile: Path, output: Path) -> _SliceJob:
-        for path, what in ((stl, "STL file"), (profile, "slicer profile")):
+    def prepare(cls, stls: list[Path], profile: Path, output: Path) -> _SliceJob:
+        for path, what in (*((stl, "STL file") for stl in stls), (profile, "slicer profile")):
             if not path.is_file():
                 raise SlicerError(f"The {what} {path.name} does not exist.")
         output = output.resolve()
         work_dir = Path(tempfile.mkdtemp(prefix=".slicing-", dir=output.parent))
-        return cls(stl.resolve(), profile.resolve(), output, work_dir)
+        return cls(tuple(stl.resolve() for stl in stls), profile.resolve(), output, work_dir)
 
     def finish(self, exit_code: int, stdout: str, stderr: str) -> GcodeSummary:
         """Check the slicer's outcome and move the G-code into place (same directory, so it
         appears whole or not at all)."""
         if exit_code != 0 or not self.partial.is_file():
-            paths = {str(self.stl): self.stl.name, str(self.partial): self.output.name}
+            paths = {**{str(stl): stl.name for stl in self.stls}, str(self.partial): self.output.name}
             message = slicer_message(stderr, stdout, replacements=paths)
             raise SlicerError(message or _exit_description(exit_code), exit_code=exit_code,
                               output=stderr + stdout)

@@ -1,0 +1,81 @@
+"""Devices: the organization's printers, in the spec's DeviceView shapes."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from fastapi import APIRouter, Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from layerfleet.api.deps import Db
+from layerfleet.api.eiger_v3.common import Caller, CallerDep, path_uuid
+from layerfleet.api.eiger_v3.errors import not_found
+from layerfleet.api.eiger_v3.query import COMPARISONS, Filter, Kind, ListSpec, fetch_page, parse_list_query
+from layerfleet.api.eiger_v3.views import device_view_extended
+from layerfleet.fleet.models import Printer
+from layerfleet.scheduling.models import JobState, PrintJob, QueuedJob, QueueState
+
+router = APIRouter(tags=["Devices"])
+
+DATES = tuple(op for op in COMPARISONS if op not in ("eq", "ne"))
+DEVICES = ListSpec(
+    filters={
+        "name": Filter(Printer.name, Kind.TEXT, ("eq",)),
+        "created_at": Filter(Printer.created_at, Kind.DATETIME, DATES),
+        "updated_at": Filter(Printer.updated_at, Kind.DATETIME, DATES),
+    },
+    sorts={"name": Printer.name, "created_at": Printer.created_at, "updated_at": Printer.updated_at},
+    default_sort="name",
+    default_order="asc",
+)
+LIVE_STATES = (JobState.PRINTING.value, JobState.PAUSED.value, JobState.UNKNOWN.value)
+
+
+async def device_context(db: AsyncSession, printer_ids: list[int]) -> tuple[
+        dict[int, list[QueuedJob]], dict[int, PrintJob]]:
+    """The queues and the active (or last) job of these printers, in two queries."""
+    queues: dict[int, list[QueuedJob]] = defaultdict(list)
+    active: dict[int, PrintJob] = {}
+    if not printer_ids:
+        return queues, active
+    for entry in (await db.execute(select(QueuedJob).where(
+            QueuedJob.printer_id.in_(printer_ids), QueuedJob.state == QueueState.QUEUED.value,
+    ).order_by(QueuedJob.position, QueuedJob.id))).unique().scalars():
+        queues[entry.printer_id].append(entry)
+    jobs = (await db.execute(select(PrintJob).where(
+        PrintJob.printer_id.in_(printer_ids), PrintJob.state.in_(LIVE_STATES),
+    ).order_by(PrintJob.id))).unique().scalars()
+    for job in jobs:
+        if job.printer_id is not None:
+            active[job.printer_id] = job  # the newest wins
+    return queues, active
+
+
+async def printer_by_uuid(db: AsyncSession, caller: Caller, device_uuid: str) -> Printer:
+    printer = (await db.execute(select(Printer).where(
+        Printer.uuid == device_uuid, Printer.organization_id == caller.organization_id,
+        Printer.archived_at.is_(None)))).scalar_one_or_none()
+    if printer is None:
+        raise not_found(f"Device {device_uuid}")
+    return printer
+
+
+@router.get("/devices", operation_id="listDevices")
+async def list_devices(request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
+    query = parse_list_query(request.query_params, DEVICES)
+    page = await fetch_page(db, select(Printer).where(
+        Printer.organization_id == caller.organization_id, Printer.archived_at.is_(None)), query, Printer.id)
+    queues, active = await device_context(db, [p.id for p in page.items])
+    return {"has_more_items": page.has_more_items, "items": [
+        device_view_extended(p, queue=queues[p.id], active_job=active.get(p.id),
+                             approvals_enabled=caller.approvals_enabled) for p in page.items]}
+
+
+@router.get("/devices/{device_id}", operation_id="readDevice")
+async def read_device(device_id: str, db: Db, caller: CallerDep) -> dict[str, Any]:
+    printer = await printer_by_uuid(db, caller, path_uuid("device_id", device_id))
+    queues, active = await device_context(db, [printer.id])
+    return device_view_extended(printer, queue=queues[printer.id], active_job=active.get(printer.id),
+                                approvals_enabled=caller.approvals_enabled)

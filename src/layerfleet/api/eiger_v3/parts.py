@@ -1,0 +1,167 @@
+"""Parts: STL upload (sliced by a queued job), slice status, settings presets, part and part
+version reads, and 30-second signed download URLs for a version's STL."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+from starlette.datastructures import UploadFile
+
+from layerfleet.accounts.models import Role, User
+from layerfleet.api.deps import Db
+from layerfleet.api.eiger_v3.common import Caller, CallerDep, domain_errors, path_uuid
+from layerfleet.api.eiger_v3.errors import EigerError, bad_request
+from layerfleet.api.eiger_v3.query import parse_uuid
+from layerfleet.api.eiger_v3.views import part_version_view, part_view
+from layerfleet.library import service as library
+from layerfleet.library.models import PartVersion, SliceStatus
+from layerfleet.slicing import DEFAULT_MAX_BYTES
+
+router = APIRouter(tags=["Parts"])
+
+DOWNLOAD_SECONDS = 30
+CHUNK = 1024 * 1024
+# Multipart framing around the file: a request larger than the file limit plus this is refused
+# before a byte of it is read.
+FORM_OVERHEAD = 64 * 1024
+
+
+@router.post("/parts/upload_stl", status_code=201, operation_id="uploadStl")
+async def upload_stl(request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
+    settings = request.app.state.settings
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > DEFAULT_MAX_BYTES + FORM_OVERHEAD:
+        raise bad_request(f"The STL file is larger than {DEFAULT_MAX_BYTES // (1024 * 1024)} MB; "
+                          "split or simplify the model.")
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        raise bad_request("Send the STL as multipart/form-data with the file in the field stlFile")
+    try:
+        form = await request.form(max_files=1, max_fields=10)
+    except Exception as exc:  # Starlette raises its own for malformed or oversized forms
+        raise bad_request(f"The form could not be read: {exc}") from None
+    try:
+        stl = form.get("stlFile")
+        if not isinstance(stl, UploadFile):
+            raise bad_request("stlFile is required: the STL file as a form file field")
+        folder = _optional_uuid(form.get("folderId"), "folderId")
+        preset_id = _optional_uuid(form.get("settingsPresetId"), "settingsPresetId")
+        owner_id = _optional_uuid(form.get("userId"), "userId")
+        with domain_errors():
+            preset = await library.preset_by_uuid(db, caller.organization_id, preset_id)
+            owner = await _owner(db, caller, owner_id)
+            upload = await library.receive_stl(_chunks(stl), stl.filename or "part.stl", settings.data_dir)
+            try:
+                created = await library.create_part(db, upload, owner=owner, preset=preset, folder_uuid=folder,
+                                                    data_dir=settings.data_dir)
+                await db.commit()
+            except BaseException:
+                await db.rollback()
+                upload.discard()
+                raise
+    finally:
+        await form.close()
+    await request.app.state.slicing.submit(created.job.uuid)
+    return {"slice_job_id": created.job.uuid, "part_version_id": created.version.uuid}
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(CHUNK):
+        yield chunk
+
+
+def _optional_uuid(value: object, name: str) -> str | None:
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise bad_request(f"{name} must be a UUID in a text field")
+    return parse_uuid(name, value)
+
+
+async def _owner(db: Db, caller: Caller, owner_uuid: str | None) -> User:
+    if owner_uuid is None:
+        # The spec's default: the organization's owner (the caller when no owner is found).
+        owner = (await db.execute(select(User).where(
+            User.organization_id == caller.organization_id, User.role == Role.OWNER.value,
+        ).order_by(User.id).limit(1))).scalar_one_or_none()
+        return owner or caller.user
+    owner = (await db.execute(select(User).where(
+        User.uuid == owner_uuid, User.organization_id == caller.organization_id))).scalar_one_or_none()
+    if owner is None:
+        raise bad_request(f"userId {owner_uuid} is not a member of your organization")
+    return owner
+
+
+@router.get("/parts/slice_status/{slice_job_id}", operation_id="getSliceStatus")
+async def slice_status(slice_job_id: str, db: Db, caller: CallerDep) -> dict[str, Any]:
+    job_uuid = path_uuid("slice_job_id", slice_job_id)
+    with domain_errors():
+        job = await library.slice_job_by_uuid(db, caller.organization_id, job_uuid)
+    body: dict[str, Any] = {"status": job.status}
+    if job.status == SliceStatus.ERROR.value and job.error:
+        body["message"] = job.error
+    return body
+
+
+@router.get("/parts/settings_presets", operation_id="getOrgSettingsPresets")
+async def settings_presets(db: Db, caller: CallerDep) -> list[dict[str, Any]]:
+    presets = await library.presets_for(db, caller.organization_id)
+    await db.commit()  # the built-in preset is created on first use
+    return [{"id": preset.uuid, "title": preset.title} for preset in presets]
+
+
+@router.get("/parts/{part_id}", operation_id="readPart")
+async def read_part(part_id: str, db: Db, caller: CallerDep) -> dict[str, Any]:
+    with domain_errors():
+        part = await library.part_by_uuid(db, caller.organization_id, path_uuid("part_id", part_id))
+    return part_view(part)
+
+
+@router.get("/part_versions/{part_version_id}", operation_id="readPartVersion")
+async def read_part_version(part_version_id: str, db: Db, caller: CallerDep) -> dict[str, Any]:
+    with domain_errors():
+        version = await library.part_version_by_uuid(
+            db, caller.organization_id, path_uuid("part_version_id", part_version_id))
+    return part_version_view(version)
+
+
+@router.get("/part_versions/{part_version_id}/download", operation_id="readSignedURL")
+async def part_version_download(part_version_id: str, request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
+    with domain_errors():
+        version = await library.part_version_by_uuid(
+            db, caller.organization_id, path_uuid("part_version_id", part_version_id))
+    expires = int(time.time()) + DOWNLOAD_SECONDS
+    path = f"/api/v3/files/part_versions/{version.uuid}.stl"
+    signature = sign(request.app.state.settings.effective_secret_key, path, expires)
+    settings = request.app.state.settings
+    base = (settings.base_url or str(request.base_url)).rstrip("/")
+    return {"url": f"{base}{path}?expires={expires}&signature={signature}"}
+
+
+def sign(secret: str, path: str, expires: int) -> str:
+    return hmac.new(secret.encode(), f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+@router.get("/files/part_versions/{version_file}", include_in_schema=False)
+async def signed_stl(version_file: str, request: Request, db: Db) -> FileResponse:
+    """The target of a signed download URL: no credentials, but a signature that expires."""
+    expires_raw = request.query_params.get("expires", "")
+    signature = request.query_params.get("signature", "")
+    path = request.url.path
+    if not expires_raw.isdigit() or not hmac.compare_digest(
+            sign(request.app.state.settings.effective_secret_key, path, int(expires_raw)), signature):
+        raise EigerError(403, "The download link is not valid")
+    if int(expires_raw) < time.time():
+        raise EigerError(403, "The download link has expired; ask for a new one")
+    version_uuid = version_file.removesuffix(".stl")
+    version = (await db.execute(select(PartVersion).where(PartVersion.uuid == version_uuid))).scalar_one_or_none()
+    if version is None:
+        raise EigerError(404, "Part version not found")
+    file = library.library_root(request.app.state.settings.data_dir) / version.stl_path
+    return FileResponse(file, media_type="model/stl", filename=f"{version.title}.stl")

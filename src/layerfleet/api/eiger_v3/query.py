@@ -1,0 +1,235 @@
+"""List parameters of the Eiger dialect: ``page[size]``/``page[number]``, ``filter[field][op]``
+and ``sort[by]``/``sort[order]``. Each list declares what it accepts; any other bracketed
+parameter, and any value that does not parse, answers 400 (a typo must not silently list
+everything)."""
+
+from __future__ import annotations
+
+import enum
+import re
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, Select, and_, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+from starlette.datastructures import QueryParams
+
+from layerfleet.api.eiger_v3.errors import bad_request
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+# Far beyond any real list; keeps OFFSET arithmetic within what every database accepts.
+MAX_PAGE_NUMBER = 10_000_000
+COMPARISONS = ("eq", "ne", "lt", "le", "gt", "ge")
+
+
+class Kind(enum.Enum):
+    DATETIME = "date-time"
+    INTEGER = "integer"
+    BOOLEAN = "boolean"
+    TEXT = "string"
+    UUID = "uuid"
+    CHOICE = "one of the listed values"
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A filterable field: the SQL expression, the type of its values and the operators allowed.
+
+    ``condition`` replaces the plain comparison where the field is not a column (a boolean that
+    a setting overrides, an id that is a join)."""
+
+    column: Any
+    kind: Kind
+    ops: tuple[str, ...]
+    choices: tuple[str, ...] = ()
+    minimum: int | None = None
+    max_length: int | None = None
+    nullable: bool = False
+    condition: Callable[[str, Any], ColumnElement[bool]] | None = None
+
+
+@dataclass(frozen=True)
+class ListSpec:
+    filters: Mapping[str, Filter]
+    sorts: Mapping[str, Any]
+    default_sort: str
+    default_order: str  # "asc" or "desc"
+    paged: bool = True
+
+
+@dataclass
+class ListQuery:
+    page_size: int = DEFAULT_PAGE_SIZE
+    page_number: int = 1
+    conditions: list[ColumnElement[bool]] = field(default_factory=list)
+    order_by: list[Any] = field(default_factory=list)
+
+    def apply(self, query: Select[Any], tiebreak: Any) -> Select[Any]:
+        """Filters, order and one page (plus one row, to tell whether more follow)."""
+        if self.conditions:
+            query = query.where(and_(*self.conditions))
+        return (query.order_by(*self.order_by, tiebreak).offset((self.page_number - 1) * self.page_size)
+                .limit(self.page_size + 1))
+
+
+def _single(params: QueryParams, name: str) -> str:
+    values = params.getlist(name)
+    if len(values) > 1:
+        raise bad_request(f"{name} is given {len(values)} times; give it once")
+    return values[0]
+
+
+def _integer(name: str, raw: str, minimum: int | None = None, maximum: int | None = None) -> int:
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise bad_request(f"{name} must be an integer, not {raw!r}") from None
+    if minimum is not None and value < minimum:
+        raise bad_request(f"{name} must be at least {minimum}")
+    if maximum is not None and value > maximum:
+        raise bad_request(f"{name} must be at most {maximum}")
+    return value
+
+
+def parse_datetime(name: str, raw: str) -> datetime:
+    text = raw.strip()
+    if re.search(r"\d \d\d:\d\d$", text):
+        # "+01:00" sent unencoded in a query string arrives as " 01:00".
+        text = text[:-6] + "+" + text[-5:]
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise bad_request(f"{name} must be an ISO 8601 date-time such as 2026-01-31T12:00:00Z, not {raw!r}") from None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _boolean(name: str, raw: str, nullable: bool) -> bool | None:
+    lowered = raw.strip().lower()
+    if lowered in ("true", "1"):
+        return True
+    if lowered in ("false", "0"):
+        return False
+    if nullable and lowered in ("null", ""):
+        return None
+    raise bad_request(f"{name} must be true or false, not {raw!r}")
+
+
+def parse_uuid(name: str, raw: str) -> str:
+    try:
+        return str(uuid.UUID(raw.strip()))
+    except ValueError:
+        raise bad_request(f"{name} must be a UUID, not {raw!r}") from None
+
+
+def _value(name: str, spec: Filter, raw: str) -> Any:
+    match spec.kind:
+        case Kind.DATETIME:
+            return parse_datetime(name, raw)
+        case Kind.INTEGER:
+            return _integer(name, raw, spec.minimum)
+        case Kind.BOOLEAN:
+            return _boolean(name, raw, spec.nullable)
+        case Kind.UUID:
+            return parse_uuid(name, raw)
+        case Kind.CHOICE:
+            if raw not in spec.choices:
+                raise bad_request(f"{name} must be one of {', '.join(spec.choices)}; not {raw!r}")
+            return raw
+        case Kind.TEXT:
+            if spec.max_length is not None and len(raw) > spec.max_length:
+                raise bad_request(f"{name} must have at most {spec.max_length} characters")
+            return raw
+    raise AssertionError(spec.kind)
+
+
+def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
+    if value is None:
+        return column.is_(None) if op == "eq" else column.is_not(None)
+    comparisons: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
+        "eq": lambda c, v: c == v, "ne": lambda c, v: c != v, "lt": lambda c, v: c < v,
+        "le": lambda c, v: c <= v, "gt": lambda c, v: c > v, "ge": lambda c, v: c >= v,
+    }
+    condition = comparisons[op](column, value)
+    # "not equal" keeps rows without a value, as a person reading "state ≠ X" expects.
+    return condition | column.is_(None) if op == "ne" else condition
+
+
+def _bracketed(name: str) -> list[str] | None:
+    """``filter[a][b]`` → ``["filter", "a", "b"]``; None when the name has no brackets."""
+    head, bracket, rest = name.partition("[")
+    if not bracket:
+        return None
+    parts = [head]
+    rest = "[" + rest
+    while rest:
+        if not rest.startswith("[") or "]" not in rest:
+            return [head, rest]
+        inner, _, rest = rest[1:].partition("]")
+        parts.append(inner)
+    return parts
+
+
+def parse_list_query(params: QueryParams, spec: ListSpec) -> ListQuery:
+    query = ListQuery()
+    sort_by, order = spec.default_sort, spec.default_order
+    for name in dict.fromkeys(params.keys()):
+        parts = _bracketed(name)
+        if parts is None or parts[0] not in ("filter", "sort", "page"):
+            continue  # not a list parameter (a cache-buster, say): not ours to judge
+        raw = _single(params, name)
+        if parts[0] == "page" and len(parts) == 2 and parts[1] in ("size", "number") and spec.paged:
+            if parts[1] == "size":
+                query.page_size = _integer(name, raw, 1, MAX_PAGE_SIZE)
+            else:
+                query.page_number = _integer(name, raw, 1, MAX_PAGE_NUMBER)
+        elif parts[0] == "sort" and len(parts) == 2 and parts[1] == "by" and spec.sorts:
+            if raw not in spec.sorts:
+                raise bad_request(f"sort[by] must be one of {', '.join(spec.sorts)}; not {raw!r}")
+            sort_by = raw
+        elif parts[0] == "sort" and len(parts) == 2 and parts[1] == "order" and spec.sorts:
+            if raw not in ("asc", "desc"):
+                raise bad_request(f"sort[order] must be asc or desc; not {raw!r}")
+            order = raw
+        elif parts[0] == "filter" and len(parts) == 3 and parts[1] in spec.filters \
+                and parts[2] in spec.filters[parts[1]].ops:
+            filter_ = spec.filters[parts[1]]
+            value = _value(name, filter_, raw)
+            if filter_.condition is not None:
+                query.conditions.append(filter_.condition(parts[2], value))
+            else:
+                query.conditions.append(_compare(filter_.column, parts[2], value))
+        else:
+            raise bad_request(f"{name} is not a parameter of this list{_known(spec)}")
+    if spec.sorts:
+        column = spec.sorts[sort_by]
+        query.order_by = [column.asc() if order == "asc" else column.desc()]
+    return query
+
+
+def _known(spec: ListSpec) -> str:
+    names = [f"filter[{f}][{op}]" for f, filt in spec.filters.items() for op in filt.ops]
+    if spec.sorts:
+        names += ["sort[by]", "sort[order]"]
+    if spec.paged:
+        names += ["page[size]", "page[number]"]
+    return f"; it takes {', '.join(names)}" if names else ""
+
+
+@dataclass
+class Page:
+    items: Sequence[Any]
+    has_more_items: bool
+
+
+async def fetch_page(session: AsyncSession, query: Select[Any], list_query: ListQuery, tiebreak: Any) -> Page:
+    rows = list((await session.execute(list_query.apply(query, tiebreak))).unique().scalars())
+    more = len(rows) > list_query.page_size
+    return Page(rows[: list_query.page_size], more)
+
+
+async def count(session: AsyncSession, query: Select[Any]) -> int:
+    return int((await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one())

@@ -1,0 +1,226 @@
+"""Domain objects in the shapes of the Eiger spec's views (BuildView, DeviceView, …).
+
+Translation only: what a printer's live status means in the spec's enumerations is decided
+here, from the status the agent reported; nothing is stored in Eiger terms.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from layerfleet.accounts.models import User
+from layerfleet.fleet.models import Printer
+from layerfleet.library.models import Build, Part, PartVersion
+from layerfleet.scheduling.models import JobState, PrintedPart, PrintJob, QueuedJob
+
+PRINTER_TYPES = ("Mark One", "Mark Two", "Onyx One", "Onyx Pro", "X3", "X5", "X7", "Metal X", "FX20")
+DEVICE_SERIES = ("Unknown", "Mark One", "Desktop Series", "Industrial Series", "Metal X", "FX20",
+                 "Sinter-1", "Sinter-2", "Wash-1")
+
+
+def when(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def _rounded(value: float | None, digits: int = 3) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def build_view(build: Build, *, approvals_enabled: bool, preview_url: str | None = None) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": build.uuid,
+        "title": build.title,
+        "created_at": when(build.created_at),
+        "updated_at": when(build.updated_at),
+        "part_count": build.part_count,
+        "device_series": "Unknown",
+        "primary_material": build.settings_preset.material,
+        "secondary_material": "",
+        "ccs_primary_required": _rounded(build.filament_cm3),
+        "ccs_secondary_required": None,
+        "ccs_tertiary_required": None,
+        "estimated_print_seconds": build.estimated_print_seconds,
+        "sliced": build.sliced,
+        "blacksmith_enabled": build.blacksmith_enabled,
+        # With approvals off every build may be printed: "default (approved)" in the spec's words.
+        "approved": build.approved if approvals_enabled else True,
+    }
+    if preview_url is not None:
+        view["preview_url"] = preview_url
+    return view
+
+
+def build_view_extended(build: Build, *, approvals_enabled: bool) -> dict[str, Any]:
+    versions: dict[int, PartVersion] = {}
+    for item in build.items:
+        versions.setdefault(item.part_version.id, item.part_version)
+    return {
+        **build_view(build, approvals_enabled=approvals_enabled),
+        "part_versions": [part_version_view(v) for v in versions.values()],
+        "poses": [{"id": item.uuid, "x": item.x, "y": item.y, "theta": item.theta} for item in build.items],
+    }
+
+
+def part_view(part: Part) -> dict[str, Any]:
+    latest = part.versions[-1] if part.versions else None
+    return {
+        "id": part.uuid,
+        "created_at": when(part.created_at),
+        "updated_at": when(part.updated_at),
+        "cloned_from": part.cloned_from.uuid if part.cloned_from is not None else None,
+        "latest_partversion": latest.uuid if latest is not None else None,
+        "part_versions": [v.uuid for v in part.versions],
+    }
+
+
+def part_version_view(version: PartVersion) -> dict[str, Any]:
+    settings = version.settings or {}
+    euler = settings.get("euler") or {}
+    return {
+        "id": version.uuid,
+        "part_id": version.part.uuid,
+        "title": version.title,
+        "description": version.description,
+        "version_number": version.version_number,
+        "sliced": version.sliced,
+        "device_series": "Unknown",
+        "primary_material": version.settings_preset.material,
+        "secondary_material": "",
+        "settings": {
+            "scale": float(settings.get("scale", 1.0)),
+            "euler": {axis: float(euler.get(axis, 0.0)) for axis in ("x", "y", "z")},
+            "units": str(settings.get("units", "mm")),
+        },
+    }
+
+
+# --- devices ------------------------------------------------------------------------------------
+
+def printer_state(printer: Printer, active_job: PrintJob | None = None) -> str:
+    """The spec's PrinterStateEnum from the agent's live status."""
+    status = printer.status
+    if status is None:
+        return "Offline"
+    flags = printer.state_flags
+    text = str(((status.get("state") or {}).get("text")) or "") if isinstance(status.get("state"), dict) else ""
+    current = printer.current_print
+    if flags.get("error") or (flags.get("closedOrError") and flags.get("operational") is not False):
+        return "User Action Required"
+    if flags.get("closedOrError") or text.lower().startswith("offline"):
+        return "Offline"
+    if flags.get("cancelling"):
+        return "Canceling"
+    if flags.get("pausing"):
+        return "Pausing"
+    if flags.get("resuming"):
+        return "Resuming Print"
+    if flags.get("paused"):
+        alerted = current is not None and current.alerted_at is not None and current.alert_acknowledged_at is None
+        return "Print Failure Detected" if alerted else "Print Paused"
+    if flags.get("printing") or flags.get("finishing"):
+        return "Printing"
+    if active_job is not None and active_job.state == JobState.COMPLETED.value:
+        return "Print Finished"
+    if flags.get("operational") or flags.get("ready"):
+        return "Ready"
+    return "Unknown"
+
+
+def printing_state(printer: Printer) -> str:
+    """The spec's PrintingStateEnum while a job runs."""
+    status = printer.status or {}
+    text = str(((status.get("state") or {}).get("text")) or "") if isinstance(status.get("state"), dict) else ""
+    lowered = text.lower()
+    if "heat" in lowered:
+        return "Heating"
+    if "cool" in lowered:
+        return "Cooling Down"
+    if printer.state_flags.get("printing") or printer.state_flags.get("finishing"):
+        return "Printing"
+    return "Unknown"
+
+
+def device_status(printer: Printer, job: PrintJob) -> dict[str, Any]:
+    """DeviceStatusView for the printer's active job, from its live status."""
+    status = printer.status or {}
+    progress = (status.get("progress") or {}) if isinstance(status.get("progress"), dict) else {}
+    completion = progress.get("completion")
+    left = progress.get("printTimeLeft")
+    layer = status.get("layer") if isinstance(status.get("layer"), dict) else {}
+    current_layer = layer.get("current") if isinstance(layer, dict) else None
+    layer_count = layer.get("total") if isinstance(layer, dict) else None
+    return {
+        "printing_state": printing_state(printer) if printer.status is not None else "Unknown",
+        "current_layer": current_layer if isinstance(current_layer, int) and current_layer >= 1 else None,
+        "layer_count": (layer_count if isinstance(layer_count, int) and layer_count >= 1
+                        else job.build.layer_count if job.build.layer_count else None),
+        "progress": (min(100.0, max(0.0, float(completion))) if isinstance(completion, int | float)
+                     and not isinstance(completion, bool) else None),
+        "estimated_seconds_remaining": (max(0, int(left)) if isinstance(left, int | float)
+                                        and not isinstance(left, bool) else None),
+    }
+
+
+def device_view(printer: Printer, *, queue: list[QueuedJob], active_job: PrintJob | None) -> dict[str, Any]:
+    waiting = [entry for entry in queue if entry.state == "Queued"]
+    estimate = sum(entry.build.estimated_print_seconds or 0.0 for entry in waiting)
+    return {
+        "id": printer.uuid,
+        "name": printer.name,
+        "device_type": printer.device_type if printer.device_type in PRINTER_TYPES else "Unknown",
+        "device_series": printer.device_series if printer.device_series in DEVICE_SERIES else "Unknown",
+        "created_at": when(printer.created_at),
+        "updated_at": when(printer.updated_at),
+        "queue_estimated_time_seconds": float(estimate),
+        "queue_length": len(waiting),
+        "loaded_primary_material": printer.loaded_primary_material,
+        "loaded_secondary_material": printer.loaded_secondary_material,
+        "ccs_primary_remaining": printer.ccs_primary_remaining,
+        "ccs_secondary_remaining": printer.ccs_secondary_remaining,
+        "state": printer_state(printer, active_job),
+    }
+
+
+def device_view_extended(printer: Printer, *, queue: list[QueuedJob], active_job: PrintJob | None,
+                         approvals_enabled: bool) -> dict[str, Any]:
+    view = device_view(printer, queue=queue, active_job=active_job)
+    if active_job is not None and not JobState(active_job.state).ended:
+        view["active_job"] = {
+            **print_job_view(active_job),
+            **device_status(printer, active_job),
+            "build": build_view(active_job.build, approvals_enabled=approvals_enabled),
+        }
+    return view
+
+
+# --- jobs and printed parts ---------------------------------------------------------------------
+
+def print_job_view(job: PrintJob) -> dict[str, Any]:
+    return {
+        "id": job.uuid,
+        "state": job.state,
+        "queued_at": when(job.queued_at),
+        "created_at": when(job.created_at),
+        "started_at": when(job.started_at),
+        "updated_at": when(job.updated_at),
+        "ended_at": when(job.ended_at),
+    }
+
+
+def queued_job_view(entry: QueuedJob) -> dict[str, Any]:
+    return {"id": entry.uuid, "state": entry.state, "queued_at": when(entry.queued_at),
+            "updated_at": when(entry.updated_at)}
+
+
+def queued_job_view_extended(entry: QueuedJob, *, approvals_enabled: bool) -> dict[str, Any]:
+    return {**queued_job_view(entry), "build": build_view(entry.build, approvals_enabled=approvals_enabled)}
+
+
+def printed_part_view(part: PrintedPart) -> dict[str, Any]:
+    return {"id": part.uuid, "state": part.state, "notes": part.notes, "printed_at": when(part.printed_at),
+            "updated_at": when(part.updated_at)}
+
+
+def user_view(user: User) -> dict[str, Any]:
+    return {"id": user.uuid, "name": user.name, "email": user.email}

@@ -1,0 +1,448 @@
+"""The part library's rules: uploads become parts, slicing runs as queued jobs, builds place
+part versions on a plate. Files live under DATA_DIR/library; rows only point at them, and a
+file is moved into place only once its row can be written (no half-made records)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from layerfleet.accounts.models import User
+from layerfleet.database import utcnow
+from layerfleet.library.models import Build, BuildItem, Part, PartVersion, SettingsPreset, SliceJob, SliceStatus
+from layerfleet.slicing import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_PROFILE,
+    BadStl,
+    SliceCanceled,
+    SlicerError,
+    inspect_stl,
+    slice_stl,
+)
+
+log = logging.getLogger(__name__)
+
+SLICE_JOB_KIND = "slice"
+# The built-in preset: the profile shipped in the package, the same UUID everywhere.
+DEFAULT_PRESET_UUID = "6f1a7c1e-2b0d-4c55-9a57-6d3c1f0e9b01"
+DEFAULT_PRESET_TITLE = "Layerfleet default (PLA, 0.2 mm layers, 15 % infill)"
+SLICE_TIMEOUT_SECONDS = 600.0
+# A job still IN_PROGRESS this long after it started was lost with its worker: run it again.
+STALE_AFTER = timedelta(seconds=SLICE_TIMEOUT_SECONDS + 120)
+MAX_TITLE = 255
+BED_LIMIT_MM = 10_000  # poses are integers in mm; anything beyond this is a typing error
+
+
+class LibraryError(ValueError):
+    """A library request that cannot be carried out; the message is for a person."""
+
+
+class NotInLibrary(LookupError):
+    """No such object in the organization's library."""
+
+
+def library_root(data_dir: Path) -> Path:
+    return data_dir / "library"
+
+
+def _stl_dir(data_dir: Path) -> Path:
+    return library_root(data_dir) / "stl"
+
+
+def gcode_dir(data_dir: Path) -> Path:
+    return library_root(data_dir) / "gcode"
+
+
+# --- settings presets ---------------------------------------------------------------------------
+
+async def default_preset(session: AsyncSession) -> SettingsPreset:
+    found = (await session.execute(
+        select(SettingsPreset).where(SettingsPreset.uuid == DEFAULT_PRESET_UUID))).scalar_one_or_none()
+    if found is not None:
+        return found
+    preset = SettingsPreset(uuid=DEFAULT_PRESET_UUID, organization_id=None, title=DEFAULT_PRESET_TITLE,
+                            ini_text=None, material="PLA")
+    session.add(preset)
+    await session.flush()
+    return preset
+
+
+async def presets_for(session: AsyncSession, organization_id: int) -> list[SettingsPreset]:
+    builtin = await default_preset(session)
+    own = (await session.execute(
+        select(SettingsPreset).where(SettingsPreset.organization_id == organization_id)
+        .order_by(SettingsPreset.title, SettingsPreset.id))).scalars()
+    return [builtin, *own]
+
+
+async def preset_by_uuid(session: AsyncSession, organization_id: int, preset_uuid: str | None) -> SettingsPreset:
+    if preset_uuid is None or preset_uuid == DEFAULT_PRESET_UUID:
+        return await default_preset(session)
+    found = (await session.execute(select(SettingsPreset).where(
+        SettingsPreset.uuid == preset_uuid, SettingsPreset.organization_id == organization_id,
+    ))).scalar_one_or_none()
+    if found is None:
+        raise NotInLibrary(f"settings preset {preset_uuid}")
+    return found
+
+
+async def create_preset(session: AsyncSession, organization_id: int, title: str, ini_text: str,
+                        material: str = "PLA") -> SettingsPreset:
+    """An organization's own slicer profile (a PrusaSlicer ``.ini``, as exported by PrusaSlicer)."""
+    title = title.strip()
+    if not title or len(title) > 200:
+        raise LibraryError("A settings preset needs a title of 1 to 200 characters.")
+    lines = [line.strip() for line in ini_text.splitlines()]
+    if not any(" = " in line or "=" in line for line in lines if line and not line.startswith(("#", ";"))):
+        raise LibraryError("The profile is not a PrusaSlicer .ini file (no 'key = value' lines).")
+    preset = SettingsPreset(organization_id=organization_id, title=title, ini_text=ini_text, material=material)
+    session.add(preset)
+    await session.flush()
+    return preset
+
+
+@dataclass
+class _Profile:
+    path: Path
+    temporary: bool
+
+
+def _write_profile(preset: SettingsPreset, directory: Path) -> _Profile:
+    if preset.ini_text is None:
+        return _Profile(Path(str(DEFAULT_PROFILE)), temporary=False)
+    directory.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=".profile-", suffix=".ini", dir=directory)
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        out.write(preset.ini_text)
+    return _Profile(Path(name), temporary=True)
+
+
+# --- uploads ------------------------------------------------------------------------------------
+
+@dataclass
+class ReceivedFile:
+    """An upload written to a private file under the library, not yet a part."""
+
+    path: Path
+    size: int
+    sha256: str
+    filename: str
+
+    def discard(self) -> None:
+        self.path.unlink(missing_ok=True)
+
+
+async def receive_stl(chunks: AsyncIterator[bytes], filename: str, data_dir: Path,
+                      max_bytes: int = DEFAULT_MAX_BYTES) -> ReceivedFile:
+    """Write an uploaded STL to the library's spool, refusing it as soon as it is too large."""
+    directory = _stl_dir(data_dir)
+    await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
+    handle, name = await asyncio.to_thread(tempfile.mkstemp, ".stl", ".upload-", directory)
+    path = Path(name)
+    digest = hashlib.sha256()
+    size = 0
+    try:
+        with os.fdopen(handle, "wb") as out:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > max_bytes:
+                    raise LibraryError(f"The STL file is larger than {max_bytes // (1024 * 1024)} MB; "
+                                       "split or simplify the model.")
+                digest.update(chunk)
+                await asyncio.to_thread(out.write, chunk)
+    except BaseException:
+        await asyncio.to_thread(path.unlink, missing_ok=True)
+        raise
+    return ReceivedFile(path, size, digest.hexdigest(), filename)
+
+
+def _title_from(filename: str) -> str:
+    stem = Path(filename.replace("\\", "/")).name
+    for suffix in (".stl", ".STL", ".Stl"):
+        stem = stem.removesuffix(suffix)
+    cleaned = "".join(ch for ch in stem if ch.isprintable()).strip()
+    return (cleaned or "Untitled part")[:MAX_TITLE]
+
+
+@dataclass
+class NewPart:
+    part: Part
+    version: PartVersion
+    job: SliceJob
+
+
+async def create_part(session: AsyncSession, upload: ReceivedFile, *, owner: User, preset: SettingsPreset,
+                      folder_uuid: str | None, data_dir: Path) -> NewPart:
+    """A new part whose first version is ``upload``, and its slice job (status REQUESTED).
+
+    The caller commits, then enqueues the job; on any error here the upload is discarded.
+    """
+    try:
+        info = await asyncio.to_thread(inspect_stl, upload.path)
+    except BadStl as exc:
+        upload.discard()
+        raise LibraryError(str(exc)) from None
+    part = Part(organization_id=owner.organization_id, user_id=owner.id, folder_uuid=folder_uuid)
+    session.add(part)
+    await session.flush()
+    version = PartVersion(
+        part_id=part.id, version_number=1, title=_title_from(upload.filename), description=None,
+        settings_preset_id=preset.id, settings={"scale": 1.0, "euler": {"x": 0.0, "y": 0.0, "z": 0.0},
+                                                 "units": "mm"},
+        stl_path="", stl_bytes=upload.size, stl_sha256=upload.sha256, triangles=info.triangles,
+        size_mm=[round(v, 4) for v in info.size_mm], volume_mm3=abs(info.volume_mm3),
+    )
+    session.add(version)
+    await session.flush()
+    final = _stl_dir(data_dir) / f"{version.uuid}.stl"
+    version.stl_path = str(final.relative_to(library_root(data_dir)))
+    job = SliceJob(organization_id=owner.organization_id, part_version_id=version.id)
+    session.add(job)
+    await session.flush()
+    await asyncio.to_thread(upload.path.replace, final)
+    upload.path = final  # so that a failed commit discards the file in its new place
+    return NewPart(part, version, job)
+
+
+# --- lookups ------------------------------------------------------------------------------------
+
+async def part_by_uuid(session: AsyncSession, organization_id: int, part_uuid: str) -> Part:
+    found = (await session.execute(select(Part).where(
+        Part.uuid == part_uuid, Part.organization_id == organization_id))).scalar_one_or_none()
+    if found is None:
+        raise NotInLibrary(f"part {part_uuid}")
+    return found
+
+
+async def part_version_by_uuid(session: AsyncSession, organization_id: int, version_uuid: str) -> PartVersion:
+    found = (await session.execute(select(PartVersion).join(Part, PartVersion.part_id == Part.id).where(
+        PartVersion.uuid == version_uuid, Part.organization_id == organization_id))).scalar_one_or_none()
+    if found is None:
+        raise NotInLibrary(f"part version {version_uuid}")
+    return found
+
+
+async def slice_job_by_uuid(session: AsyncSession, organization_id: int, job_uuid: str) -> SliceJob:
+    found = (await session.execute(select(SliceJob).where(
+        SliceJob.uuid == job_uuid, SliceJob.organization_id == organization_id))).scalar_one_or_none()
+    if found is None:
+        raise NotInLibrary(f"slice job {job_uuid}")
+    return found
+
+
+async def slice_job_by_uuid_any(session: AsyncSession, job_uuid: str) -> SliceJob | None:
+    return (await session.execute(select(SliceJob).where(SliceJob.uuid == job_uuid))).scalar_one_or_none()
+
+
+async def build_by_uuid(session: AsyncSession, organization_id: int, build_uuid: str) -> Build:
+    found = (await session.execute(select(Build).where(
+        Build.uuid == build_uuid, Build.organization_id == organization_id))).scalar_one_or_none()
+    if found is None:
+        raise NotInLibrary(f"build {build_uuid}")
+    return found
+
+
+# --- builds -------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Placement:
+    part_version: PartVersion
+    x: int
+    y: int
+    theta: int
+
+
+@dataclass
+class NewBuild:
+    build: Build
+    job: SliceJob | None  # None when the build reuses its one part version's G-code
+
+
+async def create_build(session: AsyncSession, owner: User, title: str, placements: Sequence[Placement],
+                       preset: SettingsPreset, data_dir: Path) -> NewBuild:
+    """A build of ``placements`` sliced with ``preset``. One part version already sliced with
+    the same preset is reused as it is; anything else gets a slice job for the whole plate."""
+    title = title.strip()
+    if not title or len(title) > MAX_TITLE:
+        raise LibraryError(f"A build needs a title of 1 to {MAX_TITLE} characters.")
+    if not placements:
+        raise LibraryError("A build needs at least one part version.")
+    if len(placements) > 100:
+        raise LibraryError("A build holds at most 100 part instances.")
+    for placement in placements:
+        if not (-BED_LIMIT_MM <= placement.x <= BED_LIMIT_MM and -BED_LIMIT_MM <= placement.y <= BED_LIMIT_MM):
+            raise LibraryError(f"Pose ({placement.x}, {placement.y}) is outside any print bed (mm).")
+    build = Build(organization_id=owner.organization_id, user_id=owner.id, title=title,
+                  settings_preset_id=preset.id, part_count=len(placements))
+    build.items = [BuildItem(part_version_id=p.part_version.id, x=p.x, y=p.y, theta=p.theta % 360)
+                   for p in placements]
+    session.add(build)
+    await session.flush()
+    only = placements[0].part_version
+    if len(placements) == 1 and only.sliced and only.settings_preset_id == preset.id:
+        assert only.gcode_path is not None
+        target = gcode_dir(data_dir) / f"build-{build.uuid}.gcode"
+        await asyncio.to_thread(_link_or_copy, library_root(data_dir) / only.gcode_path, target)
+        build.gcode_path = str(target.relative_to(library_root(data_dir)))
+        build.estimated_print_seconds = only.estimated_print_seconds
+        build.filament_cm3, build.filament_g = only.filament_cm3, only.filament_g
+        build.layer_count = only.layer_count
+        return NewBuild(build, None)
+    job = SliceJob(organization_id=owner.organization_id, build_id=build.id)
+    session.add(job)
+    await session.flush()
+    return NewBuild(build, job)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+# --- slicing ------------------------------------------------------------------------------------
+
+async def mark_queued(session: AsyncSession, job: SliceJob) -> None:
+    await session.execute(update(SliceJob).where(
+        SliceJob.id == job.id, SliceJob.status == SliceStatus.REQUESTED.value,
+    ).values(status=SliceStatus.QUEUED.value))
+
+
+async def unfinished_jobs(session: AsyncSession) -> list[str]:
+    """Slice jobs to hand to the queue at start: never requested, queued, or lost mid-slice."""
+    stale = utcnow() - STALE_AFTER
+    query = select(SliceJob.uuid).where(or_(
+        SliceJob.status.in_([SliceStatus.REQUESTED.value, SliceStatus.QUEUED.value]),
+        (SliceJob.status == SliceStatus.IN_PROGRESS.value) & (SliceJob.started_at < stale),
+    )).order_by(SliceJob.id)
+    return list((await session.execute(query)).scalars())
+
+
+async def release_in_progress(session: AsyncSession) -> int:
+    """After a restart of the only worker: jobs it was running go back to QUEUED."""
+    result = await session.execute(update(SliceJob).where(
+        SliceJob.status == SliceStatus.IN_PROGRESS.value).values(status=SliceStatus.QUEUED.value))
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
+async def cancel_slice_job(session: AsyncSession, job: SliceJob) -> bool:
+    if SliceStatus(job.status).finished:
+        return False
+    job.status = SliceStatus.CANCELED.value
+    job.finished_at = utcnow()
+    return True
+
+
+class SliceRunner:
+    """The job queue's handler for slice jobs. Idempotent: a job is claimed with a conditional
+    UPDATE, so a duplicate delivery (a restart, a second worker) finds it taken and skips it."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], data_dir: Path,
+                 *, timeout: float = SLICE_TIMEOUT_SECONDS) -> None:
+        self._sessionmaker = sessionmaker
+        self._data_dir = data_dir
+        self._timeout = timeout
+
+    async def __call__(self, job_uuid: str) -> None:
+        job_id = await self._claim(job_uuid)
+        if job_id is None:
+            return
+        try:
+            await self._slice(job_id)
+        except SliceCanceled:
+            pass
+        except SlicerError as exc:
+            await self._finish(job_id, SliceStatus.ERROR, str(exc) or "The slicer failed.")
+        except Exception:
+            log.exception("slice job %s failed", job_uuid)
+            await self._finish(job_id, SliceStatus.ERROR, "The slice failed on the server; see its log.")
+
+    async def _claim(self, job_uuid: str) -> int | None:
+        stale = utcnow() - STALE_AFTER
+        async with self._sessionmaker() as session:
+            job = (await session.execute(select(SliceJob).where(SliceJob.uuid == job_uuid))).scalar_one_or_none()
+            if job is None:
+                return None
+            result = await session.execute(update(SliceJob).where(
+                SliceJob.id == job.id,
+                or_(SliceJob.status.in_([SliceStatus.REQUESTED.value, SliceStatus.QUEUED.value]),
+                    (SliceJob.status == SliceStatus.IN_PROGRESS.value) & (SliceJob.started_at < stale)),
+            ).values(status=SliceStatus.IN_PROGRESS.value, started_at=utcnow(), attempts=SliceJob.attempts + 1)
+            .execution_options(synchronize_session=False))
+            await session.commit()
+            return job.id if getattr(result, "rowcount", 0) == 1 else None
+
+    async def _slice(self, job_id: int) -> None:
+        root = library_root(self._data_dir)
+        async with self._sessionmaker() as session:
+            job = await session.get(SliceJob, job_id)
+            assert job is not None
+            if job.part_version_id is not None:
+                version = await session.get(PartVersion, job.part_version_id)
+                assert version is not None
+                stls, preset, name = [root / version.stl_path], version.settings_preset, f"{version.uuid}.gcode"
+            else:
+                build = await session.get(Build, job.build_id)
+                assert build is not None
+                stls = [root / item.part_version.stl_path for item in build.items]
+                preset, name = build.settings_preset, f"build-{build.uuid}.gcode"
+        output = gcode_dir(self._data_dir) / name
+        await asyncio.to_thread(output.parent.mkdir, parents=True, exist_ok=True)
+        profile = await asyncio.to_thread(_write_profile, preset, output.parent)
+        cancel = asyncio.Event()
+        watcher = asyncio.create_task(self._watch_cancel(job_id, cancel))
+        try:
+            result = await slice_stl(stls, profile.path, output, timeout=self._timeout, cancel=cancel)
+        finally:
+            watcher.cancel()
+            if profile.temporary:
+                profile.path.unlink(missing_ok=True)
+        async with self._sessionmaker() as session:
+            job = await session.get(SliceJob, job_id)
+            assert job is not None
+            if job.status != SliceStatus.IN_PROGRESS.value:
+                output.unlink(missing_ok=True)  # canceled while slicing
+                return
+            target: PartVersion | Build | None = (
+                await session.get(PartVersion, job.part_version_id) if job.part_version_id is not None
+                else await session.get(Build, job.build_id))
+            assert target is not None
+            target.gcode_path = str(output.relative_to(root))
+            target.estimated_print_seconds = float(result.estimated_print_seconds)
+            target.filament_cm3 = result.filament_cm3
+            target.filament_g = result.filament_g
+            target.layer_count = result.layers
+            job.status = SliceStatus.COMPLETED.value
+            job.finished_at = utcnow()
+            job.error = None
+            await session.commit()
+        log.info("slice job %s done in %.1f s", job_id, result.slicing_seconds)
+
+    async def _watch_cancel(self, job_id: int, cancel: asyncio.Event) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            async with self._sessionmaker() as session:
+                status = (await session.execute(select(SliceJob.status).where(SliceJob.id == job_id))).scalar()
+            if status == SliceStatus.CANCELED.value:
+                cancel.set()
+                return
+
+    async def _finish(self, job_id: int, status: SliceStatus, error: str | None) -> None:
+        async with self._sessionmaker() as session:
+            await session.execute(update(SliceJob).where(
+                SliceJob.id == job_id, SliceJob.status == SliceStatus.IN_PROGRESS.value,
+            ).values(status=status.value, error=(error or "")[:2000] or None, finished_at=utcnow()))
+            await session.commit()
