@@ -310,7 +310,7 @@ async def test_upload_form_errors(client: httpx.AsyncClient, farm: Farm, app: An
                                    files={"other": ("a", b"b")}), 400, "stlFile is required")
     assert_error(await upload(client, headers, cube_stl(tmp_path), settingsPresetId="nope"), 400, "UUID")
     assert_error(await upload(client, headers, cube_stl(tmp_path),
-                              settingsPresetId="6f1a7c1e-2b0d-4c55-9a57-000000000000"), 404, "settings preset")
+                              settingsPresetId="6f1a7c1e-2b0d-4c55-9a57-000000000000"), 400, "settings preset")
     stranger = await farm.member(organization="Farm B")
     assert_error(await upload(client, headers, cube_stl(tmp_path), userId=stranger.user.uuid), 400, "not a member")
     too_big = {**headers, "Content-Length": str(600 * 1024 * 1024)}

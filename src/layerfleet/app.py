@@ -28,6 +28,8 @@ from layerfleet.jobs import create_job_queue
 from layerfleet.library.slicing_service import SlicingService
 from layerfleet.printwatch.inference import PrintWatchInference
 from layerfleet.ratelimit import RateLimiter
+from layerfleet.scheduling.dispatcher import Dispatcher
+from layerfleet.scheduling.reports import ReportService
 from layerfleet.web import routes as web
 
 log = logging.getLogger(__name__)
@@ -105,6 +107,8 @@ def create_app(
         sessionmaker, create_job_queue(settings), settings.data_dir, workers=settings.job_workers,
         sole_worker=settings.redis_url is None, timeout=settings.slice_timeout_seconds,
     )
+    dispatcher = Dispatcher(sessionmaker, bus, settings.effective_secret_key)
+    reports = ReportService(sessionmaker, settings.data_dir)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -112,9 +116,12 @@ def create_app(
         if pipeline is not None:
             await pipeline.start()
         await slicing.start()
+        await dispatcher.start()
         try:
             yield
         finally:
+            await dispatcher.close()
+            await reports.close()
             await slicing.close()
             await gateway.close_all()
             if pipeline is not None:
@@ -138,6 +145,8 @@ def create_app(
     app.state.frame_sink = frame_sink or pipeline or NullFrameSink()
     app.state.watching = pipeline
     app.state.slicing = slicing
+    app.state.dispatcher = dispatcher
+    app.state.reports = reports
     # The PrintWatch API borrows the pipeline's detector when there is one, else loads its own.
     app.state.printwatch_inference = PrintWatchInference(lambda: pipeline.detector if pipeline else None)
     app.state.verify_throttle = RateLimiter(VERIFY_CALLS, VERIFY_WINDOW_SECONDS)

@@ -24,6 +24,7 @@ from layerfleet.agents.models import EventClass, PrinterEvent
 from layerfleet.detection.watching import create_feedback_shots
 from layerfleet.fleet.models import Printer, default_printer_settings
 from layerfleet.prints.models import GCodeFile, Print
+from layerfleet.scheduling import service as scheduling
 
 log = logging.getLogger(__name__)
 
@@ -148,13 +149,15 @@ def _is_open(print_: Print) -> bool:
     return print_.finished_at is None and print_.cancelled_at is None
 
 
-async def _end(session: AsyncSession, printer: Printer, print_: Print, now: datetime, *, finished: bool) -> None:
+async def _end(session: AsyncSession, printer: Printer, print_: Print, now: datetime, *, finished: bool,
+               failed: bool = False) -> None:
     if _is_open(print_):
         if finished:
             print_.finished_at = now
         else:
             print_.cancelled_at = now
         await create_feedback_shots(session, print_)
+        await scheduling.print_ended(session, print_, finished=finished, failed=failed)
     if printer.current_print_id == print_.id or printer.current_print is print_:
         printer.current_print = None
         printer.normalized_p = 0.0
@@ -235,6 +238,7 @@ async def _track_print(session: AsyncSession, printer: Printer, update: AgentUpd
         session.add(known)
         await session.flush()
         printer.normalized_p = 0.0  # a new print starts the gauge afresh (the long mean stays)
+        await scheduling.print_started(session, printer, known)
     printer.current_print = known
 
 
@@ -275,6 +279,8 @@ async def apply_update(session: AsyncSession, printer: Printer, update: AgentUpd
     if event_type in ENDS_FINISHED:
         await _end(session, printer, current, now, finished=True)
     elif event_type in ENDS_CANCELLED:
-        await _end(session, printer, current, now, finished=False)
+        await _end(session, printer, current, now, finished=False, failed=event_type == "PrintFailed")
     elif event_type in RECORDED_EVENTS:
         _record_event(session, printer, event_type)
+        if event_type in ("PrintPaused", "PrintResumed"):
+            await scheduling.print_paused(session, current, paused=event_type == "PrintPaused")

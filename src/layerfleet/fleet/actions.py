@@ -38,6 +38,15 @@ def _is_paused(printer: Printer) -> bool:
     return bool(flags.get("paused") or flags.get("pausing"))
 
 
+def is_ready(printer: Printer) -> bool:
+    """Online, connected to its printer, and neither printing, paused nor in error."""
+    if printer.status is None:
+        return False
+    flags = printer.state_flags
+    busy = ("printing", "paused", "pausing", "cancelling", "resuming", "finishing", "error", "closedOrError")
+    return bool(flags.get("operational")) and not any(flags.get(flag) for flag in busy)
+
+
 @dataclass
 class PrinterActions:
     session: AsyncSession
@@ -72,6 +81,12 @@ class PrinterActions:
         if sent:
             self._overwrite_alert(printer, AlertOverwrite.FAILED)
         return sent
+
+    async def start_print(self, printer: Printer, url: str, filename: str, *, initiator: Initiator = "api") -> bool:
+        """Have the agent fetch G-code from ``url`` and print it as ``filename``."""
+        if not is_ready(printer):
+            return False
+        return await self._send(printer, AgentCommand("print", {"url": url, "filename": filename}, initiator))
 
     async def mute_current_print(self, printer: Printer, *, muted: bool = True) -> bool:
         current = printer.current_print

@@ -15,6 +15,8 @@ import random
 import time
 from dataclasses import dataclass
 
+import httpx
+
 from layerfleet.printer_agent.connector import (
     Connector,
     ConnectorError,
@@ -63,6 +65,7 @@ class SimulatedPrinter(Connector):
     def __init__(self, name: str, options: SimulationOptions | None = None, *, seed: int | None = None) -> None:
         self.name = name
         self.options = options or SimulationOptions()
+        self.downloaded: list[tuple[str, int]] = []  # (name, bytes) of each G-code file fetched
         self.rng = random.Random(seed)
         self.scene = Scene.random(self.rng)
         self.state = PrinterState.OPERATIONAL
@@ -158,6 +161,16 @@ class SimulatedPrinter(Connector):
     async def print_file(self, url: str, filename: str) -> None:
         if self.state is not PrinterState.OPERATIONAL:
             raise ConnectorError(f"cannot print: the printer is {self.state.value.lower()}")
+        if url.startswith(("http://", "https://")):
+            # Fetched as a real host would: a link the printer cannot use is a failed print command.
+            try:
+                async with httpx.AsyncClient(timeout=30) as client:
+                    response = await client.get(url)
+            except httpx.HTTPError as exc:
+                raise ConnectorError(f"cannot download {filename or url}: {exc}") from None
+            if response.status_code != 200 or not response.content:
+                raise ConnectorError(f"cannot download {filename or url}: HTTP {response.status_code}")
+            self.downloaded.append((filename, len(response.content)))
         self._start_job(filename or url.rsplit("/", 1)[-1] or "job.gcode")
 
     def host_settings(self) -> dict[str, object]:

@@ -46,12 +46,15 @@ def path_uuid(name: str, raw: str) -> str:
 
 
 @contextmanager
-def domain_errors(what: str = "") -> Iterator[None]:
-    """Library and scheduling refusals in the dialect's words."""
+def domain_errors(missing_status: int = 404) -> Iterator[None]:
+    """Library refusals in the dialect's words. ``missing_status``: what an unknown id answers;
+    400 where the spec documents no 404 for the operation (an id in the request that names
+    nothing is then invalid input)."""
     try:
         yield
     except NotInLibrary as exc:
-        raise not_found(str(exc)[:1].upper() + str(exc)[1:] if str(exc) else what) from None
+        what = str(exc)[:1].upper() + str(exc)[1:]
+        raise EigerError(missing_status, f"{what} not found") if missing_status != 404 else not_found(what) from None
     except LibraryError as exc:
         raise bad_request(str(exc)) from None
 

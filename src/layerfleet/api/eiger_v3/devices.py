@@ -11,7 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.api.deps import Db
 from layerfleet.api.eiger_v3.common import Caller, CallerDep, path_uuid
-from layerfleet.api.eiger_v3.errors import not_found
+from layerfleet.api.eiger_v3.errors import EigerError
 from layerfleet.api.eiger_v3.query import COMPARISONS, Filter, Kind, ListSpec, fetch_page, parse_list_query
 from layerfleet.api.eiger_v3.views import device_view_extended
 from layerfleet.fleet.models import Printer
@@ -53,12 +53,13 @@ async def device_context(db: AsyncSession, printer_ids: list[int]) -> tuple[
     return queues, active
 
 
-async def printer_by_uuid(db: AsyncSession, caller: Caller, device_uuid: str) -> Printer:
+async def printer_by_uuid(db: AsyncSession, caller: Caller, device_uuid: str, *,
+                          missing_status: int = 404) -> Printer:
     printer = (await db.execute(select(Printer).where(
         Printer.uuid == device_uuid, Printer.organization_id == caller.organization_id,
         Printer.archived_at.is_(None)))).scalar_one_or_none()
     if printer is None:
-        raise not_found(f"Device {device_uuid}")
+        raise EigerError(missing_status, f"Device {device_uuid} not found")
     return printer
 
 

@@ -53,7 +53,7 @@ async def upload_stl(request: Request, db: Db, caller: CallerDep) -> dict[str, A
         folder = _optional_uuid(form.get("folderId"), "folderId")
         preset_id = _optional_uuid(form.get("settingsPresetId"), "settingsPresetId")
         owner_id = _optional_uuid(form.get("userId"), "userId")
-        with domain_errors():
+        with domain_errors(400):  # ids in the form, not the path: invalid input
             preset = await library.preset_by_uuid(db, caller.organization_id, preset_id)
             owner = await _owner(db, caller, owner_id)
             upload = await library.receive_stl(_chunks(stl), stl.filename or "part.stl", settings.data_dir)

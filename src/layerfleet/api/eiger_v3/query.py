@@ -1,7 +1,6 @@
 """List parameters of the Eiger dialect: ``page[size]``/``page[number]``, ``filter[field][op]``
-and ``sort[by]``/``sort[order]``. Each list declares what it accepts; any other bracketed
-parameter, and any value that does not parse, answers 400 (a typo must not silently list
-everything)."""
+and ``sort[by]``/``sort[order]``. Each list declares what it accepts; any other parameter, and
+any value that does not parse, answers 400 (a typo must not silently list everything)."""
 
 from __future__ import annotations
 
@@ -21,8 +20,9 @@ from layerfleet.api.eiger_v3.errors import bad_request
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-# Far beyond any real list; keeps OFFSET arithmetic within what every database accepts.
-MAX_PAGE_NUMBER = 10_000_000
+# Pages beyond this offset are empty without asking the database (OFFSET is a 64-bit integer).
+MAX_OFFSET = 2**62
+INT32_MAX = 2**31 - 1
 COMPARISONS = ("eq", "ne", "lt", "le", "gt", "ge")
 
 
@@ -130,7 +130,8 @@ def _value(name: str, spec: Filter, raw: str) -> Any:
         case Kind.DATETIME:
             return parse_datetime(name, raw)
         case Kind.INTEGER:
-            return _integer(name, raw, spec.minimum)
+            # Counts are 32-bit columns: beyond that, comparing with the bound means the same.
+            return max(-INT32_MAX, min(INT32_MAX, _integer(name, raw, spec.minimum)))
         case Kind.BOOLEAN:
             return _boolean(name, raw, spec.nullable)
         case Kind.UUID:
@@ -177,15 +178,13 @@ def parse_list_query(params: QueryParams, spec: ListSpec) -> ListQuery:
     query = ListQuery()
     sort_by, order = spec.default_sort, spec.default_order
     for name in dict.fromkeys(params.keys()):
-        parts = _bracketed(name)
-        if parts is None or parts[0] not in ("filter", "sort", "page"):
-            continue  # not a list parameter (a cache-buster, say): not ours to judge
+        parts = _bracketed(name) or [name]
         raw = _single(params, name)
         if parts[0] == "page" and len(parts) == 2 and parts[1] in ("size", "number") and spec.paged:
             if parts[1] == "size":
                 query.page_size = _integer(name, raw, 1, MAX_PAGE_SIZE)
             else:
-                query.page_number = _integer(name, raw, 1, MAX_PAGE_NUMBER)
+                query.page_number = _integer(name, raw, 1)
         elif parts[0] == "sort" and len(parts) == 2 and parts[1] == "by" and spec.sorts:
             if raw not in spec.sorts:
                 raise bad_request(f"sort[by] must be one of {', '.join(spec.sorts)}; not {raw!r}")
@@ -226,6 +225,8 @@ class Page:
 
 
 async def fetch_page(session: AsyncSession, query: Select[Any], list_query: ListQuery, tiebreak: Any) -> Page:
+    if (list_query.page_number - 1) * list_query.page_size > MAX_OFFSET:
+        return Page([], False)  # far beyond the last page of any list
     rows = list((await session.execute(list_query.apply(query, tiebreak))).unique().scalars())
     more = len(rows) > list_query.page_size
     return Page(rows[: list_query.page_size], more)

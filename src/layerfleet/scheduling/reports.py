@@ -1,0 +1,224 @@
+"""Inspection reports of printed parts (the Eiger dialect's "scan reports"): one self-contained
+HTML page per printed part with the job's timeline, the printer's last reported temperatures,
+the failure detector's graph over the print and key frames. Rendered in a worker thread on
+first request; served through a signed link valid for about an hour."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import html
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from layerfleet.agents.models import PrinterEvent
+from layerfleet.database import utcnow
+from layerfleet.detection.models import PredictionFrame
+from layerfleet.fleet.models import Printer
+from layerfleet.media import media_root
+from layerfleet.prints.models import Print
+from layerfleet.scheduling import service as scheduling
+from layerfleet.scheduling.models import PrintedPart
+
+log = logging.getLogger(__name__)
+
+REPORT_LINK_SECONDS = 3600
+KEY_FRAMES = 4
+MAX_GRAPH_POINTS = 600
+
+
+def reports_dir(data_dir: Path) -> Path:
+    return data_dir / "reports"
+
+
+def report_path_for(part_uuid: str) -> str:
+    return f"/api/v3/files/reports/{part_uuid}.html"
+
+
+def report_url(request: Request, part: PrintedPart) -> str | None:
+    if part.report_path is None:
+        return None
+    settings = request.app.state.settings
+    base = (settings.base_url or str(request.base_url)).rstrip("/")
+    return scheduling.signed_link(settings.effective_secret_key, base, report_path_for(part.uuid),
+                                  REPORT_LINK_SECONDS)
+
+
+@dataclass
+class ReportData:
+    part_uuid: str
+    title: str
+    build_title: str
+    state: str
+    notes: str | None
+    printer_name: str | None
+    timeline: list[tuple[datetime, str]]
+    temperatures: dict[str, tuple[Any, Any]]
+    points: list[tuple[float, float]] = field(default_factory=list)  # (seconds into the print, normalized_p)
+    frames: list[tuple[str, float, bytes]] = field(default_factory=list)  # (caption, p, JPEG)
+
+
+class ReportService:
+    """Renders reports on request, one at a time per part, in a worker thread."""
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], data_dir: Path) -> None:
+        self._sessionmaker = sessionmaker
+        self._data_dir = data_dir
+        self._running: dict[str, asyncio.Task[None]] = {}
+
+    async def request(self, part_uuid: str) -> None:
+        if part_uuid in self._running:
+            return
+        task = asyncio.create_task(self._generate(part_uuid), name=f"report-{part_uuid}")
+        self._running[part_uuid] = task
+        task.add_done_callback(lambda _t: self._running.pop(part_uuid, None))
+
+    async def wait(self) -> None:
+        if self._running:
+            await asyncio.wait(set(self._running.values()), timeout=30)
+
+    async def close(self) -> None:
+        for task in list(self._running.values()):
+            task.cancel()
+
+    async def _generate(self, part_uuid: str) -> None:
+        try:
+            async with self._sessionmaker() as session:
+                data = await self._collect(session, part_uuid)
+                if data is None:
+                    return
+                target = reports_dir(self._data_dir) / f"{part_uuid}.html"
+                await asyncio.to_thread(_write, target, render(data))
+                part = (await session.execute(select(PrintedPart).where(PrintedPart.uuid == part_uuid))) \
+                    .unique().scalar_one()
+                part.report_path = str(target.relative_to(self._data_dir))
+                part.report_generated_at = utcnow()
+                await session.commit()
+        except Exception:
+            log.exception("inspection report of printed part %s failed", part_uuid)
+
+    async def _collect(self, session: AsyncSession, part_uuid: str) -> ReportData | None:
+        part = (await session.execute(select(PrintedPart).where(PrintedPart.uuid == part_uuid))) \
+            .unique().scalar_one_or_none()
+        if part is None:
+            return None
+        job = part.print_job
+        printer = await session.get(Printer, job.printer_id) if job.printer_id is not None else None
+        print_ = await session.get(Print, job.print_id) if job.print_id is not None else None
+        timeline: list[tuple[datetime, str]] = [(job.created_at, "Job created")]
+        if job.queued_at is not None:
+            timeline.append((job.queued_at, f"Sent to {printer.name if printer else 'the printer'}"))
+        if job.started_at is not None:
+            timeline.append((job.started_at, "Print started"))
+        points: list[tuple[float, float]] = []
+        frames: list[tuple[str, float, bytes]] = []
+        if print_ is not None:
+            for event in (await session.execute(select(PrinterEvent).where(
+                    PrinterEvent.print_id == print_.id).order_by(PrinterEvent.created_at))).scalars():
+                timeline.append((event.created_at, event.event_title or event.event_type))
+            if print_.alerted_at is not None:
+                timeline.append((print_.alerted_at, "Failure detector alerted"))
+            predictions = list((await session.execute(select(PredictionFrame).where(
+                PredictionFrame.print_id == print_.id).order_by(PredictionFrame.frame_number))).scalars())
+            step = max(1, len(predictions) // MAX_GRAPH_POINTS)
+            points = [((f.taken_at - print_.started_at).total_seconds(), f.normalized_p)
+                      for f in predictions[::step]]
+            frames = await asyncio.to_thread(self._key_frames, predictions)
+        if job.ended_at is not None:
+            timeline.append((job.ended_at, f"Job {job.state.lower()}"))
+        temperatures = _temperatures(printer.status if printer is not None else None)
+        timeline.sort(key=lambda entry: entry[0])
+        title = part.build_item.part_version.title if part.build_item is not None else job.build.title
+        return ReportData(part.uuid, title, job.build.title, part.state, part.notes,
+                          printer.name if printer else None, timeline, temperatures, points, frames)
+
+    def _key_frames(self, predictions: list[PredictionFrame]) -> list[tuple[str, float, bytes]]:
+        """The highest-scoring frames, and the last one, in print order."""
+        if not predictions:
+            return []
+        chosen = sorted(predictions, key=lambda f: f.normalized_p, reverse=True)[:KEY_FRAMES - 1]
+        if predictions[-1] not in chosen:
+            chosen.append(predictions[-1])
+        frames = []
+        for frame in sorted(chosen, key=lambda f: f.frame_number):
+            path = media_root(self._data_dir) / (frame.tagged_image_path or frame.image_path)
+            try:
+                frames.append((f"Frame {frame.frame_number}, {frame.taken_at:%H:%M:%S} UTC", frame.normalized_p,
+                               path.read_bytes()))
+            except OSError:
+                continue
+        return frames
+
+
+def _temperatures(status: dict[str, Any] | None) -> dict[str, tuple[Any, Any]]:
+    reported = (status or {}).get("temperatures")
+    if not isinstance(reported, dict):
+        return {}
+    found = {}
+    for name, values in reported.items():
+        if isinstance(values, dict):
+            found[str(name)] = (values.get("actual"), values.get("target"))
+    return found
+
+
+def _write(target: Path, content: str) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(f".{time.monotonic_ns()}.tmp")
+    partial.write_text(content, encoding="utf-8")
+    partial.replace(target)
+
+
+def _graph(points: list[tuple[float, float]]) -> str:
+    if len(points) < 2:
+        return "<p>The failure detector did not score this print.</p>"
+    width, height = 640, 160
+    end = max(t for t, _ in points) or 1.0
+    path = " ".join(f"{'M' if n == 0 else 'L'}{t / end * width:.1f},{height - min(1.0, p) * height:.1f}"
+                    for n, (t, p) in enumerate(points))
+    return (f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" '
+            f'aria-label="Failure likelihood over the print">'
+            f'<rect width="{width}" height="{height}" fill="#f6f8fa"/>'
+            f'<line x1="0" x2="{width}" y1="{height * (1 - 0.33):.0f}" y2="{height * (1 - 0.33):.0f}" '
+            'stroke="#d4a72c" stroke-dasharray="4"/>'
+            f'<line x1="0" x2="{width}" y1="{height * (1 - 0.66):.0f}" y2="{height * (1 - 0.66):.0f}" '
+            'stroke="#cf222e" stroke-dasharray="4"/>'
+            f'<path d="{path}" fill="none" stroke="#0969da" stroke-width="2"/></svg>'
+            f"<p>Failure likelihood (normalized_p) over {end / 60:.0f} min of printing; dashed lines: "
+            "warning and failure zones.</p>")
+
+
+def render(data: ReportData) -> str:
+    esc = html.escape
+    rows = "".join(f"<tr><td>{when:%Y-%m-%d %H:%M:%S} UTC</td><td>{esc(what)}</td></tr>"
+                   for when, what in data.timeline)
+    temps = "".join(f"<tr><td>{esc(name)}</td><td>{esc(str(actual))} °C</td><td>{esc(str(target))} °C</td></tr>"
+                    for name, (actual, target) in data.temperatures.items()) or \
+        '<tr><td colspan="3">No temperatures reported.</td></tr>'
+    frames = "".join(
+        f'<figure><img alt="{esc(caption)}" src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}">'
+        f"<figcaption>{esc(caption)} — failure likelihood {p:.2f}</figcaption></figure>"
+        for caption, p, jpeg in data.frames) or "<p>No webcam frames were kept for this print.</p>"
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Inspection report: {esc(data.title)}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem;color:#1f2328}}
+table{{border-collapse:collapse}}td,th{{padding:.25rem .75rem;border-bottom:1px solid #d0d7de;text-align:left}}
+figure{{display:inline-block;margin:.5rem}}img{{max-width:18rem;border:1px solid #d0d7de}}</style></head>
+<body><h1>Inspection report: {esc(data.title)}</h1>
+<p>Printed part <code>{esc(data.part_uuid)}</code> of build “{esc(data.build_title)}”
+on {esc(data.printer_name or "an unknown printer")}. State: <strong>{esc(data.state)}</strong>
+{f"({esc(data.notes)})" if data.notes else ""}.</p>
+<h2>Timeline</h2><table><tr><th>When</th><th>What</th></tr>{rows}</table>
+<h2>Temperatures (last reported)</h2><table><tr><th>Heater</th><th>Actual</th><th>Target</th></tr>{temps}</table>
+<h2>Failure detection</h2>{_graph(data.points)}
+<h2>Key frames</h2>{frames}
+</body></html>
+"""
