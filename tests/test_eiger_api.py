@@ -450,3 +450,76 @@ async def test_build_requests_that_are_wrong(client: httpx.AsyncClient, farm: Fa
         assert words.lower() in response.json()["message"].lower()
     async with farm.sessionmaker() as session:
         assert (await session.execute(select(func.count()).select_from(Build))).scalar_one() == 0
+
+
+async def test_device_fields_are_set_per_printer(client: httpx.AsyncClient, farm: Farm) -> None:
+    owner = await farm.member()
+    printer = await farm.printer(owner, "X7 bay 1", status=_status("Operational"))
+    headers = await basic(farm, owner)
+    changed = await client.patch(f"{V3}/devices/{printer.uuid}", headers=headers, json={
+        "device_type": "X7", "device_series": "Industrial Series", "loaded_primary_material": "Onyx",
+        "ccs_primary_remaining": 400.0})
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert (body["device_type"], body["device_series"], body["loaded_primary_material"],
+            body["ccs_primary_remaining"]) == ("X7", "Industrial Series", "Onyx", 400.0)
+    for bad in [{"device_type": "Prusa"}, {"ccs_primary_remaining": -1}, {"colour": "red"}]:
+        assert_error(await client.patch(f"{V3}/devices/{printer.uuid}", headers=headers, json=bad), 400)
+    viewer = await basic(farm, await farm.member(Role.VIEWER))
+    assert_error(await client.patch(f"{V3}/devices/{printer.uuid}", headers=viewer, json={"device_type": "X3"}), 403)
+    again = (await client.get(f"{V3}/devices/{printer.uuid}", headers=headers)).json()
+    assert again["device_type"] == "X7" and again["loaded_primary_material"] == "Onyx"
+
+
+async def test_print_job_filters_on_dates_states_and_ids(client: httpx.AsyncClient, farm: Farm) -> None:
+    from layerfleet.library import service as library
+    from layerfleet.scheduling.models import PrintJob
+
+    owner = await farm.member()
+    first = await farm.printer(owner, "A")
+    second = await farm.printer(owner, "B")
+    headers = await basic(farm, owner)
+    day = timedelta(days=1)
+    base = utcnow() - 10 * day
+    async with farm.sessionmaker() as session:
+        preset = await library.default_preset(session)
+        builds = [Build(organization_id=owner.user.organization_id, user_id=owner.user.id, title=f"b{n}",
+                        settings_preset_id=preset.id, part_count=1) for n in range(2)]
+        session.add_all(builds)
+        await session.flush()
+        rows = [  # (build, printer, state, created, started, ended)
+            (0, first, "Completed", base, base + day, base + 2 * day),
+            (0, second, "Failed", base + 3 * day, base + 3 * day, base + 4 * day),
+            (1, first, "Printing", base + 5 * day, base + 5 * day, None),
+            (1, None, "Backlogged", base + 6 * day, None, None),
+        ]
+        for build, printer, state, created, started, ended in rows:
+            session.add(PrintJob(organization_id=owner.user.organization_id, build_id=builds[build].id,
+                                 printer_id=printer.id if printer else None, origin="direct", state=state,
+                                 created_at=created, updated_at=created, started_at=started, ended_at=ended))
+        await session.commit()
+        build_uuids = [b.uuid for b in builds]
+
+    async def states(query: str = "") -> list[str]:
+        response = await client.get(f"{V3}/print_jobs?{query}", headers=headers)
+        assert response.status_code == 200, response.text
+        return [job["state"] for job in response.json()["items"]]
+
+    def at(moment: Any) -> str:
+        return quote(moment.isoformat())
+
+    assert await states() == ["Backlogged", "Printing", "Failed", "Completed"]  # newest first
+    assert await states("sort[order]=asc&sort[by]=started_at") == ["Completed", "Failed", "Printing", "Backlogged"]
+    assert await states("filter[state][eq]=Failed") == ["Failed"]
+    assert await states("filter[state][ne]=Backlogged") == ["Printing", "Failed", "Completed"]
+    assert await states(f"filter[created_at][ge]={at(base + 3 * day)}&filter[created_at][lt]={at(base + 6 * day)}") \
+        == ["Printing", "Failed"]
+    assert await states(f"filter[ended_at][le]={at(base + 2 * day)}") == ["Completed"]
+    assert await states(f"filter[started_at][gt]={at(base + day)}") == ["Printing", "Failed"]
+    assert await states(f"filter[build][eq]={build_uuids[1]}") == ["Backlogged", "Printing"]
+    assert await states(f"filter[device][eq]={first.uuid}") == ["Printing", "Completed"]
+    assert await states(f"filter[device][eq]={first.uuid}&filter[build][eq]={build_uuids[0]}") == ["Completed"]
+    assert await states("filter[device][eq]=6f1a7c1e-2b0d-4c55-9a57-000000000000") == []
+    assert await states("page[size]=3&page[number]=2") == ["Completed"]
+    assert_error(await client.get(f"{V3}/print_jobs?filter[state][eq]=Done", headers=headers), 400, "one of")
+    assert_error(await client.get(f"{V3}/print_jobs?filter[device][eq]=7", headers=headers), 400, "UUID")

@@ -112,6 +112,35 @@ def _start_demo_simulator(settings: Settings, token: str) -> Any:
     return subprocess.Popen(command, env=environment)
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Background jobs (slicing) without the web server: scale-out over Redis."""
+    from layerfleet.database import create_engine, create_sessionmaker, migrate
+    from layerfleet.jobs import create_job_queue
+    from layerfleet.library.slicing_service import SlicingService
+
+    if not settings.redis_url:
+        print("error: `layerfleet worker` takes jobs from Redis: set LAYERFLEET_REDIS_URL (without it the "
+              "server runs its jobs itself)", file=sys.stderr)
+        return 2
+    migrate(settings.effective_database_url)
+
+    async def work(stop: asyncio.Event) -> int:
+        engine = create_engine(settings.effective_database_url)
+        slicing = SlicingService(create_sessionmaker(engine), create_job_queue(settings), settings.data_dir,
+                                 workers=args.jobs, sole_worker=False, timeout=settings.slice_timeout_seconds)
+        await slicing.start()
+        print(f"  worker running {args.jobs} job(s) at a time from {settings.redis_url}; Ctrl-C stops it",
+              flush=True)
+        try:
+            await stop.wait()
+        finally:
+            await slicing.close()
+            await engine.dispose()
+        return 0
+
+    return _run_until_signalled(work)
+
+
 def cmd_createuser(args: argparse.Namespace, settings: Settings) -> int:
     from layerfleet.accounts import service as accounts
     from layerfleet.accounts.models import Role
@@ -455,6 +484,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="layerfleet", description="Layerfleet print-farm server")
     parser.add_argument("--version", action="version", version=f"layerfleet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    worker = commands.add_parser(
+        "worker", help="run background jobs (slicing) taken from Redis, beside the servers",
+        description="Scale-out: with LAYERFLEET_REDIS_URL set, servers queue their jobs in Redis and any "
+        "number of workers run them (set LAYERFLEET_JOB_WORKERS=0 on the servers to leave all jobs to the "
+        "workers). A job whose worker dies is taken over by another. All processes need the same data "
+        "directory (LAYERFLEET_DATA_DIR on shared storage) and database.",
+    )
+    worker.add_argument("--jobs", type=int, default=1, metavar="N", help="jobs run at once (default 1)")
+    worker.set_defaults(handler=cmd_worker)
 
     serve = commands.add_parser("serve", help="migrate the database and run the server")
     serve.add_argument("--host", help="address to listen on (LAYERFLEET_HOST, default 127.0.0.1)")

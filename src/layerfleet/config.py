@@ -52,6 +52,8 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="At most one scored frame per printer in this many seconds"
     )
     detection_batch_size: int = Field(default=8, ge=1, le=64, description="Frames scored together")
+    redis_namespace: str = Field(default="layerfleet", pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
+                                 description="Prefix of this installation's Redis keys")
     job_workers: int = Field(
         default=1, ge=0, le=32,
         description="Background jobs (slicing) this process runs at once; 0 leaves them to `layerfleet worker`",

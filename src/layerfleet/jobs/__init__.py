@@ -12,9 +12,9 @@ from layerfleet.jobs.queue import Handler, InProcessJobQueue, JobQueue
 __all__ = ["Handler", "InProcessJobQueue", "JobQueue", "create_job_queue"]
 
 
-def create_job_queue(settings: Settings, *, namespace: str = "layerfleet") -> JobQueue:
+def create_job_queue(settings: Settings, *, namespace: str | None = None) -> JobQueue:
     if settings.redis_url:
         from layerfleet.jobs.redis_queue import RedisJobQueue
 
-        return RedisJobQueue(settings.redis_url, namespace=namespace)
+        return RedisJobQueue(settings.redis_url, namespace=namespace or settings.redis_namespace)
     return InProcessJobQueue()

@@ -6,14 +6,17 @@ from collections import defaultdict
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from layerfleet.accounts.models import Role
 from layerfleet.api.deps import Db
-from layerfleet.api.eiger_v3.common import Caller, CallerDep, path_uuid
+from layerfleet.api.eiger_v3.auth import require
+from layerfleet.api.eiger_v3.common import Caller, CallerDep, json_body, path_uuid
 from layerfleet.api.eiger_v3.errors import EigerError
 from layerfleet.api.eiger_v3.query import COMPARISONS, Filter, Kind, ListSpec, fetch_page, parse_list_query
-from layerfleet.api.eiger_v3.views import device_view_extended
+from layerfleet.api.eiger_v3.views import DEVICE_SERIES, PRINTER_TYPES, device_view_extended
 from layerfleet.fleet.models import Printer
 from layerfleet.scheduling.models import JobState, PrintJob, QueuedJob, QueueState
 
@@ -80,3 +83,45 @@ async def read_device(device_id: str, db: Db, caller: CallerDep) -> dict[str, An
     queues, active = await device_context(db, [printer.id])
     return device_view_extended(printer, queue=queues[printer.id], active_job=active.get(printer.id),
                                 approvals_enabled=caller.approvals_enabled)
+
+
+class DeviceChanges(BaseModel):
+    """What the farm knows about a machine that its agent cannot tell (a Layerfleet extension)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    device_type: str | None = None
+    device_series: str | None = None
+    loaded_primary_material: str | None = Field(default=None, max_length=64)
+    loaded_secondary_material: str | None = Field(default=None, max_length=64)
+    ccs_primary_remaining: float | None = Field(default=None, ge=0, le=1e7)
+    ccs_secondary_remaining: float | None = Field(default=None, ge=0, le=1e7)
+
+    @field_validator("device_type")
+    @classmethod
+    def _known_type(cls, value: str | None) -> str | None:
+        if value is not None and value not in ("Unknown", *PRINTER_TYPES):
+            raise ValueError(f"must be one of Unknown, {', '.join(PRINTER_TYPES)}")
+        return value
+
+    @field_validator("device_series")
+    @classmethod
+    def _known_series(cls, value: str | None) -> str | None:
+        if value is not None and value not in DEVICE_SERIES:
+            raise ValueError(f"must be one of {', '.join(DEVICE_SERIES)}")
+        return value
+
+
+@router.patch("/devices/{device_id}", operation_id="updateDevice")
+async def update_device(device_id: str, request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
+    """Set the device type and series, and the materials loaded (with what is left of them)."""
+    require(caller.user, Role.OPERATOR)
+    printer = await printer_by_uuid(db, caller, path_uuid("device_id", device_id))
+    changes = await json_body(request, DeviceChanges)
+    for name in changes.model_fields_set:
+        value = getattr(changes, name)
+        if name in ("device_type", "device_series") and value is None:
+            value = "Unknown"
+        setattr(printer, name, value.strip() or None if isinstance(value, str) and "material" in name else value)
+    await db.commit()
+    return await read_device(device_id, db, caller)

@@ -205,7 +205,8 @@ def parse_list_query(params: QueryParams, spec: ListSpec) -> ListQuery:
             raise bad_request(f"{name} is not a parameter of this list{_known(spec)}")
     if spec.sorts:
         column = spec.sorts[sort_by]
-        query.order_by = [column.asc() if order == "asc" else column.desc()]
+        # Rows without a value (a job not started yet) last either way, on every database.
+        query.order_by = [(column.asc() if order == "asc" else column.desc()).nulls_last()]
     return query
 
 
