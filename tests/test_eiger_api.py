@@ -24,7 +24,7 @@ from layerfleet.accounts.models import Role, User
 from layerfleet.database import utcnow
 from layerfleet.jobs import InProcessJobQueue
 from layerfleet.library.models import Build, Part, PartVersion, SliceJob
-from layerfleet.library.service import DEFAULT_PRESET_UUID, library_root
+from layerfleet.library.service import DEFAULT_PRESET_UUID, SliceRunner, library_root, slice_job_by_uuid_any
 from layerfleet.library.slicing_service import SlicingService
 from layerfleet.slicing import parse_gcode_summary
 from test_slicing import cube_triangles, needs_prusaslicer, write_binary_stl
@@ -523,3 +523,61 @@ async def test_print_job_filters_on_dates_states_and_ids(client: httpx.AsyncClie
     assert await states("page[size]=3&page[number]=2") == ["Completed"]
     assert_error(await client.get(f"{V3}/print_jobs?filter[state][eq]=Done", headers=headers), 400, "one of")
     assert_error(await client.get(f"{V3}/print_jobs?filter[device][eq]=7", headers=headers), 400, "UUID")
+
+
+async def test_a_queued_slice_job_can_be_canceled(client: httpx.AsyncClient, farm: Farm, app: Any,
+                                                  tmp_path: Path) -> None:
+    # No worker runs in this test (the session app runs no lifespan): the job waits QUEUED.
+    headers = await basic(farm, await farm.member())
+    created = (await upload(client, headers, cube_stl(tmp_path))).json()
+    job = created["slice_job_id"]
+    assert (await client.get(f"{V3}/parts/slice_status/{job}", headers=headers)).json() == {"status": "QUEUED"}
+    canceled = await client.post(f"{V3}/parts/slice_status/{job}/cancel", headers=headers)
+    assert canceled.status_code == 200 and canceled.json() == {"status": "CANCELED"}
+    assert_error(await client.post(f"{V3}/parts/slice_status/{job}/cancel", headers=headers), 409, "CANCELED")
+    # A worker that gets the job later leaves it alone.
+    async with farm.sessionmaker() as session:
+        before = await slice_job_by_uuid_any(session, job)
+    await SliceRunner(farm.sessionmaker, app.state.settings.data_dir)(job)
+    async with farm.sessionmaker() as session:
+        after = await slice_job_by_uuid_any(session, job)
+    assert before is not None and after is not None
+    assert after.status == "CANCELED" and after.attempts == before.attempts == 0
+
+
+@needs_prusaslicer
+async def test_an_organizations_own_profile_is_used(client: httpx.AsyncClient, farm: Farm, slicing: SlicingService,
+                                                    tmp_path: Path) -> None:
+    from layerfleet.slicing import DEFAULT_PROFILE
+
+    owner = await farm.member()
+    headers = await basic(farm, owner)
+    profile = await asyncio.to_thread(Path(str(DEFAULT_PROFILE)).read_text)
+    dense = re.sub(r"(?m)^fill_density = .*$", "fill_density = 80%", profile)
+    created = await client.post(f"{V3}/parts/settings_presets", headers=headers,
+                                json={"title": "Dense PETG", "ini": dense, "material": "PETG"})
+    assert created.status_code == 201, created.text
+    preset = created.json()
+    listed = (await client.get(f"{V3}/parts/settings_presets", headers=headers)).json()
+    assert [p["title"] for p in listed][1:] == ["Dense PETG"]
+    assert_error(await client.post(f"{V3}/parts/settings_presets", headers=headers,
+                                   json={"title": "x", "ini": "not a profile"}), 400, ".ini")
+    viewer = await basic(farm, await farm.member(Role.VIEWER))
+    assert_error(await client.post(f"{V3}/parts/settings_presets", headers=viewer,
+                                   json={"title": "x", "ini": dense}), 403)
+    other = await basic(farm, await farm.member(organization="Farm B"))
+    assert [p["title"] for p in (await client.get(f"{V3}/parts/settings_presets", headers=other)).json()] == \
+        [listed[0]["title"]]
+
+    volumes = []
+    for preset_id in (DEFAULT_PRESET_UUID, preset["id"]):
+        made = (await upload(client, headers, cube_stl(tmp_path, 20.0), settingsPresetId=preset_id)).json()
+        assert (await wait_for_slice(client, headers, made["slice_job_id"]))[-1] == "COMPLETED"
+        version = (await client.get(f"{V3}/part_versions/{made['part_version_id']}", headers=headers)).json()
+        async with farm.sessionmaker() as session:
+            stored = (await session.execute(select(PartVersion).where(PartVersion.uuid == version["id"]))) \
+                .scalar_one()
+        volumes.append((version["primary_material"], stored.filament_cm3))
+    (default_material, default_volume), (own_material, own_volume) = volumes
+    assert (default_material, own_material) == ("PLA", "PETG")
+    assert default_volume is not None and own_volume is not None and own_volume > 1.5 * default_volume

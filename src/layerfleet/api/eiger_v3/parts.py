@@ -11,12 +11,14 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
 from layerfleet.accounts.models import Role, User
 from layerfleet.api.deps import Db
-from layerfleet.api.eiger_v3.common import Caller, CallerDep, domain_errors, path_uuid
+from layerfleet.api.eiger_v3.auth import require
+from layerfleet.api.eiger_v3.common import Caller, CallerDep, domain_errors, json_body, path_uuid
 from layerfleet.api.eiger_v3.errors import EigerError, bad_request
 from layerfleet.api.eiger_v3.query import parse_uuid
 from layerfleet.api.eiger_v3.views import part_version_view, part_view
@@ -107,6 +109,38 @@ async def slice_status(slice_job_id: str, db: Db, caller: CallerDep) -> dict[str
     if job.status == SliceStatus.ERROR.value and job.error:
         body["message"] = job.error
     return body
+
+
+@router.post("/parts/slice_status/{slice_job_id}/cancel", operation_id="cancelSliceJob")
+async def cancel_slice(slice_job_id: str, db: Db, caller: CallerDep) -> dict[str, Any]:
+    """Layerfleet extension: stop a slice job (a running slicer is killed within a second)."""
+    require(caller.user, Role.OPERATOR)
+    job_uuid = path_uuid("slice_job_id", slice_job_id)
+    with domain_errors():
+        job = await library.slice_job_by_uuid(db, caller.organization_id, job_uuid)
+    if not await library.cancel_slice_job(db, job):
+        raise EigerError(409, f"The slice job is already {job.status}")
+    await db.commit()
+    return {"status": job.status}
+
+
+class NewPreset(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    title: str = Field(max_length=200)
+    ini: str = Field(max_length=1_000_000, description="A PrusaSlicer profile, as PrusaSlicer exports it")
+    material: str = Field(default="PLA", max_length=64)
+
+
+@router.post("/parts/settings_presets", status_code=201, operation_id="createSettingsPreset")
+async def create_settings_preset(request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
+    """Layerfleet extension: an organization's own slicer profile (``.ini``)."""
+    require(caller.user, Role.ADMIN)
+    body = await json_body(request, NewPreset)
+    with domain_errors():
+        preset = await library.create_preset(db, caller.organization_id, body.title, body.ini, body.material)
+    await db.commit()
+    return {"id": preset.uuid, "title": preset.title}
 
 
 @router.get("/parts/settings_presets", operation_id="getOrgSettingsPresets")
