@@ -54,7 +54,8 @@ async def create_access_key(db: Db, user: CurrentUser, body: AccessKeyCreate) ->
     return IssuedAccessKeyOut.model_validate({**_out(issued.key), "secret_key": issued.secret})
 
 
-@router.delete("/{key_id}/", status_code=204, response_class=Response)
+@router.delete("/{key_id}/", status_code=204, response_class=Response,
+               responses={404: {"description": "No such key of yours (or revoked already)"}})
 async def revoke_access_key(db: Db, user: CurrentUser, key_id: KeyId) -> Response:
     if not await accounts.revoke_access_key(db, user, key_id):
         raise HTTPException(404, detail="Not found.")
