@@ -581,3 +581,61 @@ async def test_an_organizations_own_profile_is_used(client: httpx.AsyncClient, f
     (default_material, default_volume), (own_material, own_volume) = volumes
     assert (default_material, own_material) == ("PLA", "PETG")
     assert default_volume is not None and own_volume is not None and own_volume > 1.5 * default_volume
+
+
+async def test_inspection_report_shows_temperatures_detection_and_key_frames(
+        client: httpx.AsyncClient, farm: Farm, app: Any) -> None:
+    from PIL import Image
+
+    from layerfleet.detection.models import PredictionFrame
+    from layerfleet.library import service as library
+    from layerfleet.prints.models import Print
+    from layerfleet.scheduling.models import PrintedPart, PrintJob
+
+    owner = await farm.member()
+    printer = await farm.printer(owner, "Voron 2", status={"temperatures": {"tool0": {"actual": 215, "target": 215}}})
+    headers = await basic(farm, owner)
+    media = app.state.settings.data_dir / "media"
+    start = utcnow() - timedelta(minutes=30)
+    async with farm.sessionmaker() as session:
+        preset = await library.default_preset(session)
+        build = Build(organization_id=owner.user.organization_id, user_id=owner.user.id, title="Gear",
+                      settings_preset_id=preset.id, part_count=1)
+        session.add(build)
+        print_ = Print(organization_id=owner.user.organization_id, printer_id=printer.id, filename="gear.gcode",
+                       started_at=start, cancelled_at=start + timedelta(minutes=20),
+                       alerted_at=start + timedelta(minutes=19))
+        session.add(print_)
+        await session.flush()
+        for n in range(1, 21):
+            name = f"orgs/{owner.user.organization_id}/frame-{print_.id}-{n}.jpg"
+            (media / name).parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (64, 48), (n * 10, 40, 40)).save(media / name, "JPEG")
+            session.add(PredictionFrame(
+                print_id=print_.id, frame_number=n, taken_at=start + timedelta(minutes=n), p=0.0, ewm_mean=0.0,
+                rolling_mean_short=0.0, rolling_mean_long=0.0, normalized_p=min(1.0, n / 19), image_path=name,
+                temperatures={"tool0": [min(215.0, 25.0 + 40 * n), 215.0], "bed": [60.0, 60.0]}))
+        job = PrintJob(organization_id=owner.user.organization_id, build_id=build.id, printer_id=printer.id,
+                       print_id=print_.id, origin="direct", state="Failed", queued_at=start, started_at=start,
+                       ended_at=start + timedelta(minutes=20))
+        session.add(job)
+        await session.flush()
+        part = PrintedPart(organization_id=owner.user.organization_id, print_job_id=job.id, state="Print Failed",
+                           notes="Print failed", printed_at=job.ended_at)
+        session.add(part)
+        await session.commit()
+        part_uuid = part.uuid
+
+    asked = await client.get(f"{V3}/printed_parts/{part_uuid}/scan_report", headers=headers)
+    assert asked.status_code == 200 and asked.json() == {"scan_report_url": None}
+    await app.state.reports.wait()
+    url = (await client.get(f"{V3}/printed_parts/{part_uuid}/scan_report", headers=headers)).json()["scan_report_url"]
+    assert url and "expires=" in url
+    page = (await client.get(url)).text
+    assert "Inspection report: Gear" in page and "Voron 2" in page and "Print Failed" in page
+    assert "Failure detector alerted" in page and "Job failed" in page
+    assert 'aria-label="Temperatures over the print"' in page and "tool0 (last 215 °C)" in page
+    assert "bed (last 60 °C)" in page
+    assert 'aria-label="Failure likelihood over the print"' in page
+    # The three most likely failures (the last frame is one of them): 18, 19, 20.
+    assert page.count("<img ") == 3 and all(f"Frame {n}," in page for n in (18, 19, 20))

@@ -331,3 +331,26 @@ async def test_the_pipeline_scores_one_frame_per_interval_of_watched_printers_on
     frames = await rows(farm, PredictionFrame)
     assert len(frames) == 2
     assert (await load(farm, Printer, idle.id)).pic_path is not None  # pictures still update pic
+
+
+async def test_each_scored_frame_keeps_the_heaters_temperatures(farm: Farm, settings: Settings) -> None:
+    owner = await farm.member()
+    printer, print_, _ = await watched_printer(farm, owner)
+    hot = {**PRINTING, "temperatures": {"tool0": {"actual": 214.46, "target": 215, "offset": 0},
+                                        "bed": {"actual": 60, "target": 60.0}, "chamber": "not a heater",
+                                        "tool1": {"actual": None, "target": float("nan")}}}
+
+    async def heat_up(session: Any) -> None:
+        found = await session.get(Printer, printer.id)
+        found.status = {**hot, "temperatures": {k: v for k, v in hot["temperatures"].items() if k != "tool1"}}
+        await session.commit()
+
+    watch = Watch(farm, settings, printer)
+    await watch.frame(CLEAN_P)
+    await farm.run(heat_up)
+    await watch.frame(CLEAN_P)
+    frames = await rows(farm, PredictionFrame, print_id=print_.id)
+    assert [f.temperatures for f in frames] == [None, {"tool0": [214.5, 215.0], "bed": [60.0, 60.0]}]
+    from layerfleet.detection.watching import reported_temperatures
+
+    assert reported_temperatures(hot) == {"tool0": [214.5, 215.0], "bed": [60.0, 60.0], "tool1": [None, None]}

@@ -32,6 +32,9 @@ class PredictionFrame(Base):
     ignored_boxes: Mapped[int] = mapped_column(Integer, default=0)
     image_path: Mapped[str] = mapped_column(String(512))
     tagged_image_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # The heaters as the agent last reported them when the frame was scored:
+    # {"tool0": [actual, target], "bed": [actual, target]} — a print's temperature history.
+    temperatures: Mapped[dict[str, list[float | None]] | None] = mapped_column(JSON, nullable=True)
 
 
 class AlertKind(enum.StrEnum):

@@ -11,10 +11,12 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw
 from sqlalchemy import select, update
@@ -186,7 +188,7 @@ async def apply_frame(
         rolling_mean_short=scores.short_mean, rolling_mean_long=baseline.long_mean,
         normalized_p=printer.normalized_p, boxes=[[round(v, 1) for v in b[:4]] + [round(b[4], 4)] for b in boxes],
         ignored_boxes=len(result.boxes) - len(boxes), image_path=image_path,
-        tagged_image_path=tagged_path if has_tags else None,
+        tagged_image_path=tagged_path if has_tags else None, temperatures=reported_temperatures(printer.status),
     )
     session.add(frame)
     await session.flush()
@@ -259,3 +261,18 @@ def prediction_record(frame: PredictionFrame) -> dict[str, object]:
         "detections": [["failure", box[4], box[:4]] for box in frame.boxes],
         "ignored_detections": frame.ignored_boxes,
     }
+
+
+def reported_temperatures(status: dict[str, Any] | None) -> dict[str, list[float | None]] | None:
+    """The heaters of an agent's status, compactly: {"tool0": [actual, target], …}."""
+    reported = (status or {}).get("temperatures")
+    if not isinstance(reported, dict):
+        return None
+
+    def number(value: object) -> float | None:
+        return round(float(value), 1) if isinstance(value, int | float) and not isinstance(value, bool) \
+            and math.isfinite(value) else None
+
+    heaters = {str(name)[:32]: [number(values.get("actual")), number(values.get("target"))]
+               for name, values in list(reported.items())[:8] if isinstance(values, dict)}
+    return heaters or None

@@ -1,6 +1,7 @@
 """Inspection reports of printed parts (the Eiger dialect's "scan reports"): one self-contained
-HTML page per printed part with the job's timeline, the printer's last reported temperatures,
-the failure detector's graph over the print and key frames. Rendered in a worker thread on
+HTML page per printed part with the job's timeline, the heaters' temperatures over the print
+(kept with each frame the failure detector scored) and as last reported, the detector's graph
+over the print and key frames. Rendered in a worker thread on
 first request; served through a signed link valid for about an hour."""
 
 from __future__ import annotations
@@ -63,7 +64,9 @@ class ReportData:
     timeline: list[tuple[datetime, str]]
     temperatures: dict[str, tuple[Any, Any]]
     points: list[tuple[float, float]] = field(default_factory=list)  # (seconds into the print, normalized_p)
-    frames: list[tuple[str, float, bytes]] = field(default_factory=list)  # (caption, p, JPEG)
+    # heater → [(seconds into the print, actual °C)], from the temperatures kept with scored frames
+    heat: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    frames: list[tuple[str, float, bytes]] = field(default_factory=list)  # (caption, p, JPEG), last
 
 
 class ReportService:
@@ -119,6 +122,7 @@ class ReportService:
         if job.started_at is not None:
             timeline.append((job.started_at, "Print started"))
         points: list[tuple[float, float]] = []
+        heat: dict[str, list[tuple[float, float]]] = {}
         frames: list[tuple[str, float, bytes]] = []
         if print_ is not None:
             for event in (await session.execute(select(PrinterEvent).where(
@@ -131,6 +135,10 @@ class ReportService:
             step = max(1, len(predictions) // MAX_GRAPH_POINTS)
             points = [((f.taken_at - print_.started_at).total_seconds(), f.normalized_p)
                       for f in predictions[::step]]
+            for f in predictions[::step]:
+                for heater, (actual, _target) in (f.temperatures or {}).items():
+                    if actual is not None:
+                        heat.setdefault(heater, []).append(((f.taken_at - print_.started_at).total_seconds(), actual))
             frames = await asyncio.to_thread(self._key_frames, predictions)
         if job.ended_at is not None:
             timeline.append((job.ended_at, f"Job {job.state.lower()}"))
@@ -138,7 +146,7 @@ class ReportService:
         timeline.sort(key=lambda entry: entry[0])
         title = part.build_item.part_version.title if part.build_item is not None else job.build.title
         return ReportData(part.uuid, title, job.build.title, part.state, part.notes,
-                          printer.name if printer else None, timeline, temperatures, points, frames)
+                          printer.name if printer else None, timeline, temperatures, points, heat, frames)
 
     def _key_frames(self, predictions: list[PredictionFrame]) -> list[tuple[str, float, bytes]]:
         """The highest-scoring frames, and the last one, in print order."""
@@ -195,6 +203,29 @@ def _graph(points: list[tuple[float, float]]) -> str:
             "warning and failure zones.</p>")
 
 
+HEATER_COLOURS = ("#cf222e", "#0969da", "#1a7f37", "#8250df")
+
+
+def _temperature_graph(heat: dict[str, list[tuple[float, float]]]) -> str:
+    series = {name: points for name, points in heat.items() if len(points) >= 2}
+    if not series:
+        return ""
+    width, height = 640, 160
+    end = max(t for points in series.values() for t, _ in points) or 1.0
+    top = max(v for points in series.values() for _, v in points) * 1.1 or 1.0
+    lines, legend = [], []
+    for n, (name, points) in enumerate(sorted(series.items())):
+        colour = HEATER_COLOURS[n % len(HEATER_COLOURS)]
+        path = " ".join(f"{'M' if i == 0 else 'L'}{t / end * width:.1f},{height - v / top * height:.1f}"
+                        for i, (t, v) in enumerate(points))
+        lines.append(f'<path d="{path}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        legend.append(f'<span style="color:{colour}">■</span> {html.escape(name)} '
+                      f"(last {points[-1][1]:.0f} °C)")
+    return (f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="Temperatures over the print">'
+            f'<rect width="{width}" height="{height}" fill="#f6f8fa"/>{"".join(lines)}</svg>'
+            f"<p>Temperatures over {end / 60:.0f} min of printing (0–{top:.0f} °C): {', '.join(legend)}.</p>")
+
+
 def render(data: ReportData) -> str:
     esc = html.escape
     rows = "".join(f"<tr><td>{when:%Y-%m-%d %H:%M:%S} UTC</td><td>{esc(what)}</td></tr>"
@@ -217,7 +248,8 @@ figure{{display:inline-block;margin:.5rem}}img{{max-width:18rem;border:1px solid
 on {esc(data.printer_name or "an unknown printer")}. State: <strong>{esc(data.state)}</strong>
 {f"({esc(data.notes)})" if data.notes else ""}.</p>
 <h2>Timeline</h2><table><tr><th>When</th><th>What</th></tr>{rows}</table>
-<h2>Temperatures (last reported)</h2><table><tr><th>Heater</th><th>Actual</th><th>Target</th></tr>{temps}</table>
+<h2>Temperatures</h2>{_temperature_graph(data.heat)}
+<table><caption>Last reported</caption><tr><th>Heater</th><th>Actual</th><th>Target</th></tr>{temps}</table>
 <h2>Failure detection</h2>{_graph(data.points)}
 <h2>Key frames</h2>{frames}
 </body></html>

@@ -1,6 +1,7 @@
 """Print-farm API (Eiger v3): settings presets, parts and part versions, slice jobs, builds
 and their items, print jobs, printer queues, printed parts, access keys; device fields on
-printers and the organization's build-approval switch.
+printers, the organization's build-approval switch, and the heaters' temperatures with each
+scored frame.
 
 Revision ID: 0005
 Revises: 0004
@@ -370,6 +371,9 @@ def upgrade() -> None:
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.add_column(sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True))
 
+    with op.batch_alter_table("prediction_frames", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("temperatures", sa.JSON(), nullable=True))
+
     with op.batch_alter_table("printers", schema=None) as batch_op:
         batch_op.add_column(sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("device_type", sa.String(length=32), nullable=False, server_default="Unknown"))
@@ -401,6 +405,9 @@ def downgrade() -> None:
 
     with op.batch_alter_table("users", schema=None) as batch_op:
         batch_op.drop_column("updated_at")
+
+    with op.batch_alter_table("prediction_frames", schema=None) as batch_op:
+        batch_op.drop_column("temperatures")
 
     with op.batch_alter_table("queued_jobs", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_queued_jobs_state"))
