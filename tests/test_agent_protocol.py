@@ -708,3 +708,54 @@ async def test_plain_statuses_never_land_after_a_later_event(server: TestClient,
         await asyncio.sleep(0.8)
         assert await _status_is(farm, printer.id, t1, "Paused")
         assert [e.event_type for e in await events_of(farm, printer.id)] == ["PRINT_PAUSED"]
+
+
+async def _farm_job(farm: Farm, printer: Any, owner: Any, remote: str) -> int:
+    from layerfleet.library import service as library
+    from layerfleet.library.models import Build
+    from layerfleet.scheduling.models import PrintJob
+
+    async with farm.sessionmaker() as session:
+        preset = await library.default_preset(session)
+        build = Build(organization_id=owner.user.organization_id, user_id=owner.user.id, title="b",
+                      settings_preset_id=preset.id, part_count=1, gcode_path="gcode/b.gcode")
+        session.add(build)
+        await session.flush()
+        job = PrintJob(organization_id=owner.user.organization_id, build_id=build.id, printer_id=printer.id,
+                       origin="direct", state="Printing", remote_filename=remote, queued_at=utcnow())
+        session.add(job)
+        await session.commit()
+        return job.id
+
+
+async def _job_print(farm: Farm, job_id: int) -> int | None:
+    from layerfleet.scheduling.models import PrintJob
+
+    async with farm.sessionmaker() as session:
+        job = await session.get(PrintJob, job_id)
+        assert job is not None
+        return job.print_id
+
+
+@pytest.mark.parametrize("lag", ["in the start event's status", "until a later message"])
+async def test_a_farm_job_is_recognised_when_the_status_lags_behind(server: TestClient, farm: Farm, lag: str) -> None:
+    """OctoPrint printing two jobs in a row may report the previous file with the new print."""
+    owner = await farm.member()
+    printer = await farm.printer(owner)
+    job_id = await _farm_job(farm, printer, owner, "lf-b-12345678.gcode")
+    t1 = 1_700_000_000
+    stale = status("Printing", printing=True, file="lf-a-87654321.gcode")
+    with server.websocket_connect("/ws/dev/", headers=bearer(printer)) as ws:
+        ws.receive_json()
+        if lag == "in the start event's status":
+            ws.send_json({"status": stale, "current_print_ts": t1,
+                          "event": {"event_type": "PrintStarted", "data": {"name": "lf-b-12345678.gcode"}}})
+        else:
+            ws.send_json(frame(stale, ts=t1))
+            await until(lambda: _count_prints(farm, printer.id, 1))
+            ws.send_json(frame(status("Paused", paused=True, file="lf-b-12345678.gcode"), ts=t1,
+                               event="PrintPaused"))
+        await until(lambda: _job_print(farm, job_id))
+    prints = await prints_of(farm, printer.id)
+    assert [p.filename for p in prints] == ["lf-b-12345678.gcode"]
+    assert await _job_print(farm, job_id) == prints[0].id

@@ -169,7 +169,12 @@ def _job_file(status: dict[str, Any] | None) -> dict[str, Any]:
 
 def _filename(update: AgentUpdate) -> str:
     file = _job_file(update.status)
-    for candidate in (file.get("name"), file.get("display"), update.event_data.get("name")):
+    candidates = [file.get("name"), file.get("display"), update.event_data.get("name")]
+    if update.event_type is not None and update.event_type.startswith("Print"):
+        # The event names its own file; the status sent with it may still show the file
+        # selected before (seen with OctoPrint printing two jobs in a row).
+        candidates.insert(0, candidates.pop())
+    for candidate in candidates:
         text = clean_text(candidate, 1024)
         if text:
             return text
@@ -211,6 +216,12 @@ async def _track_print(session: AsyncSession, printer: Printer, update: AgentUpd
             return  # exactly an earlier print's time: a late message about that one
         if current.gcode_file_id is None:
             current.gcode_file_id = await _gcode_file_id(session, printer, update)
+        reported = _filename(update)
+        if reported and reported != current.filename:
+            # The print's file as the agent now reports it (the first message may have lagged),
+            # and the farm job that sent that file, if it was not recognised at the start.
+            current.filename = reported
+            await scheduling.print_started(session, printer, current)
         return
     known = (await session.execute(
         select(Print)

@@ -206,6 +206,8 @@ async def withdraw_job_requests(session: AsyncSession, organization: Organizatio
 
 async def print_started(session: AsyncSession, printer: Printer, print_: Print) -> None:
     """A print began on ``printer``: if it is the G-code a job sent, the job is now that print."""
+    if await _job_of(session, print_) is not None:
+        return  # already recognised
     job = (await session.execute(select(PrintJob).where(
         PrintJob.printer_id == printer.id, PrintJob.state == JobState.PRINTING.value,
         PrintJob.print_id.is_(None), PrintJob.remote_filename == _basename(print_.filename),
