@@ -1,0 +1,47 @@
+"""Debian's Chromium driven by Python Playwright, for the web pages' end-to-end tests.
+
+The browser is /usr/bin/chromium from the distribution (`.ci/install-chromium`), never one
+downloaded by `playwright install`. Without it the tests skip, except in CI, where they fail.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Browser, Page, async_playwright
+
+CHROMIUM = Path(os.environ.get("LAYERFLEET_TEST_CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def chromium_or_skip() -> Path:
+    if CHROMIUM.is_file():
+        return CHROMIUM
+    if os.environ.get("CI"):
+        pytest.fail(f"Chromium is not at {CHROMIUM}; .ci/install-chromium installs Debian's package")
+    pytest.skip(f"Chromium is not at {CHROMIUM} (apt-get install chromium)")
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    executable = chromium_or_skip()
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
+        try:
+            yield launched
+        finally:
+            await launched.close()
+
+
+@pytest.fixture
+async def page(browser: Browser) -> AsyncIterator[Page]:
+    context = await browser.new_context(viewport={"width": 1280, "height": 800})
+    opened = await context.new_page()
+    opened.set_default_timeout(15_000)
+    try:
+        yield opened
+    finally:
+        await context.close()
