@@ -26,6 +26,9 @@ class SlicingService:
         self.runner = library.SliceRunner(sessionmaker, data_dir, timeout=timeout)
 
     async def start(self) -> None:
+        if self.workers == 0 and self.sole_worker:
+            log.warning("LAYERFLEET_JOB_WORKERS=0 without LAYERFLEET_REDIS_URL: nothing will slice uploaded "
+                        "parts (a `layerfleet worker` needs Redis to take jobs from)")
         if self.workers > 0:
             await self._queue.start({library.SLICE_JOB_KIND: self.runner}, concurrency=self.workers)
         async with self._sessionmaker() as session:
