@@ -14,6 +14,7 @@ from layerfleet.fleet.actions import PrinterActions
 from layerfleet.fleet.models import Printer
 from layerfleet.scheduling import service as scheduling
 from layerfleet.scheduling.models import JobState, PrintJob
+from layerfleet.signed_links import signed_link
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ class Dispatcher:
                     return
                 printer = await session.get(Printer, job.printer_id)
                 assert printer is not None and job.remote_filename is not None
-                url = scheduling.signed_link(self._secret, base_url, scheduling.gcode_link_path(job),
+                url = signed_link(self._secret, base_url, scheduling.gcode_link_path(job),
                                              scheduling.GCODE_LINK_SECONDS)
                 sent = await PrinterActions(session, self._bus).start_print(printer, url, job.remote_filename)
                 if not sent:

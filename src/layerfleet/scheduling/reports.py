@@ -26,8 +26,8 @@ from layerfleet.detection.models import PredictionFrame
 from layerfleet.fleet.models import Printer
 from layerfleet.media import media_root
 from layerfleet.prints.models import Print
-from layerfleet.scheduling import service as scheduling
 from layerfleet.scheduling.models import PrintedPart
+from layerfleet.signed_links import signed_link
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def report_url(request: Request, part: PrintedPart) -> str | None:
         return None
     settings = request.app.state.settings
     base = (settings.base_url or str(request.base_url)).rstrip("/")
-    return scheduling.signed_link(settings.effective_secret_key, base, report_path_for(part.uuid),
+    return signed_link(settings.effective_secret_key, base, report_path_for(part.uuid),
                                   REPORT_LINK_SECONDS)
 
 

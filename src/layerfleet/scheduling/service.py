@@ -3,11 +3,8 @@ requests, and keeping a job in step with the print its printer's agent reports."
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import re
-import time
 from dataclasses import dataclass
 from datetime import date, timedelta
 
@@ -51,20 +48,6 @@ class ScheduleError(ValueError):
 
 def gcode_link_path(job: PrintJob) -> str:
     return f"/api/v3/files/print_jobs/{job.uuid}.gcode"
-
-
-def sign_link(secret: str, path: str, expires: int) -> str:
-    return hmac.new(secret.encode(), f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
-
-
-def signed_link(secret: str, base_url: str, path: str, seconds: int) -> str:
-    expires = int(time.time()) + seconds
-    return f"{base_url.rstrip('/')}{path}?expires={expires}&signature={sign_link(secret, path, expires)}"
-
-
-def link_is_valid(secret: str, path: str, expires: str, signature: str) -> bool:
-    return expires.isdigit() and int(expires) >= time.time() and hmac.compare_digest(
-        sign_link(secret, path, int(expires)), signature)
 
 
 def remote_filename(build: Build, job_uuid: str) -> str:

@@ -34,6 +34,7 @@ from layerfleet.library.models import Build
 from layerfleet.scheduling import service as scheduling
 from layerfleet.scheduling.models import JobOrigin, JobState, PrintedPart, PrintedPartState, PrintJob, QueuedJob
 from layerfleet.scheduling.reports import report_path_for, report_url
+from layerfleet.signed_links import link_problem
 
 router = APIRouter()
 Owned = TypeVar("Owned", PrintJob, PrintedPart)
@@ -50,6 +51,15 @@ class DueDate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     dueDate: date | None = None
+
+
+def _check_link(request: Request) -> None:
+    """A signed link (no credentials): refused unless the signature holds and it has not expired."""
+    query = request.query_params
+    problem = link_problem(request.app.state.settings.effective_secret_key, request.url.path,
+                           query.get("expires", ""), query.get("signature", ""))
+    if problem is not None:
+        raise EigerError(403, problem)
 
 
 def _base_url(request: Request) -> str:
@@ -89,10 +99,7 @@ async def print_to_printer(device_id: str, request: Request, db: Db, caller: Cal
 @router.get("/files/print_jobs/{job_file}", include_in_schema=False)
 async def print_job_gcode(job_file: str, request: Request, db: Db) -> FileResponse:
     """The G-code an agent fetches for a job: no credentials, a signed link that expires."""
-    query = request.query_params
-    if not scheduling.link_is_valid(request.app.state.settings.effective_secret_key, request.url.path,
-                                    query.get("expires", ""), query.get("signature", "")):
-        raise EigerError(403, "The G-code link is not valid or has expired")
+    _check_link(request)
     job = (await db.execute(select(PrintJob).where(PrintJob.uuid == job_file.removesuffix(".gcode")))) \
         .unique().scalar_one_or_none()
     if job is None or job.build.gcode_path is None:
@@ -335,10 +342,7 @@ async def printed_part_scan_report(printed_part_id: str, request: Request, db: D
 
 @router.get("/files/reports/{report_file}", include_in_schema=False)
 async def inspection_report(report_file: str, request: Request, db: Db) -> FileResponse:
-    query = request.query_params
-    if not scheduling.link_is_valid(request.app.state.settings.effective_secret_key, request.url.path,
-                                    query.get("expires", ""), query.get("signature", "")):
-        raise EigerError(403, "The report link is not valid or has expired")
+    _check_link(request)
     part = (await db.execute(select(PrintedPart).where(PrintedPart.uuid == report_file.removesuffix(".html")))) \
         .unique().scalar_one_or_none()
     if part is None or part.report_path is None or report_path_for(part.uuid) != request.url.path:

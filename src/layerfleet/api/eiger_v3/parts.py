@@ -3,9 +3,6 @@ version reads, and 30-second signed download URLs for a version's STL."""
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -24,6 +21,7 @@ from layerfleet.api.eiger_v3.query import parse_uuid
 from layerfleet.api.eiger_v3.views import part_version_view, part_view
 from layerfleet.library import service as library
 from layerfleet.library.models import PartVersion, SliceStatus
+from layerfleet.signed_links import link_problem, signed_link
 from layerfleet.slicing import DEFAULT_MAX_BYTES
 
 router = APIRouter(tags=["Parts"])
@@ -170,29 +168,20 @@ async def part_version_download(part_version_id: str, request: Request, db: Db, 
     with domain_errors():
         version = await library.part_version_by_uuid(
             db, caller.organization_id, path_uuid("part_version_id", part_version_id))
-    expires = int(time.time()) + DOWNLOAD_SECONDS
-    path = f"/api/v3/files/part_versions/{version.uuid}.stl"
-    signature = sign(request.app.state.settings.effective_secret_key, path, expires)
     settings = request.app.state.settings
-    base = (settings.base_url or str(request.base_url)).rstrip("/")
-    return {"url": f"{base}{path}?expires={expires}&signature={signature}"}
-
-
-def sign(secret: str, path: str, expires: int) -> str:
-    return hmac.new(secret.encode(), f"{path}\n{expires}".encode(), hashlib.sha256).hexdigest()
+    base = settings.base_url or str(request.base_url)
+    path = f"/api/v3/files/part_versions/{version.uuid}.stl"
+    return {"url": signed_link(settings.effective_secret_key, base, path, DOWNLOAD_SECONDS)}
 
 
 @router.get("/files/part_versions/{version_file}", include_in_schema=False)
 async def signed_stl(version_file: str, request: Request, db: Db) -> FileResponse:
     """The target of a signed download URL: no credentials, but a signature that expires."""
-    expires_raw = request.query_params.get("expires", "")
-    signature = request.query_params.get("signature", "")
-    path = request.url.path
-    if not expires_raw.isdigit() or not hmac.compare_digest(
-            sign(request.app.state.settings.effective_secret_key, path, int(expires_raw)), signature):
-        raise EigerError(403, "The download link is not valid")
-    if int(expires_raw) < time.time():
-        raise EigerError(403, "The download link has expired; ask for a new one")
+    query = request.query_params
+    problem = link_problem(request.app.state.settings.effective_secret_key, request.url.path,
+                           query.get("expires", ""), query.get("signature", ""))
+    if problem is not None:
+        raise EigerError(403, problem)
     version_uuid = version_file.removesuffix(".stl")
     version = (await db.execute(select(PartVersion).where(PartVersion.uuid == version_uuid))).scalar_one_or_none()
     if version is None:
