@@ -117,11 +117,15 @@ async def user_for_api_key(session: AsyncSession, key: str) -> User | None:
     ).scalar_one_or_none()
     if token is None or token.revoked_at is not None or not token.user.is_active:
         return None
-    now = utcnow()
-    # Record use at minute granularity: a write on every request would cost more than it tells.
-    if token.last_used_at is None or (now - token.last_used_at).total_seconds() > 60:
-        token.last_used_at = now
+    _record_use(token)
     return token.user
+
+
+def _record_use(credential: ApiToken | AccessKey) -> None:
+    # At minute granularity: a write on every request would cost more than it tells.
+    now = utcnow()
+    if credential.last_used_at is None or (now - credential.last_used_at).total_seconds() > 60:
+        credential.last_used_at = now
 
 
 async def revoke_api_token(session: AsyncSession, user: User, token_id: int) -> bool:
@@ -160,9 +164,7 @@ async def user_for_access_key(session: AsyncSession, access_key: str, secret: st
         return None
     if key.revoked_at is not None or not key.user.is_active:
         return None
-    now = utcnow()
-    if key.last_used_at is None or (now - key.last_used_at).total_seconds() > 60:
-        key.last_used_at = now
+    _record_use(key)
     return key.user
 
 

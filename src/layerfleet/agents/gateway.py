@@ -36,7 +36,7 @@ from layerfleet.agents.bus import AgentMessage, RemoteStatus
 from layerfleet.agents.linking import printer_for_token
 from layerfleet.agents.status_writer import StatusWriter
 from layerfleet.database import utcnow
-from layerfleet.fleet.models import Printer
+from layerfleet.fleet.models import Printer, status_flags
 from layerfleet.fleet.watching import should_watch
 
 log = logging.getLogger(__name__)
@@ -182,9 +182,7 @@ def _coalescible(older: dict[str, Any], newer: dict[str, Any]) -> bool:
 
 
 def _watch_flags(status: dict[str, Any]) -> tuple[bool, bool, bool]:
-    state = status.get("state")
-    flags = state.get("flags") if isinstance(state, dict) else None
-    flags = flags if isinstance(flags, dict) else {}
+    flags = status_flags(status)
     return bool(flags.get("printing")), bool(flags.get("paused")), bool(flags.get("pausing"))
 
 

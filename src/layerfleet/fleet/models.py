@@ -14,6 +14,21 @@ if TYPE_CHECKING:
     from layerfleet.prints.models import Print
 
 
+def _state(status: dict[str, Any] | None) -> dict[str, Any]:
+    state = (status or {}).get("state")
+    return state if isinstance(state, dict) else {}
+
+
+def status_flags(status: dict[str, Any] | None) -> dict[str, Any]:
+    """The ``state.flags`` of an agent's status (OctoPrint's shape), {} when absent or malformed."""
+    flags = _state(status).get("flags")
+    return flags if isinstance(flags, dict) else {}
+
+
+def status_text(status: dict[str, Any] | None) -> str:
+    return str(_state(status).get("text") or "")
+
+
 class ActionOnFailure(enum.StrEnum):
     PAUSE = "PAUSE"
     NONE = "NONE"
@@ -89,6 +104,9 @@ class Printer(Base):
 
     @property
     def state_flags(self) -> dict[str, Any]:
-        state = (self.status or {}).get("state") or {}
-        flags = state.get("flags") if isinstance(state, dict) else None
-        return flags if isinstance(flags, dict) else {}
+        return status_flags(self.status)
+
+    @property
+    def state_text(self) -> str:
+        """The agent's words for the state ("Printing", "Operational", …); "" when offline."""
+        return status_text(self.status)

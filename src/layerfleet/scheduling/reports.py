@@ -16,7 +16,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fastapi import Request
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -44,13 +43,11 @@ def report_path_for(part_uuid: str) -> str:
     return f"/api/v3/files/reports/{part_uuid}.html"
 
 
-def report_url(request: Request, part: PrintedPart) -> str | None:
+def report_url(part: PrintedPart, secret: str, base_url: str) -> str | None:
+    """The report's signed link (about an hour), None until it is generated."""
     if part.report_path is None:
         return None
-    settings = request.app.state.settings
-    base = (settings.base_url or str(request.base_url)).rstrip("/")
-    return signed_link(settings.effective_secret_key, base, report_path_for(part.uuid),
-                                  REPORT_LINK_SECONDS)
+    return signed_link(secret, base_url, report_path_for(part.uuid), REPORT_LINK_SECONDS)
 
 
 @dataclass

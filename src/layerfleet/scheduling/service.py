@@ -76,9 +76,7 @@ async def check_ready(session: AsyncSession, printer: Printer) -> None:
     if printer.status is None:
         raise ScheduleConflict(f"Printer {printer.name} is offline")
     if await active_job(session, printer) is not None or not is_ready(printer):
-        state = ((printer.status.get("state") or {}).get("text") or "busy") \
-            if isinstance(printer.status.get("state"), dict) else "busy"
-        raise ScheduleConflict(f"Printer {printer.name} is not ready to print (it is {state})")
+        raise ScheduleConflict(f"Printer {printer.name} is not ready to print (it is {printer.state_text or 'busy'})")
 
 
 # --- printing -------------------------------------------------------------------------------------

@@ -89,7 +89,7 @@ async def home(request: Request, db: Db) -> Response:
     printers = [
         {
             "name": p.name,
-            "state": ((p.status or {}).get("state") or {}).get("text") or "Offline",
+            "state": p.state_text or "Offline",
             "watching": not_watching_reason(p) or "Watching",
         }
         for p in await fleet.list_printers(db, user.organization_id)

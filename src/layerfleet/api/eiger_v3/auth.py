@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 
 from layerfleet.accounts import service as accounts
-from layerfleet.accounts.models import Role, User
+from layerfleet.accounts.models import User
 from layerfleet.api.deps import Db
 from layerfleet.api.eiger_v3.errors import EigerError
 
@@ -41,7 +41,3 @@ async def eiger_user(request: Request, db: Db) -> User:
 
 EigerUser = Annotated[User, Depends(eiger_user)]
 
-
-def require(user: User, role: Role) -> None:
-    if not Role(user.role).allows(role):
-        raise EigerError(403, f"Your role ({user.role}) does not allow this; it needs {role.value}")

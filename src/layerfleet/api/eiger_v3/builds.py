@@ -10,8 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, false, select, true, update
 
 from layerfleet.accounts.models import Role
-from layerfleet.api.deps import Db
-from layerfleet.api.eiger_v3.auth import require
+from layerfleet.api.deps import Db, ensure_role
 from layerfleet.api.eiger_v3.common import Caller, CallerDep, domain_errors, json_body, path_uuid
 from layerfleet.api.eiger_v3.errors import EigerError
 from layerfleet.api.eiger_v3.query import (
@@ -95,7 +94,7 @@ class ApproveBuilds(BaseModel):
 
 @router.put("/builds/approved", status_code=204, operation_id="approveBuilds")
 async def approve_builds(request: Request, db: Db, caller: CallerDep) -> Response:
-    require(caller.user, Role.ADMIN)
+    ensure_role(caller.user, Role.ADMIN)
     body = await json_body(request, ApproveBuilds)
     wanted = {parse_uuid("builds[]", raw) for raw in body.builds}
     found = set((await db.execute(select(Build.uuid).where(
@@ -114,7 +113,7 @@ async def approve_builds(request: Request, db: Db, caller: CallerDep) -> Respons
 
 @router.delete("/builds/approved", status_code=204, operation_id="disableApprovedBuilds")
 async def disable_build_approvals(db: Db, caller: CallerDep) -> Response:
-    require(caller.user, Role.ADMIN)
+    ensure_role(caller.user, Role.ADMIN)
     await db.execute(update(Build).where(Build.organization_id == caller.organization_id).values(approved=False)
                      .execution_options(synchronize_session=False))
     caller.organization.build_approvals_enabled = False
@@ -149,7 +148,7 @@ class CreateBuild(BaseModel):
 @router.post("/builds", status_code=201, operation_id="createBuild")
 async def create_build(request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
     """Layerfleet extension: a build of part versions at poses, sliced together for one plate."""
-    require(caller.user, Role.OPERATOR)
+    ensure_role(caller.user, Role.OPERATOR)
     body = await json_body(request, CreateBuild)
     with domain_errors():
         preset = await library.preset_by_uuid(

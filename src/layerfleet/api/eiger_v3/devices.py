@@ -11,8 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.accounts.models import Role
-from layerfleet.api.deps import Db
-from layerfleet.api.eiger_v3.auth import require
+from layerfleet.api.deps import Db, ensure_role
 from layerfleet.api.eiger_v3.common import Caller, CallerDep, json_body, path_uuid
 from layerfleet.api.eiger_v3.errors import EigerError
 from layerfleet.api.eiger_v3.query import COMPARISONS, Filter, Kind, ListSpec, fetch_page, parse_list_query
@@ -115,7 +114,7 @@ class DeviceChanges(BaseModel):
 @router.patch("/devices/{device_id}", operation_id="updateDevice")
 async def update_device(device_id: str, request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
     """Set the device type and series, and the materials loaded (with what is left of them)."""
-    require(caller.user, Role.OPERATOR)
+    ensure_role(caller.user, Role.OPERATOR)
     printer = await printer_by_uuid(db, caller, path_uuid("device_id", device_id))
     changes = await json_body(request, DeviceChanges)
     for name in changes.model_fields_set:

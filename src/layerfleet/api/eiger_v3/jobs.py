@@ -12,8 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, select
 
 from layerfleet.accounts.models import Role
-from layerfleet.api.deps import Db
-from layerfleet.api.eiger_v3.auth import require
+from layerfleet.api.deps import Db, base_url, ensure_role
 from layerfleet.api.eiger_v3.common import Caller, CallerDep, domain_errors, json_body, path_uuid
 from layerfleet.api.eiger_v3.devices import device_context, printer_by_uuid
 from layerfleet.api.eiger_v3.errors import EigerError, not_found
@@ -53,6 +52,10 @@ class DueDate(BaseModel):
     dueDate: date | None = None
 
 
+def _report_url(request: Request, part: PrintedPart) -> str | None:
+    return report_url(part, request.app.state.settings.effective_secret_key, base_url(request))
+
+
 def _check_link(request: Request) -> None:
     """A signed link (no credentials): refused unless the signature holds and it has not expired."""
     query = request.query_params
@@ -60,10 +63,6 @@ def _check_link(request: Request) -> None:
                            query.get("expires", ""), query.get("signature", ""))
     if problem is not None:
         raise EigerError(403, problem)
-
-
-def _base_url(request: Request) -> str:
-    return (request.app.state.settings.base_url or str(request.base_url)).rstrip("/")
 
 
 async def _build(db: Db, caller: Caller, raw: str, name: str = "build", missing_status: int = 404) -> Build:
@@ -75,7 +74,7 @@ async def _build(db: Db, caller: Caller, raw: str, name: str = "build", missing_
 
 @router.post("/devices/{device_id}", status_code=201, tags=["Devices"], operation_id="printToPrinter")
 async def print_to_printer(device_id: str, request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
-    require(caller.user, Role.OPERATOR)
+    ensure_role(caller.user, Role.OPERATOR)
     printer = await printer_by_uuid(db, caller, path_uuid("device_id", device_id))
     body = await json_body(request, BuildRef)
     try:
@@ -92,7 +91,7 @@ async def print_to_printer(device_id: str, request: Request, db: Db, caller: Cal
         await db.rollback()
         raise EigerError(409, str(exc)) from None
     await db.commit()
-    request.app.state.dispatcher.dispatch(dispatch.job.id, _base_url(request))
+    request.app.state.dispatcher.dispatch(dispatch.job.id, base_url(request))
     return print_job_view(dispatch.job)
 
 
@@ -124,7 +123,7 @@ async def list_device_queue(device_id: str, db: Db, caller: CallerDep) -> dict[s
 
 @router.post("/devices/{device_id}/queue", status_code=201, tags=["Devices"], operation_id="appendToDeviceQueue")
 async def append_to_device_queue(device_id: str, request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
-    require(caller.user, Role.OPERATOR)
+    ensure_role(caller.user, Role.OPERATOR)
     printer = await printer_by_uuid(db, caller, path_uuid("device_id", device_id))
     body = await json_body(request, BuildRef)
     build = await _build(db, caller, body.build, missing_status=400)
@@ -152,7 +151,7 @@ async def read_device_queue(device_id: str, queued_job_id: str, db: Db, caller: 
 @router.delete("/devices/{device_id}/queue/{queued_job_id}", status_code=204, tags=["Devices"],
                operation_id="removeFromDeviceQueue")
 async def remove_from_device_queue(device_id: str, queued_job_id: str, db: Db, caller: CallerDep) -> Response:
-    require(caller.user, Role.OPERATOR)
+    ensure_role(caller.user, Role.OPERATOR)
     _, entry = await _queued(db, caller, device_id, queued_job_id)
     scheduling.remove_from_queue(entry)
     await db.commit()
@@ -163,7 +162,7 @@ async def remove_from_device_queue(device_id: str, queued_job_id: str, db: Db, c
              operation_id="startNextInQueue")
 async def start_next_in_queue(device_id: str, request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
     """Layerfleet extension: the bed is clear, print the head of the device's queue."""
-    require(caller.user, Role.OPERATOR)
+    ensure_role(caller.user, Role.OPERATOR)
     printer = await printer_by_uuid(db, caller, path_uuid("device_id", device_id))
     try:
         dispatch = await scheduling.start_next_in_queue(db, caller.user, caller.organization, printer)
@@ -173,14 +172,14 @@ async def start_next_in_queue(device_id: str, request: Request, db: Db, caller: 
     if dispatch is None:
         raise EigerError(409, f"The queue of {printer.name} is empty")
     await db.commit()
-    request.app.state.dispatcher.dispatch(dispatch.job.id, _base_url(request))
+    request.app.state.dispatcher.dispatch(dispatch.job.id, base_url(request))
     return print_job_view(dispatch.job)
 
 
 # --- backlog and job requests ---------------------------------------------------------------------
 
 async def _backlog(build_id: str, request: Request, db: Db, caller: Caller, origin: JobOrigin) -> dict[str, Any]:
-    require(caller.user, Role.OPERATOR)
+    ensure_role(caller.user, Role.OPERATOR)
     build = await _build(db, caller, build_id, "build_id")
     raw = await request.body()
     due = (await json_body(request, DueDate)).dueDate if raw.strip() else None
@@ -202,7 +201,7 @@ async def send_build_to_job_requests(build_id: str, request: Request, db: Db, ca
 @router.delete("/job-requests/{build_id}", status_code=204, tags=["Builds"],
                operation_id="removeBuildFromJobRequestQueue")
 async def remove_build_from_job_requests(build_id: str, db: Db, caller: CallerDep) -> Response:
-    require(caller.user, Role.OPERATOR)
+    ensure_role(caller.user, Role.OPERATOR)
     try:
         build = await library.build_by_uuid(db, caller.organization_id, path_uuid("build_id", build_id))
     except library.NotInLibrary:
@@ -286,7 +285,7 @@ async def read_print_job(print_job_id: str, db: Db, caller: CallerDep) -> dict[s
 async def print_job_scan_reports(print_job_id: str, request: Request, db: Db,
                                  caller: CallerDep) -> list[dict[str, Any]]:
     job = await _job(db, caller, print_job_id)
-    return [{"printed_part_id": part.uuid, "scan_report_url": report_url(request, part)}
+    return [{"printed_part_id": part.uuid, "scan_report_url": _report_url(request, part)}
             for part in job.printed_parts]
 
 
@@ -334,7 +333,7 @@ async def printed_part_scan_report(printed_part_id: str, request: Request, db: D
         dict[str, Any]:
     """The inspection report's URL; asking for it starts its generation when the print is over."""
     part = await _printed_part(db, caller, printed_part_id)
-    url = report_url(request, part)
+    url = _report_url(request, part)
     if url is None and part.state != PrintedPartState.PRINTING.value:
         await request.app.state.reports.request(part.uuid)
     return {"scan_report_url": url}

@@ -13,8 +13,7 @@ from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
 from layerfleet.accounts.models import Role, User
-from layerfleet.api.deps import Db
-from layerfleet.api.eiger_v3.auth import require
+from layerfleet.api.deps import Db, base_url, ensure_role
 from layerfleet.api.eiger_v3.common import Caller, CallerDep, domain_errors, json_body, path_uuid
 from layerfleet.api.eiger_v3.errors import EigerError, bad_request
 from layerfleet.api.eiger_v3.query import parse_uuid
@@ -112,7 +111,7 @@ async def slice_status(slice_job_id: str, db: Db, caller: CallerDep) -> dict[str
 @router.post("/parts/slice_status/{slice_job_id}/cancel", operation_id="cancelSliceJob")
 async def cancel_slice(slice_job_id: str, db: Db, caller: CallerDep) -> dict[str, Any]:
     """Layerfleet extension: stop a slice job (a running slicer is killed within a second)."""
-    require(caller.user, Role.OPERATOR)
+    ensure_role(caller.user, Role.OPERATOR)
     job_uuid = path_uuid("slice_job_id", slice_job_id)
     with domain_errors():
         job = await library.slice_job_by_uuid(db, caller.organization_id, job_uuid)
@@ -133,7 +132,7 @@ class NewPreset(BaseModel):
 @router.post("/parts/settings_presets", status_code=201, operation_id="createSettingsPreset")
 async def create_settings_preset(request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
     """Layerfleet extension: an organization's own slicer profile (``.ini``)."""
-    require(caller.user, Role.ADMIN)
+    ensure_role(caller.user, Role.ADMIN)
     body = await json_body(request, NewPreset)
     with domain_errors():
         preset = await library.create_preset(db, caller.organization_id, body.title, body.ini, body.material)
@@ -168,10 +167,9 @@ async def part_version_download(part_version_id: str, request: Request, db: Db, 
     with domain_errors():
         version = await library.part_version_by_uuid(
             db, caller.organization_id, path_uuid("part_version_id", part_version_id))
-    settings = request.app.state.settings
-    base = settings.base_url or str(request.base_url)
     path = f"/api/v3/files/part_versions/{version.uuid}.stl"
-    return {"url": signed_link(settings.effective_secret_key, base, path, DOWNLOAD_SECONDS)}
+    return {"url": signed_link(request.app.state.settings.effective_secret_key, base_url(request), path,
+                               DOWNLOAD_SECONDS)}
 
 
 @router.get("/files/part_versions/{version_file}", include_in_schema=False)

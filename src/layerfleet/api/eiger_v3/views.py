@@ -103,7 +103,7 @@ def printer_state(printer: Printer, active_job: PrintJob | None = None) -> str:
     if status is None:
         return "Offline"
     flags = printer.state_flags
-    text = str(((status.get("state") or {}).get("text")) or "") if isinstance(status.get("state"), dict) else ""
+    text = printer.state_text
     current = printer.current_print
     if flags.get("error") or (flags.get("closedOrError") and flags.get("operational") is not False):
         return "User Action Required"
@@ -129,9 +129,7 @@ def printer_state(printer: Printer, active_job: PrintJob | None = None) -> str:
 
 def printing_state(printer: Printer) -> str:
     """The spec's PrintingStateEnum while a job runs."""
-    status = printer.status or {}
-    text = str(((status.get("state") or {}).get("text")) or "") if isinstance(status.get("state"), dict) else ""
-    lowered = text.lower()
+    lowered = printer.state_text.lower()
     if "heat" in lowered:
         return "Heating"
     if "cool" in lowered:
