@@ -47,8 +47,6 @@ class StatusWriter:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closed = False
-        self.batches = 0
-        self.written = 0
 
     def submit(self, printer_id: int, token: str, status: dict[str, Any], at: datetime) -> asyncio.Future[None]:
         """Queue ``status`` for the printer (the agent holding ``token``); resolves when written.
@@ -114,8 +112,6 @@ class StatusWriter:
             async with self._sessionmaker() as session:
                 await session.execute(_WRITE, rows)
                 await session.commit()
-            self.batches += 1
-            self.written += len(rows)
         except Exception:
             # A lost status is replaced by the agent's next one within seconds; say so and go on.
             log.exception("could not write %d printer statuses", len(rows))

@@ -143,8 +143,6 @@ class JobQueue(ABC):
         while not self._closed:
             try:
                 job = await self._next()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("could not take a job; retrying")
                 await asyncio.sleep(1.0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass
 from datetime import date, timedelta
 
 from sqlalchemy import func, select, update
@@ -38,10 +37,6 @@ ACTIVE_STATES = (JobState.PRINTING.value, JobState.PAUSED.value)
 
 class ScheduleConflict(Exception):
     """The request conflicts with the state of the printer or build (HTTP 409); nothing changed."""
-
-
-class ScheduleError(ValueError):
-    """The request cannot be carried out as asked (HTTP 400); nothing changed."""
 
 
 # --- G-code links ---------------------------------------------------------------------------------
@@ -81,19 +76,11 @@ async def check_ready(session: AsyncSession, printer: Printer) -> None:
 
 # --- printing -------------------------------------------------------------------------------------
 
-@dataclass
-class Dispatch:
-    """A job to hand to the printer's agent once its row is committed."""
-
-    job: PrintJob
-    printer: Printer
-
-
 async def print_build(session: AsyncSession, user: User, organization: Organization, printer: Printer,
                       build: Build, *, origin: JobOrigin = JobOrigin.DIRECT,
-                      from_queue: QueuedJob | None = None) -> Dispatch:
+                      from_queue: QueuedJob | None = None) -> PrintJob:
     """A job printing ``build`` on ``printer`` (409 unless the printer is ready); the caller
-    commits, then sends the print command with :func:`start_dispatch`."""
+    commits, then has the ``Dispatcher`` send the print command."""
     _check_printable(build, organization)
     await check_ready(session, printer)
     now = utcnow()
@@ -106,7 +93,7 @@ async def print_build(session: AsyncSession, user: User, organization: Organizat
     if from_queue is not None:
         from_queue.state = QueueState.STARTED.value
         from_queue.print_job_id = job.id
-    return Dispatch(job, printer)
+    return job
 
 
 def dispatch_failed(job: PrintJob, reason: str) -> None:
@@ -152,7 +139,7 @@ def remove_from_queue(entry: QueuedJob) -> None:
 
 
 async def start_next_in_queue(session: AsyncSession, user: User, organization: Organization,
-                              printer: Printer) -> Dispatch | None:
+                              printer: Printer) -> PrintJob | None:
     """Print the head of the printer's queue (the operator says the bed is clear)."""
     waiting = await queue_of(session, printer)
     if not waiting:

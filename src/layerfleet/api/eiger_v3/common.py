@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from layerfleet.accounts.models import Organization, User
 from layerfleet.api.deps import Db
 from layerfleet.api.eiger_v3.auth import eiger_user
-from layerfleet.api.eiger_v3.errors import EigerError, bad_request, not_found, validation_message
+from layerfleet.api.eiger_v3.errors import EigerError, bad_request, validation_message
 from layerfleet.api.eiger_v3.query import parse_uuid
 from layerfleet.library.service import LibraryError, NotInLibrary
 
@@ -54,7 +54,7 @@ def domain_errors(missing_status: int = 404) -> Iterator[None]:
         yield
     except NotInLibrary as exc:
         what = str(exc)[:1].upper() + str(exc)[1:]
-        raise EigerError(missing_status, f"{what} not found") if missing_status != 404 else not_found(what) from None
+        raise EigerError(missing_status, f"{what} not found") from None
     except LibraryError as exc:
         raise bad_request(str(exc)) from None
 

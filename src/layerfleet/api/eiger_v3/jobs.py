@@ -84,15 +84,15 @@ async def print_to_printer(device_id: str, request: Request, db: Db, caller: Cal
     build = await _build(db, caller, body.build, missing_status=400)
     queued = next((e for e in await scheduling.queue_of(db, printer) if e.build_id == build.id), None)
     try:
-        dispatch = await scheduling.print_build(
+        job = await scheduling.print_build(
             db, caller.user, caller.organization, printer, build,
             origin=JobOrigin.QUEUE if queued else JobOrigin.DIRECT, from_queue=queued)
     except scheduling.ScheduleConflict as exc:
         await db.rollback()
         raise EigerError(409, str(exc)) from None
     await db.commit()
-    request.app.state.dispatcher.dispatch(dispatch.job.id, base_url(request))
-    return print_job_view(dispatch.job)
+    request.app.state.dispatcher.dispatch(job.id, base_url(request))
+    return print_job_view(job)
 
 
 @router.get("/files/print_jobs/{job_file}", include_in_schema=False)
@@ -165,15 +165,15 @@ async def start_next_in_queue(device_id: str, request: Request, db: Db, caller: 
     ensure_role(caller.user, Role.OPERATOR)
     printer = await printer_by_uuid(db, caller, path_uuid("device_id", device_id))
     try:
-        dispatch = await scheduling.start_next_in_queue(db, caller.user, caller.organization, printer)
+        job = await scheduling.start_next_in_queue(db, caller.user, caller.organization, printer)
     except scheduling.ScheduleConflict as exc:
         await db.rollback()
         raise EigerError(409, str(exc)) from None
-    if dispatch is None:
+    if job is None:
         raise EigerError(409, f"The queue of {printer.name} is empty")
     await db.commit()
-    request.app.state.dispatcher.dispatch(dispatch.job.id, base_url(request))
-    return print_job_view(dispatch.job)
+    request.app.state.dispatcher.dispatch(job.id, base_url(request))
+    return print_job_view(job)
 
 
 # --- backlog and job requests ---------------------------------------------------------------------
