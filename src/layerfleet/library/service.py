@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from layerfleet.accounts.models import User
@@ -38,8 +38,8 @@ SLICE_JOB_KIND = "slice"
 DEFAULT_PRESET_UUID = "6f1a7c1e-2b0d-4c55-9a57-6d3c1f0e9b01"
 DEFAULT_PRESET_TITLE = "Layerfleet default (PLA, 0.2 mm layers, 15 % infill)"
 SLICE_TIMEOUT_SECONDS = 600.0
-# A job still IN_PROGRESS this long after it started was lost with its worker: run it again.
-STALE_AFTER = timedelta(seconds=SLICE_TIMEOUT_SECONDS + 120)
+# A job still IN_PROGRESS this long past the slice timeout was lost with its worker.
+STALE_MARGIN = timedelta(seconds=120)
 MAX_TITLE = 255
 BED_LIMIT_MM = 10_000  # poses are integers in mm; anything beyond this is a typing error
 
@@ -321,13 +321,17 @@ async def mark_queued(session: AsyncSession, job: SliceJob) -> None:
     ).values(status=SliceStatus.QUEUED.value))
 
 
-async def unfinished_jobs(session: AsyncSession) -> list[str]:
+def _claimable(timeout: float) -> ColumnElement[bool]:
+    """Jobs a worker may take: waiting, or IN_PROGRESS longer than any slice may run (their
+    worker is gone). ``timeout`` is the slice timeout, so a running slice is never taken."""
+    stale = utcnow() - timedelta(seconds=timeout) - STALE_MARGIN
+    return or_(SliceJob.status.in_([SliceStatus.REQUESTED.value, SliceStatus.QUEUED.value]),
+               (SliceJob.status == SliceStatus.IN_PROGRESS.value) & (SliceJob.started_at < stale))
+
+
+async def unfinished_jobs(session: AsyncSession, slice_timeout: float) -> list[str]:
     """Slice jobs to hand to the queue at start: never requested, queued, or lost mid-slice."""
-    stale = utcnow() - STALE_AFTER
-    query = select(SliceJob.uuid).where(or_(
-        SliceJob.status.in_([SliceStatus.REQUESTED.value, SliceStatus.QUEUED.value]),
-        (SliceJob.status == SliceStatus.IN_PROGRESS.value) & (SliceJob.started_at < stale),
-    )).order_by(SliceJob.id)
+    query = select(SliceJob.uuid).where(_claimable(slice_timeout)).order_by(SliceJob.id)
     return list((await session.execute(query)).scalars())
 
 
@@ -371,15 +375,12 @@ class SliceRunner:
             await self._finish(job_id, SliceStatus.ERROR, "The slice failed on the server; see its log.")
 
     async def _claim(self, job_uuid: str) -> int | None:
-        stale = utcnow() - STALE_AFTER
         async with self._sessionmaker() as session:
             job = (await session.execute(select(SliceJob).where(SliceJob.uuid == job_uuid))).scalar_one_or_none()
             if job is None:
                 return None
             result = await session.execute(update(SliceJob).where(
-                SliceJob.id == job.id,
-                or_(SliceJob.status.in_([SliceStatus.REQUESTED.value, SliceStatus.QUEUED.value]),
-                    (SliceJob.status == SliceStatus.IN_PROGRESS.value) & (SliceJob.started_at < stale)),
+                SliceJob.id == job.id, _claimable(self._timeout),
             ).values(status=SliceStatus.IN_PROGRESS.value, started_at=utcnow(), attempts=SliceJob.attempts + 1)
             .execution_options(synchronize_session=False))
             await session.commit()

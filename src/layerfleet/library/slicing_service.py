@@ -23,6 +23,7 @@ class SlicingService:
         self._queue = queue
         self.workers = workers
         self.sole_worker = sole_worker
+        self.timeout = timeout
         self.runner = library.SliceRunner(sessionmaker, data_dir, timeout=timeout)
 
     async def start(self) -> None:
@@ -36,7 +37,7 @@ class SlicingService:
                 released = await library.release_in_progress(session)
                 if released:
                     log.info("%d slice job(s) interrupted by the last stop will run again", released)
-            waiting = await library.unfinished_jobs(session)
+            waiting = await library.unfinished_jobs(session, self.timeout)
             await session.commit()
         if waiting:
             log.info("%d slice job(s) waiting from before the start", len(waiting))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
+from collections import defaultdict
+from collections.abc import Sequence
 from datetime import date, timedelta
 
 from sqlalchemy import func, select, update
@@ -54,10 +56,18 @@ def remote_filename(build: Build, job_uuid: str) -> str:
 
 # --- checks ---------------------------------------------------------------------------------------
 
+async def active_jobs(session: AsyncSession, printer_ids: Sequence[int]) -> dict[int, PrintJob]:
+    """The job printing (or paused) on each of these printers, the newest if several."""
+    if not printer_ids:
+        return {}
+    jobs = (await session.execute(select(PrintJob).where(
+        PrintJob.printer_id.in_(printer_ids), PrintJob.state.in_(ACTIVE_STATES),
+    ).order_by(PrintJob.id))).unique().scalars()
+    return {job.printer_id: job for job in jobs if job.printer_id is not None}  # later ids win
+
+
 async def active_job(session: AsyncSession, printer: Printer) -> PrintJob | None:
-    return (await session.execute(select(PrintJob).where(
-        PrintJob.printer_id == printer.id, PrintJob.state.in_(ACTIVE_STATES),
-    ).order_by(PrintJob.id.desc()).limit(1))).unique().scalar_one_or_none()
+    return (await active_jobs(session, [printer.id])).get(printer.id)
 
 
 def _check_printable(build: Build, organization: Organization) -> None:
@@ -116,10 +126,19 @@ async def expire_dispatches(session: AsyncSession) -> int:
 
 # --- queues ---------------------------------------------------------------------------------------
 
+async def queues_of(session: AsyncSession, printer_ids: Sequence[int]) -> defaultdict[int, list[QueuedJob]]:
+    """The waiting entries of these printers' queues, in queue order (every id has a list)."""
+    queues: defaultdict[int, list[QueuedJob]] = defaultdict(list)
+    if printer_ids:
+        for entry in (await session.execute(select(QueuedJob).where(
+                QueuedJob.printer_id.in_(printer_ids), QueuedJob.state == QueueState.QUEUED.value,
+        ).order_by(QueuedJob.position, QueuedJob.id))).unique().scalars():
+            queues[entry.printer_id].append(entry)
+    return queues
+
+
 async def queue_of(session: AsyncSession, printer: Printer) -> list[QueuedJob]:
-    return list((await session.execute(select(QueuedJob).where(
-        QueuedJob.printer_id == printer.id, QueuedJob.state == QueueState.QUEUED.value,
-    ).order_by(QueuedJob.position, QueuedJob.id))).unique().scalars())
+    return (await queues_of(session, [printer.id]))[printer.id]
 
 
 async def append_to_queue(session: AsyncSession, printer: Printer, build: Build) -> QueuedJob:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -17,7 +16,8 @@ from layerfleet.api.eiger_v3.errors import EigerError
 from layerfleet.api.eiger_v3.query import COMPARISONS, Filter, Kind, ListSpec, fetch_page, parse_list_query
 from layerfleet.api.eiger_v3.views import DEVICE_SERIES, PRINTER_TYPES, device_view_extended
 from layerfleet.fleet.models import Printer
-from layerfleet.scheduling.models import JobState, PrintJob, QueuedJob, QueueState
+from layerfleet.scheduling import service as scheduling
+from layerfleet.scheduling.models import PrintJob, QueuedJob
 
 router = APIRouter(tags=["Devices"])
 
@@ -32,27 +32,12 @@ DEVICES = ListSpec(
     default_sort="name",
     default_order="asc",
 )
-LIVE_STATES = (JobState.PRINTING.value, JobState.PAUSED.value, JobState.UNKNOWN.value)
 
 
 async def device_context(db: AsyncSession, printer_ids: list[int]) -> tuple[
         dict[int, list[QueuedJob]], dict[int, PrintJob]]:
-    """The queues and the active (or last) job of these printers, in two queries."""
-    queues: dict[int, list[QueuedJob]] = defaultdict(list)
-    active: dict[int, PrintJob] = {}
-    if not printer_ids:
-        return queues, active
-    for entry in (await db.execute(select(QueuedJob).where(
-            QueuedJob.printer_id.in_(printer_ids), QueuedJob.state == QueueState.QUEUED.value,
-    ).order_by(QueuedJob.position, QueuedJob.id))).unique().scalars():
-        queues[entry.printer_id].append(entry)
-    jobs = (await db.execute(select(PrintJob).where(
-        PrintJob.printer_id.in_(printer_ids), PrintJob.state.in_(LIVE_STATES),
-    ).order_by(PrintJob.id))).unique().scalars()
-    for job in jobs:
-        if job.printer_id is not None:
-            active[job.printer_id] = job  # the newest wins
-    return queues, active
+    """The queues and the active job of these printers, in two queries."""
+    return await scheduling.queues_of(db, printer_ids), await scheduling.active_jobs(db, printer_ids)
 
 
 async def printer_by_uuid(db: AsyncSession, caller: Caller, device_uuid: str, *,
