@@ -45,3 +45,15 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
         yield opened
     finally:
         await context.close()
+
+
+MEMBER_PASSWORD = "password-123"  # conftest's Farm.member
+
+
+async def sign_in(page: Page, live_url: str, email: str, password: str = MEMBER_PASSWORD, then: str = "/") -> None:
+    """Sign in through the real sign-in page and land on ``then``."""
+    await page.goto(f"{live_url}/accounts/login/?next={then}")
+    await page.get_by_label("Email").fill(email)
+    await page.get_by_label("Password").fill(password)
+    await page.get_by_role("button", name="Sign in").click()
+    await page.wait_for_url(f"{live_url}{then}")

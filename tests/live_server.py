@@ -16,7 +16,7 @@ class LiveServer:
     def __init__(self, settings: Settings, port: int = 0) -> None:
         """``port`` 0 takes a free one; a fixed port lets a test restart "the same" server."""
         config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="on")
+                                lifespan="on", timeout_graceful_shutdown=3)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

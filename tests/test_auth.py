@@ -17,7 +17,7 @@ from layerfleet.accounts.models import Role, User, WebSession
 from layerfleet.accounts.passwords import verify_password
 from layerfleet.app import SESSION_COOKIE
 from layerfleet.ratelimit import RateLimiter
-from layerfleet.web import routes
+from layerfleet.web import auth as routes
 
 PASSWORD = "password-123"  # what the farm fixture gives every member
 ORIGIN = "http://testserver"

@@ -28,6 +28,6 @@ async def test_sign_in_shows_the_farm_and_wrong_passwords_say_so(
     await page.get_by_label("Password").fill(PASSWORD)
     await page.keyboard.press("Enter")  # the form works from the keyboard
     await expect(page).to_have_url(f"{live_url}/")
-    rows = page.get_by_role("row")
-    await expect(rows.filter(has_text="Voron 2.4")).to_contain_text("Printing")
-    await expect(rows.filter(has_text="Ender 3")).to_contain_text("Offline")
+    cards = page.get_by_role("listitem")
+    await expect(cards.filter(has_text="Voron 2.4").locator(".badge")).to_have_text("Printing")
+    await expect(cards.filter(has_text="Ender 3").locator(".badge")).to_have_text("Offline")

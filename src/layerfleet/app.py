@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
-from layerfleet import __version__, media
+from layerfleet import __version__, media, web
 from layerfleet.agents.bus import CommandBus, InProcessCommandBus
 from layerfleet.agents.frames import FrameSink, NullFrameSink
 from layerfleet.agents.gateway import AgentGateway
@@ -24,13 +24,13 @@ from layerfleet.api.errors import install_error_handlers
 from layerfleet.config import Settings, load_settings
 from layerfleet.database import create_engine, create_sessionmaker
 from layerfleet.detection.pipeline import WatchingPipeline
+from layerfleet.fleet.events import FleetEvents, RedisFleetEvents
 from layerfleet.jobs import create_job_queue
 from layerfleet.library.slicing_service import SlicingService
 from layerfleet.printwatch.inference import PrintWatchInference
 from layerfleet.ratelimit import RateLimiter
 from layerfleet.scheduling.dispatcher import Dispatcher
 from layerfleet.scheduling.reports import ReportService
-from layerfleet.web import routes as web
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,12 @@ def _default_bus(settings: Settings) -> CommandBus:
     return InProcessCommandBus()
 
 
+def _default_events(settings: Settings) -> FleetEvents:
+    if settings.redis_url:
+        return RedisFleetEvents(settings.redis_url, namespace=settings.redis_namespace)
+    return FleetEvents()
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -94,13 +100,15 @@ def create_app(
     engine = create_engine(settings.effective_database_url, echo=settings.db_echo)
     bus = command_bus or _default_bus(settings)
     sessionmaker = create_sessionmaker(engine)
-    gateway = AgentGateway(sessionmaker, bus)
+    events = _default_events(settings)
+    gateway = AgentGateway(sessionmaker, bus, events=events)
 
     pipeline: WatchingPipeline | None = None
     if frame_sink is None and settings.detection_enabled:
         pipeline = WatchingPipeline(
             sessionmaker, bus, data_dir=settings.data_dir, interval_seconds=settings.detection_interval_seconds,
             batch_size=settings.detection_batch_size, unlimited_hours=settings.unlimited_detection_hours,
+            events=events,
         )
 
     slicing = SlicingService(
@@ -113,6 +121,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await bus.start()
+        await events.start()
         if pipeline is not None:
             await pipeline.start()
         await slicing.start()
@@ -126,6 +135,7 @@ def create_app(
             await gateway.close_all()
             if pipeline is not None:
                 await pipeline.close()
+            await events.close()
             await bus.close()
             await engine.dispose()
 
@@ -142,6 +152,7 @@ def create_app(
     app.state.sessionmaker = sessionmaker
     app.state.command_bus = bus
     app.state.agent_gateway = gateway
+    app.state.fleet_events = events
     app.state.frame_sink = frame_sink or pipeline or NullFrameSink()
     app.state.watching = pipeline
     app.state.slicing = slicing

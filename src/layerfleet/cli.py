@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import getpass
 import logging
+import os
 import secrets
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -16,6 +17,8 @@ from layerfleet import __version__
 from layerfleet.config import Settings, load_settings
 
 T = TypeVar("T")
+# Seconds a stopping server waits for open requests (live pages' event streams never end).
+SHUTDOWN_GRACE_SECONDS = 5
 
 
 def _with_session(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
@@ -56,6 +59,12 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         settings.host = args.host
     if args.port:
         settings.port = args.port
+    if args.demo and "LAYERFLEET_DETECTION_INTERVAL_SECONDS" not in os.environ:
+        from layerfleet.demo import DEMO_DETECTION_INTERVAL
+
+        # The detector holds its fire for a print's first 30 frames; at the usual 10 s a
+        # visitor would wait five minutes to see it pause the failing demo printer.
+        settings.detection_interval_seconds = DEMO_DETECTION_INTERVAL
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     if not args.no_migrate:
         migrate(settings.effective_database_url)
@@ -83,6 +92,8 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
         uvicorn.run(
             create_app(settings), host=settings.host, port=settings.port,
             log_level=settings.log_level, proxy_headers=True,
+            # Live pages hold their event streams open; they reconnect to the next server.
+            timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
         )
     finally:
         if simulator is not None:
@@ -92,18 +103,19 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _start_demo_simulator(settings: Settings, token: str) -> Any:
-    """`layerfleet simulate` beside the server, so the demo shows live printers (one in three
-    prints fails); it waits for the server, and stops with it."""
-    import os
+    """`layerfleet simulate` beside the server, so the demo shows live printers (the first
+    printer's first print fails within minutes, then one print in three); it waits for the
+    server, and stops with it."""
     import subprocess
 
-    from layerfleet.demo import DEMO_FAIL_RATE, DEMO_PRINTERS
+    from layerfleet.demo import DEMO_DETECTION_INTERVAL, DEMO_FAIL_RATE, DEMO_PRINTERS
 
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
     host = f"[{host}]" if ":" in host else host
     command = [
         sys.executable, "-m", "layerfleet", "simulate", "--server", f"http://{host}:{settings.port}",
         "--token", token, "--printers", str(DEMO_PRINTERS), "--fail-rate", str(DEMO_FAIL_RATE),
+        "--fail-first", "1", "--picture-interval", str(DEMO_DETECTION_INTERVAL),
         "--print-minutes", "10-30", "--name", "Demo printer",
         "--state", str(settings.data_dir / "simulated-printers.json"), "--stop-with-pid", str(os.getpid()),
     ]
@@ -314,7 +326,6 @@ AGENT_EXIT_CODES = {"REQUESTED": 0, "UNAUTHORIZED": 2, "DUPLICATE": 3}
 async def _stop_when_gone(pid: int, stop: asyncio.Event) -> None:
     """Set ``stop`` once process ``pid`` has exited. Uvicorn re-raises the SIGTERM it caught
     after its shutdown, so `serve --demo` may die before it can stop its simulator itself."""
-    import os
 
     while not stop.is_set():
         try:
@@ -473,7 +484,8 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
             return 2
         print(f"  {len(links)} simulated printer(s) on {args.server}; Ctrl-C stops them", flush=True)
         cadence = Cadence(watched_picture=args.picture_interval)
-        results = await run_farm(args.server, links, options, cadence=cadence, seed=args.seed, stop=stop)
+        results = await run_farm(args.server, links, options, cadence=cadence, seed=args.seed, stop=stop,
+                                 failing_first=args.fail_first)
         print(f"simulator stopped: {describe(results)}", flush=True)
         return 0
 
@@ -608,6 +620,8 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--token", required=True, help="API token of an admin (`layerfleet token create`)")
     simulate.add_argument("--printers", type=int, default=3, help="how many printers (default 3)")
     simulate.add_argument("--fail-rate", type=_fraction, default=0.0, help="share of prints that fail, 0–1")
+    simulate.add_argument("--fail-first", type=int, default=0, metavar="N",
+                          help="the first print of the first N printers fails early (a demo of the detector)")
     simulate.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second (default 1)")
     simulate.add_argument("--print-minutes", type=_minutes_range, default=(20.0, 60.0), metavar="MIN-MAX",
                           help="print length range in simulated minutes (default 20-60)")

@@ -19,6 +19,9 @@ ADMIN_EMAIL = "admin@example.com"
 DEMO_TOKEN_FILE = "demo-simulator-token"
 DEMO_PRINTERS = 3
 DEMO_FAIL_RATE = 0.3
+# Seconds between scored frames (and watched pictures) in the demo: the failing printer is
+# paused about two minutes after its print starts.
+DEMO_DETECTION_INTERVAL = 3.0
 
 
 @dataclass(frozen=True)

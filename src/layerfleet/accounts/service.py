@@ -128,6 +128,11 @@ def _record_use(credential: ApiToken | AccessKey) -> None:
         credential.last_used_at = now
 
 
+async def api_tokens_of(session: AsyncSession, user: User) -> list[ApiToken]:
+    query = select(ApiToken).where(ApiToken.user_id == user.id).order_by(ApiToken.id)
+    return list((await session.execute(query)).scalars())
+
+
 async def revoke_api_token(session: AsyncSession, user: User, token_id: int) -> bool:
     token = await session.get(ApiToken, token_id)
     if token is None or token.user_id != user.id or token.revoked_at is not None:

@@ -36,6 +36,7 @@ from layerfleet.agents.bus import AgentMessage, RemoteStatus
 from layerfleet.agents.linking import printer_for_token
 from layerfleet.agents.status_writer import StatusWriter
 from layerfleet.database import utcnow
+from layerfleet.fleet.events import FleetEvents
 from layerfleet.fleet.models import Printer, status_flags
 from layerfleet.fleet.watching import should_watch
 
@@ -193,18 +194,29 @@ class AgentGateway:
         registry: object,
         *,
         probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
+        events: FleetEvents | None = None,
     ) -> None:
         self._sessionmaker = sessionmaker
+        self.events = events or FleetEvents()
         self._registry = registry if isinstance(registry, AgentRegistry) else None
         if self._registry is None:
             log.warning("the command bus takes no local agents; commands will not reach agents connected here")
         self.probe_timeout = probe_timeout
         self._connections: dict[int, AgentConnection] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self.status_writer = StatusWriter(sessionmaker)
+        self.status_writer = StatusWriter(sessionmaker, written=self._statuses_written)
 
     def is_connected(self, printer_id: int) -> bool:
         return printer_id in self._connections
+
+    def _statuses_written(self, printer_ids: list[int]) -> None:
+        by_organization: dict[int, list[int]] = {}
+        for printer_id in printer_ids:
+            connection = self._connections.get(printer_id)
+            if connection is not None:  # one gone since is announced by its offline mark
+                by_organization.setdefault(connection.organization_id, []).append(printer_id)
+        for organization_id, ids in by_organization.items():
+            self.events.publish(organization_id, ids)
 
     async def call(
         self, printer_id: int, func: str, *args: Any, target: str = PROBE_TARGET,
@@ -315,12 +327,15 @@ class AgentGateway:
         log.info("agent of printer %s disconnected", connection.printer_id)
         # Its own task: a server that cancels the connection's task on disconnect must not
         # leave the printer looking online.
-        task = asyncio.ensure_future(self._mark_offline(connection.printer_id, connection.status_written))
+        task = asyncio.ensure_future(
+            self._mark_offline(connection.printer_id, connection.organization_id, connection.status_written))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
         await asyncio.shield(task)
 
-    async def _mark_offline(self, printer_id: int, status_written: asyncio.Future[None] | None) -> None:
+    async def _mark_offline(
+        self, printer_id: int, organization_id: int, status_written: asyncio.Future[None] | None
+    ) -> None:
         if status_written is not None:
             # A status still waiting in the writer would otherwise land after this and show
             # the printer online again.
@@ -336,6 +351,8 @@ class AgentGateway:
                 await session.commit()
         except Exception:
             log.exception("could not mark printer %s offline", printer_id)
+            return
+        self.events.publish(organization_id, [printer_id])
 
     @staticmethod
     def _is_plain_status(connection: AgentConnection, update_: lifecycle.AgentUpdate) -> bool:
@@ -431,6 +448,7 @@ class AgentGateway:
             await lifecycle.apply_update(session, printer, update_, utcnow())
             await session.commit()
             watch = should_watch(printer)
+        self.events.publish(connection.organization_id, [connection.printer_id])
         if update_.status is not None:
             connection.applied_flags = _watch_flags(update_.status)
         if update_.current_print_ts is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -39,9 +40,17 @@ _WRITE = (
 
 
 class StatusWriter:
-    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], *, interval: float = DEFAULT_INTERVAL) -> None:
+    def __init__(
+        self,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        written: Callable[[list[int]], None] | None = None,
+    ) -> None:
         self._sessionmaker = sessionmaker
         self.interval = interval
+        # Told the printers of each batch once it is stored (the fleet's live pages follow them).
+        self._written = written
         self._waiting: dict[int, dict[str, Any]] = {}
         self._futures: dict[int, asyncio.Future[None]] = {}
         self._wake = asyncio.Event()
@@ -112,6 +121,8 @@ class StatusWriter:
             async with self._sessionmaker() as session:
                 await session.execute(_WRITE, rows)
                 await session.commit()
+            if self._written is not None:
+                self._written([row["printer_id"] for row in rows])
         except Exception:
             # A lost status is replaced by the agent's next one within seconds; say so and go on.
             log.exception("could not write %d printer statuses", len(rows))

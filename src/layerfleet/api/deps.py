@@ -104,6 +104,11 @@ Operator = Annotated[User, Depends(require_role(Role.OPERATOR))]
 Admin = Annotated[User, Depends(require_role(Role.ADMIN))]
 
 
+def printer_changed(request: Request, organization_id: int, printer_id: int) -> None:
+    """Tell the fleet's live pages that a request changed this printer."""
+    request.app.state.fleet_events.publish(organization_id, [printer_id])
+
+
 def base_url(request: Request) -> str:
     configured: str | None = request.app.state.settings.base_url
     return (configured or str(request.base_url)).rstrip("/")

@@ -87,3 +87,13 @@ def normalized_p(scores: PrintScores, baseline: PrinterBaseline, sensitivity: fl
     if x < failure:
         return 1 / 3 + (x - warning) / (failure - warning) / 3
     return min(1.0, 2 / 3 + (x - failure) / (failure * 0.5) / 3)
+
+
+def gauge_zone(normalized_p: float) -> str:
+    """The gauge's zone: "green" below the warning level, "yellow" up to the failure level,
+    "red" beyond (thirds of :func:`normalized_p`, as the reference's gauge colours them)."""
+    if normalized_p < 1 / 3:
+        return "green"
+    if normalized_p < 2 / 3:
+        return "yellow"
+    return "red"

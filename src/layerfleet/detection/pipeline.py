@@ -23,6 +23,7 @@ from layerfleet.agents.bus import CommandBus
 from layerfleet.detection.imaging import BadImage
 from layerfleet.detection.runtime import Detector, FrameResult
 from layerfleet.detection.watching import FrameOutcome, apply_frame, is_watched_now
+from layerfleet.fleet.events import FleetEvents
 from layerfleet.fleet.models import Printer
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,7 @@ MAX_WAITING_FRAMES = 256
 @dataclass(frozen=True)
 class PendingFrame:
     printer_id: int
+    organization_id: int
     jpeg: bytes
     received_at: datetime
 
@@ -48,8 +50,10 @@ class WatchingPipeline:
         batch_size: int = 8,
         unlimited_hours: bool = False,
         detector: Detector | None = None,
+        events: FleetEvents | None = None,
     ) -> None:
         self.sessionmaker = sessionmaker
+        self.events = events or FleetEvents()
         self.bus = bus
         self.data_dir = data_dir
         self.interval = timedelta(seconds=interval_seconds)
@@ -89,7 +93,7 @@ class WatchingPipeline:
                 return  # scored one recently: this picture only updates the printer's picture
             await session.commit()
         try:
-            self.queue.put_nowait(PendingFrame(printer_id, jpeg_bytes, received_at))
+            self.queue.put_nowait(PendingFrame(printer_id, organization_id, jpeg_bytes, received_at))
         except asyncio.QueueFull:
             # Falling behind: skipping a frame costs one sample of ten seconds, blocking costs the agents.
             self.dropped += 1
@@ -130,5 +134,6 @@ class WatchingPipeline:
             return
         if outcome is not None:
             self.scored += 1
+            self.events.publish(frame.organization_id, [frame.printer_id])
             if self.outcomes is not None:
                 self.outcomes.put_nowait(outcome)

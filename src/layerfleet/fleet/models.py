@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import enum
+import math
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,66 @@ def status_flags(status: dict[str, Any] | None) -> dict[str, Any]:
 
 def status_text(status: dict[str, Any] | None) -> str:
     return str(_state(status).get("text") or "")
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+@dataclass(frozen=True)
+class JobProgress:
+    """How far the agent says its print is (OctoPrint's ``job`` and ``progress``)."""
+
+    file: str | None
+    completion: float | None  # percent, 0–100
+    seconds_left: int | None
+    seconds_printing: int | None
+
+
+def job_progress(status: dict[str, Any] | None) -> JobProgress:
+    status = status or {}
+    job = status.get("job") if isinstance(status.get("job"), dict) else {}
+    file = job.get("file") if isinstance(job, dict) and isinstance(job.get("file"), dict) else {}
+    name = (file.get("display") or file.get("name")) if isinstance(file, dict) else None
+    progress = status.get("progress") if isinstance(status.get("progress"), dict) else {}
+    assert isinstance(progress, dict)
+    completion = _number(progress.get("completion"))
+    left = _number(progress.get("printTimeLeft"))
+    printing = _number(progress.get("printTime"))
+    return JobProgress(
+        file=str(name) if name else None,
+        completion=min(100.0, max(0.0, completion)) if completion is not None else None,
+        seconds_left=max(0, int(left)) if left is not None else None,
+        seconds_printing=max(0, int(printing)) if printing is not None else None,
+    )
+
+
+class FleetState(enum.StrEnum):
+    """The five states an operator sorts a farm by."""
+
+    PRINTING = "Printing"
+    PAUSED = "Paused"
+    IDLE = "Idle"
+    OFFLINE = "Offline"
+    ERROR = "Error"
+
+
+def fleet_state(status: dict[str, Any] | None) -> FleetState:
+    if status is None:
+        return FleetState.OFFLINE
+    flags = status_flags(status)
+    if flags.get("error") or (flags.get("closedOrError") and not flags.get("operational")):
+        return FleetState.ERROR
+    if flags.get("paused") or flags.get("pausing"):
+        return FleetState.PAUSED
+    if flags.get("printing") or flags.get("resuming") or flags.get("cancelling") or flags.get("finishing"):
+        return FleetState.PRINTING
+    if flags.get("operational") or flags.get("ready"):
+        return FleetState.IDLE
+    # Agent online but its printer is not connected (OctoPrint "Offline", Klipper shut down).
+    return FleetState.OFFLINE
 
 
 class ActionOnFailure(enum.StrEnum):

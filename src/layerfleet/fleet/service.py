@@ -7,6 +7,7 @@ indistinguishable from one that does not exist.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,10 +21,14 @@ def new_printer_token() -> str:
     return secrets.token_hex(20)
 
 
-async def list_printers(session: AsyncSession, organization_id: int, *, with_archived: bool = False) -> list[Printer]:
+async def list_printers(
+    session: AsyncSession, organization_id: int, *, with_archived: bool = False, ids: Iterable[int] | None = None,
+) -> list[Printer]:
     query = select(Printer).where(Printer.organization_id == organization_id).order_by(Printer.id)
     if not with_archived:
         query = query.where(Printer.archived_at.is_(None))
+    if ids is not None:
+        query = query.where(Printer.id.in_(list(ids)))
     return list((await session.execute(query)).scalars())
 
 

@@ -13,7 +13,7 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -141,11 +141,14 @@ async def run_farm(
     cadence: Cadence | None = None,
     seed: int | None = None,
     stop: asyncio.Event | None = None,
+    failing_first: int = 0,
 ) -> list[Stopped]:
-    """Run one simulated printer per link until ``stop`` is set (or every agent gave up)."""
+    """Run one simulated printer per link until ``stop`` is set (or every agent gave up);
+    the first print of the first ``failing_first`` printers fails early."""
     runners: list[AgentRunner] = []
     for index, link in enumerate(links):
-        printer = SimulatedPrinter(link.name, options, seed=None if seed is None else seed + index)
+        printer_options = replace(options, first_print_fails=index < failing_first)
+        printer = SimulatedPrinter(link.name, printer_options, seed=None if seed is None else seed + index)
         runners.append(AgentRunner(server, link.token, printer, SimulatedCamera(printer),
                                    cadence=cadence, label=link.name))
     tasks = [asyncio.create_task(runner.run()) for runner in runners]

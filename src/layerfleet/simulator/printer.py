@@ -57,6 +57,8 @@ class SimulationOptions:
     idle_seconds: tuple[float, float] = (20.0, 90.0)
     heating_rate: float = 2.5  # °C per simulated second, nozzle; the bed heats at a third
     start_printing: bool = True  # start the first job soon (False: wait idle)
+    # The first print fails early: a demo shows the detector at work within minutes.
+    first_print_fails: bool = False
 
 
 class SimulatedPrinter(Connector):
@@ -72,6 +74,7 @@ class SimulatedPrinter(Connector):
         self.tool = Temperature(AMBIENT, 0.0)
         self.bed = Temperature(AMBIENT, 0.0)
         self.job: Job | None = None
+        self._jobs_started = 0
         self.printed_seconds = 0.0  # progress clock of the current job
         self.elapsed_seconds = 0.0  # since the job started, heating and pauses included
         self.heated = False
@@ -210,7 +213,9 @@ class SimulatedPrinter(Connector):
 
     def _new_job(self, file_name: str | None = None) -> Job:
         minutes = self.rng.uniform(self.options.min_print_minutes, self.options.max_print_minutes)
-        fails = self.rng.random() < self.options.fail_rate
+        first_fails = self.options.first_print_fails and not self._jobs_started
+        self._jobs_started += 1
+        fails = first_fails or self.rng.random() < self.options.fail_rate
         return Job(
             file_name=file_name or f"{self.rng.choice(PART_NAMES)}_{self.rng.randint(1, 99):02d}.gcode",
             duration=minutes * 60,
@@ -218,7 +223,8 @@ class SimulatedPrinter(Connector):
             size=self.rng.randint(400_000, 12_000_000),
             tool_target=float(self.rng.choice((205, 210, 215, 220, 240))),
             bed_target=float(self.rng.choice((55, 60, 65, 80))),
-            fails_at=self.rng.uniform(0.08, 0.3) if fails else None,
+            fails_at=(self.rng.uniform(0.02, 0.04) if first_fails else self.rng.uniform(0.08, 0.3))
+            if fails else None,
         )
 
     def _start_job(self, file_name: str | None = None) -> None:

@@ -1,4 +1,5 @@
-"""HTTP Basic auth with an access key (user name) and secret key (password)."""
+"""Who is calling: HTTP Basic with an access key (user name) and secret key (password), or,
+for the dashboard's own pages, the signed-in session cookie when no Authorization is sent."""
 
 from __future__ import annotations
 
@@ -10,10 +11,11 @@ from fastapi import Depends, Request
 
 from layerfleet.accounts import service as accounts
 from layerfleet.accounts.models import User
-from layerfleet.api.deps import Db
+from layerfleet.api.deps import Db, same_origin, session_user
 from layerfleet.api.eiger_v3.errors import EigerError
 
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="Layerfleet print-farm API"'}
+_UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def unauthorized(message: str) -> EigerError:
@@ -21,7 +23,16 @@ def unauthorized(message: str) -> EigerError:
 
 
 async def eiger_user(request: Request, db: Db) -> User:
-    scheme, _, encoded = (request.headers.get("authorization") or "").partition(" ")
+    header = request.headers.get("authorization")
+    if not header:
+        user = await session_user(request, db)
+        if user is not None:
+            if request.method in _UNSAFE_METHODS and not same_origin(request):
+                # The browser sends the cookie with any site's request: it alone must not change anything.
+                raise EigerError(403, "Cross-site request refused: send it from Layerfleet's own pages "
+                                      "or authenticate with HTTP Basic")
+            return user
+    scheme, _, encoded = (header or "").partition(" ")
     if scheme.lower() != "basic" or not encoded.strip():
         raise unauthorized("Authentication required: HTTP Basic with your access key and secret key")
     try:
@@ -40,4 +51,3 @@ async def eiger_user(request: Request, db: Db) -> User:
 
 
 EigerUser = Annotated[User, Depends(eiger_user)]
-

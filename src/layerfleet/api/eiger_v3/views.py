@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from layerfleet.accounts.models import User
-from layerfleet.fleet.models import Printer
+from layerfleet.fleet.models import Printer, job_progress
 from layerfleet.library.models import Build, Part, PartVersion
 from layerfleet.scheduling.models import JobState, PrintedPart, PrintJob, QueuedJob
 
@@ -142,9 +142,7 @@ def printing_state(printer: Printer) -> str:
 def device_status(printer: Printer, job: PrintJob) -> dict[str, Any]:
     """DeviceStatusView for the printer's active job, from its live status."""
     status = printer.status or {}
-    progress = (status.get("progress") or {}) if isinstance(status.get("progress"), dict) else {}
-    completion = progress.get("completion")
-    left = progress.get("printTimeLeft")
+    progress = job_progress(status)
     layer = status.get("layer") if isinstance(status.get("layer"), dict) else {}
     current_layer = layer.get("current") if isinstance(layer, dict) else None
     layer_count = layer.get("total") if isinstance(layer, dict) else None
@@ -153,10 +151,8 @@ def device_status(printer: Printer, job: PrintJob) -> dict[str, Any]:
         "current_layer": current_layer if isinstance(current_layer, int) and current_layer >= 1 else None,
         "layer_count": (layer_count if isinstance(layer_count, int) and layer_count >= 1
                         else job.build.layer_count if job.build.layer_count else None),
-        "progress": (min(100.0, max(0.0, float(completion))) if isinstance(completion, int | float)
-                     and not isinstance(completion, bool) else None),
-        "estimated_seconds_remaining": (max(0, int(left)) if isinstance(left, int | float)
-                                        and not isinstance(left, bool) else None),
+        "progress": progress.completion,
+        "estimated_seconds_remaining": progress.seconds_left,
     }
 
 

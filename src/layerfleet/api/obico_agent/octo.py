@@ -110,6 +110,7 @@ async def post_picture(request: Request, db: Db, printer: AgentPrinter) -> dict[
     printer.pic_path = path
     printer.pic_updated_at = received_at
     await db.commit()
+    request.app.state.fleet_events.publish(printer.organization_id, [printer.id])
     if previous and previous != path:
         await pictures.remove_media(data_dir, previous)
     if as_bool(body.fields.get("viewing_boost")) is not True:

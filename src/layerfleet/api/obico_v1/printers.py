@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Reques
 from pydantic import BaseModel, ConfigDict, StrictBool
 
 from layerfleet.accounts.models import Role, User
-from layerfleet.api.deps import Bus, CurrentUser, Db, base_url, ensure_role
+from layerfleet.api.deps import Bus, CurrentUser, Db, base_url, ensure_role, printer_changed
 from layerfleet.api.obico_v1.schemas import CommandResult, PrinterOut, printer_out
 from layerfleet.fleet import service as fleet
 from layerfleet.fleet.actions import PrinterActions
@@ -68,15 +68,18 @@ async def update_printer(
     if changes is not None:
         fleet.apply_changes(printer, changes)
         await db.commit()
+        printer_changed(request, printer.organization_id, printer.id)
     return printer_out(printer, base_url(request))
 
 
 @router.delete("/printers/{printer_id}/", response_class=Response, responses={200: {"content": {}}, **NOT_FOUND})
-async def delete_printer(db: Db, user: CurrentUser, printer_id: PrinterId) -> Response:
+async def delete_printer(request: Request, db: Db, user: CurrentUser, printer_id: PrinterId) -> Response:
     printer = await _printer_or_404(db, user, printer_id)
     ensure_role(user, Role.ADMIN)
+    organization_id = printer.organization_id
     await fleet.delete_printer(db, printer)
     await db.commit()
+    printer_changed(request, organization_id, printer_id)
     return Response(status_code=200)
 
 
@@ -101,6 +104,7 @@ async def _result(request: Request, db: Db, control: Control, succeeded: bool) -
     # An action that did not succeed has changed nothing (see fleet.actions).
     if succeeded:
         await db.commit()
+        printer_changed(request, control.printer.organization_id, control.printer.id)
     return CommandResult(succeeded=succeeded, printer=printer_out(control.printer, base_url(request)))
 
 

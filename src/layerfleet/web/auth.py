@@ -1,22 +1,18 @@
-"""Sign-in and the start page. The full dashboard builds on the session these set."""
+"""Signing in and out: the session cookie every page and the v1 API accept."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 
 from layerfleet.accounts import service as accounts
-from layerfleet.api.deps import SESSION_KEY, Db, same_origin, session_user
-from layerfleet.fleet import service as fleet
-from layerfleet.fleet.watching import not_watching_reason
+from layerfleet.api.deps import SESSION_KEY, Db, same_origin
 from layerfleet.ratelimit import RateLimiter
+from layerfleet.web.pages import templates
 
 router = APIRouter(include_in_schema=False)
-templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
 LOGIN_ATTEMPTS = 10
 LOGIN_WINDOW_SECONDS = 600
@@ -79,21 +75,3 @@ async def logout(request: Request, db: Db) -> Response:
         await db.commit()
     request.session.clear()
     return RedirectResponse("/accounts/login/", status_code=303)
-
-
-@router.get("/", response_class=HTMLResponse)
-async def home(request: Request, db: Db) -> Response:
-    user = await session_user(request, db)
-    if user is None:
-        return RedirectResponse("/accounts/login/", status_code=303)
-    printers = [
-        {
-            "name": p.name,
-            "state": p.state_text or "Offline",
-            "watching": not_watching_reason(p) or "Watching",
-        }
-        for p in await fleet.list_printers(db, user.organization_id)
-    ]
-    return templates.TemplateResponse(
-        request, "home.html", {"user": user, "organization": user.organization.name, "printers": printers}
-    )

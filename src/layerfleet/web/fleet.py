@@ -1,0 +1,201 @@
+"""The fleet page, a printer's page, and the live stream both follow.
+
+Cards are JSON rendered by the page's script, the same shape at first load and in every
+update, so a card drawn from the stream never differs from one drawn from a reload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from layerfleet.api.deps import Db, session_user
+from layerfleet.detection.decisions import gauge_zone
+from layerfleet.detection.models import PredictionFrame
+from layerfleet.detection.watching import reported_temperatures
+from layerfleet.fleet import service as fleet
+from layerfleet.fleet.events import FleetEvents
+from layerfleet.fleet.models import FleetState, Printer, fleet_state, job_progress
+from layerfleet.fleet.rules import SENSITIVITY_MAX, SENSITIVITY_MIN
+from layerfleet.fleet.watching import not_watching_reason
+from layerfleet.media import media_url
+from layerfleet.web.pages import page_user, render, to_sign_in
+
+router = APIRouter(include_in_schema=False)
+
+PrinterId = Annotated[int, Path(ge=1, le=2**31 - 1)]
+
+# A page gets at most this many updates a second, however busy the farm.
+MIN_SECONDS_BETWEEN_UPDATES = 0.5
+KEEPALIVE_SECONDS = 15.0
+# How often a stream re-reads its session: a signed-out or expired user stops getting updates.
+SESSION_CHECK_SECONDS = 60.0
+# Boxes of a frame scored longer ago than this no longer describe the live picture.
+BOXES_FRESH_SECONDS = 60.0
+
+
+def _when(moment: datetime | None) -> str | None:
+    return moment.isoformat().replace("+00:00", "Z") if moment else None
+
+
+def _heater(temperatures: dict[str, list[float | None]] | None, *names: str) -> list[float | None] | None:
+    for name in names:
+        if temperatures and name in temperatures:
+            return temperatures[name]
+    return None
+
+
+def printer_card(printer: Printer) -> dict[str, Any]:
+    """What a card (and the head of a printer's page) shows of a printer."""
+    state = fleet_state(printer.status)
+    progress = job_progress(printer.status) if state in (FleetState.PRINTING, FleetState.PAUSED) else None
+    temperatures = reported_temperatures(printer.status)
+    current = printer.current_print
+    alerting = bool(current is not None and current.alerted_at is not None and current.alert_acknowledged_at is None)
+    return {
+        "id": printer.id,
+        "name": printer.name,
+        "url": f"/printers/{printer.id}/",
+        "state": state.value,
+        "state_text": printer.state_text or ("Agent not connected" if printer.status is None else ""),
+        "picture": media_url("", printer.pic_path),
+        "picture_at": _when(printer.pic_updated_at),
+        "file": (progress.file if progress else None) or (current.filename if current else None),
+        "completion": progress.completion if progress else None,
+        "seconds_left": progress.seconds_left if progress else None,
+        "nozzle": _heater(temperatures, "tool0", "extruder"),
+        "bed": _heater(temperatures, "bed", "heater_bed"),
+        "normalized_p": round(printer.normalized_p, 3),
+        "zone": gauge_zone(printer.normalized_p),
+        "not_watching_reason": not_watching_reason(printer),
+        "print_id": current.id if current else None,
+        "alerting": alerting,
+        "paused_by_detector": bool(current and current.paused_at and state is FleetState.PAUSED),
+        "muted": bool(current is not None and current.alert_muted_at is not None),
+        "updated_at": _when(printer.status_updated_at),
+    }
+
+
+def _printer_settings(printer: Printer) -> dict[str, Any]:
+    return {
+        "name": printer.name,
+        "watching_enabled": printer.watching_enabled,
+        "detective_sensitivity": printer.detective_sensitivity,
+        "action_on_failure": printer.action_on_failure,
+        "retract_on_pause": printer.retract_on_pause,
+        "lift_z_on_pause": printer.lift_z_on_pause,
+        "tools_off_on_pause": printer.tools_off_on_pause,
+        "bed_off_on_pause": printer.bed_off_on_pause,
+        "ignore_masks": printer.ignore_masks or [],
+    }
+
+
+@router.get("/")
+async def fleet_page(request: Request, db: Db) -> Response:
+    user = await page_user(request, db)
+    if user is None:
+        return to_sign_in(request)
+    cards = [printer_card(p) for p in await fleet.list_printers(db, user.organization_id)]
+    return render(request, "fleet.html", user, {
+        "active": "fleet", "cards": cards, "states": [s.value for s in FleetState],
+    })
+
+
+async def _print_history(db: AsyncSession, printer: Printer) -> dict[str, Any]:
+    """The current print's scored frames: the detection graph, temperatures, the latest boxes."""
+    current = printer.current_print
+    if current is None:
+        return {"frames": [], "boxes": None}
+    frames = list((await db.execute(
+        select(PredictionFrame).where(PredictionFrame.print_id == current.id).order_by(PredictionFrame.frame_number)
+    )).scalars())
+    latest = frames[-1] if frames else None
+    boxes = None
+    if latest is not None and printer.pic_updated_at is not None and \
+            (printer.pic_updated_at - latest.taken_at).total_seconds() <= BOXES_FRESH_SECONDS:
+        boxes = {"taken_at": _when(latest.taken_at), "boxes": latest.boxes,
+                 "image": media_url("", latest.image_path)}
+    return {
+        "print_started_at": _when(current.started_at),
+        "frames": [{"t": _when(f.taken_at), "normalized_p": round(f.normalized_p, 3),
+                    "nozzle": _heater(f.temperatures, "tool0", "extruder"),
+                    "bed": _heater(f.temperatures, "bed", "heater_bed")} for f in frames],
+        "boxes": boxes,
+    }
+
+
+@router.get("/printers/{printer_id}/")
+async def printer_page(request: Request, db: Db, printer_id: PrinterId) -> Response:
+    user = await page_user(request, db)
+    if user is None:
+        return to_sign_in(request)
+    printer = await fleet.get_printer(db, user.organization_id, printer_id)
+    if printer is None or printer.archived_at is not None:
+        return render(request, "not_found.html", user, {"what": "printer", "back": "/"}, status_code=404)
+    return render(request, "printer.html", user, {
+        "active": "fleet", "printer": printer, "card": printer_card(printer),
+        "settings": _printer_settings(printer), "history": await _print_history(db, printer),
+        "sensitivity_min": SENSITIVITY_MIN, "sensitivity_max": SENSITIVITY_MAX,
+    })
+
+
+@router.get("/printers/{printer_id}/history.json")
+async def printer_history(request: Request, db: Db, printer_id: PrinterId) -> Response:
+    user = await session_user(request, db)
+    if user is None:
+        return JSONResponse({"detail": "Your session has ended. Sign in again."}, status_code=401)
+    printer = await fleet.get_printer(db, user.organization_id, printer_id)
+    if printer is None:
+        return JSONResponse({"detail": "Not found."}, status_code=404)
+    return JSONResponse(await _print_history(db, printer))
+
+
+def _sse(event: str, data: object) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+@router.get("/events/fleet")
+async def fleet_stream(request: Request, printer: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> Response:
+    """Server-sent events: ``printers`` with the changed cards (and ids no longer in the fleet)."""
+    sessionmaker = request.app.state.sessionmaker
+    async with sessionmaker() as db:
+        user = await session_user(request, db)
+        if user is None:
+            return JSONResponse({"detail": "Your session has ended. Sign in again."}, status_code=401)
+        organization_id = user.organization_id
+    events: FleetEvents = request.app.state.fleet_events
+
+    async def stream() -> AsyncIterator[str]:
+        async with events.subscribe(organization_id) as subscription:
+            yield f"retry: 3000\n\n{_sse('hello', {'organization': organization_id})}"
+            checked = asyncio.get_running_loop().time()
+            while True:
+                changed = await subscription.changes(KEEPALIVE_SECONDS)
+                if printer is not None:
+                    changed &= {printer}
+                now = asyncio.get_running_loop().time()
+                async with sessionmaker() as db:
+                    if now - checked > SESSION_CHECK_SECONDS:
+                        checked = now
+                        if await session_user(request, db) is None:
+                            yield _sse("signed_out", {})
+                            return
+                    if not changed:
+                        yield ": keepalive\n\n"
+                        continue
+                    found = await fleet.list_printers(db, organization_id, ids=changed)
+                    cards = [printer_card(p) for p in found]
+                removed = sorted(changed - {card["id"] for card in cards})
+                yield _sse("printers", {"cards": cards, "removed": removed})
+                await asyncio.sleep(MIN_SECONDS_BETWEEN_UPDATES)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

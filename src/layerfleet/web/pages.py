@@ -1,0 +1,33 @@
+"""What every web page shares: the templates, the signed-in user, the way to the sign-in page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from fastapi import Request
+from fastapi.responses import RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from layerfleet.accounts.models import User
+from layerfleet.api.deps import session_user
+
+templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
+
+
+async def page_user(request: Request, db: AsyncSession) -> User | None:
+    """The signed-in user of a page request, or None (then answer with :func:`to_sign_in`)."""
+    return await session_user(request, db)
+
+
+def to_sign_in(request: Request) -> Response:
+    target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return RedirectResponse(f"/accounts/login/?next={quote(target, safe='/')}", status_code=303)
+
+
+def render(request: Request, template: str, user: User, context: dict[str, Any], status_code: int = 200) -> Response:
+    return templates.TemplateResponse(
+        request, template, {"user": user, "organization": user.organization.name, **context}, status_code=status_code
+    )

@@ -1,0 +1,248 @@
+// A printer's page: live head, camera with detection boxes and ignore areas, actions,
+// detection and temperature graphs, settings.
+"use strict";
+(() => {
+  const ZONES = { green: "Looks good", yellow: "Fair", red: "Failing" };
+  const data = JSON.parse(document.getElementById("printer-data").textContent);
+  let card = data.card, history = data.history, masks = data.settings.ignore_masks.map((m) => m.slice());
+  const id = card.id;
+  const $ = (selector) => document.querySelector(selector);
+  const pic = $("#pic"), overlay = $("#overlay"), drawButton = $("#draw-mask");
+  // Temperatures seen live on this page, added to those kept with scored frames.
+  const liveTemps = [];
+
+  function showCard() {
+    $("#p-name").textContent = card.name;
+    const badge = $("#p-state");
+    badge.textContent = card.state;
+    badge.className = `badge ${card.state}`;
+    $("#p-state-text").textContent = card.state_text || card.state;
+    $("#p-file").textContent = card.file || "–";
+    $("#p-progress").textContent = card.completion !== null
+      ? `${Math.floor(card.completion)} %${card.seconds_left !== null ? `, ${lf.duration(card.seconds_left)} left` : ""}` : "–";
+    $("#p-nozzle").textContent = lf.temperature(card.nozzle);
+    $("#p-bed").textContent = lf.temperature(card.bed);
+    $("#p-gauge").innerHTML = "";
+    $("#p-gauge").append(lf.el("span", { class: `zone-${card.zone}`, style: "font-weight:600", text: `${ZONES[card.zone]} (${card.normalized_p.toFixed(2)})` }));
+    const alert = $("#p-alert");
+    alert.textContent = card.paused_by_detector ? "The failure detector paused this print. Look at the picture, then resume or cancel."
+      : card.alerting ? "The failure detector raised an alert on this print." : "";
+    alert.classList.toggle("hidden", !alert.textContent);
+    const watch = $("#p-watch");
+    watch.textContent = card.not_watching_reason ? `Not watched: ${card.not_watching_reason}` : "";
+    watch.classList.toggle("hidden", !card.not_watching_reason);
+    const printing = card.state === "Printing", paused = card.state === "Paused";
+    $("#act-pause").classList.toggle("hidden", !printing);
+    $("#act-resume").classList.toggle("hidden", !paused);
+    $("#act-cancel").classList.toggle("hidden", !(printing || paused));
+    $("#act-mute").classList.toggle("hidden", !card.print_id);
+    $("#act-mute").textContent = card.muted ? "Unmute alerts" : "Mute alerts for this print";
+    $("#act-ack").classList.toggle("hidden", !card.alerting);
+    const link = $("#p-print-link");
+    link.replaceChildren();
+    if (card.print_id) link.append(lf.el("a", { href: `/prints/${card.print_id}/`, text: "This print's page" }));
+    if (card.picture && pic.getAttribute("src") !== card.picture) pic.src = card.picture;
+    $("#pic-at").textContent = card.picture_at ? `Picture taken ${lf.when(card.picture_at)}` : "No picture yet: the agent sends one when its camera works.";
+    if (card.nozzle || card.bed) {
+      liveTemps.push({ t: Date.now() / 1000, nozzle: card.nozzle, bed: card.bed });
+      if (liveTemps.length > 2000) liveTemps.shift();
+    }
+  }
+
+  // ---- camera overlay: detection boxes and ignore areas ----
+  let drawing = false, dragStart = null, dragNow = null;
+
+  function drawOverlay() {
+    const w = overlay.clientWidth, h = overlay.clientHeight;
+    if (overlay.width !== w || overlay.height !== h) { overlay.width = w; overlay.height = h; }
+    const ctx = overlay.getContext("2d");
+    ctx.clearRect(0, 0, w, h);
+    ctx.lineWidth = 2;
+    ctx.font = "12px system-ui, sans-serif";
+    for (const [x0, y0, x1, y1] of masks) {
+      ctx.fillStyle = "rgba(74,163,255,.25)"; ctx.strokeStyle = "#4aa3ff";
+      ctx.fillRect(x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h);
+      ctx.strokeRect(x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h);
+    }
+    const boxes = history.boxes;
+    if (boxes && pic.naturalWidth) {
+      const sx = w / pic.naturalWidth, sy = h / pic.naturalHeight;
+      ctx.strokeStyle = "#ff3b30"; ctx.fillStyle = "#ff3b30";
+      for (const [xc, yc, bw, bh, confidence] of boxes.boxes) {
+        ctx.strokeRect((xc - bw / 2) * sx, (yc - bh / 2) * sy, bw * sx, bh * sy);
+        ctx.fillText(`${Math.round(confidence * 100)} %`, (xc - bw / 2) * sx + 3, (yc - bh / 2) * sy + 13);
+      }
+    }
+    if (dragStart && dragNow) {
+      ctx.setLineDash([6, 4]); ctx.strokeStyle = "#fff";
+      ctx.strokeRect(dragStart.x * w, dragStart.y * h, (dragNow.x - dragStart.x) * w, (dragNow.y - dragStart.y) * h);
+      ctx.setLineDash([]);
+    }
+  }
+
+  function listMasks() {
+    const list = $("#mask-list");
+    list.replaceChildren();
+    masks.forEach((mask, index) => {
+      const pct = mask.map((v) => `${Math.round(v * 100)} %`);
+      const remove = lf.el("button", { type: "button", class: "small secondary", text: "Remove", "aria-label": `Remove ignore area ${index + 1}` });
+      remove.addEventListener("click", () => saveMasks(masks.filter((_, i) => i !== index), "Ignore area removed."));
+      list.append(lf.el("li", { style: "margin:.25rem 0" }, `Area ${index + 1}: from ${pct[0]}, ${pct[1]} to ${pct[2]}, ${pct[3]} `, remove));
+    });
+    if (!masks.length) list.append(lf.el("li", { class: "muted", text: "No ignore areas." }));
+  }
+
+  async function saveMasks(next, message) {
+    try {
+      const saved = await lf.api("PATCH", `/api/v1/printers/${id}/`, { ignore_masks: next });
+      masks = saved.ignore_masks;
+      lf.toast(message);
+    } catch (error) {
+      lf.toast(`The ignore areas were not saved: ${error.message}`, "bad");
+    }
+    listMasks();
+    drawOverlay();
+  }
+
+  function point(event) {
+    const rect = overlay.getBoundingClientRect();
+    return { x: Math.min(1, Math.max(0, (event.clientX - rect.left) / rect.width)), y: Math.min(1, Math.max(0, (event.clientY - rect.top) / rect.height)) };
+  }
+
+  function setDrawing(on) {
+    drawing = on;
+    drawButton.setAttribute("aria-pressed", String(on));
+    drawButton.textContent = on ? "Drag over the picture… (Esc to stop)" : "Draw an ignore area";
+    overlay.classList.toggle("drawing", on);
+  }
+
+  drawButton.addEventListener("click", () => setDrawing(!drawing));
+  document.addEventListener("keydown", (event) => { if (event.key === "Escape" && drawing) { dragStart = dragNow = null; setDrawing(false); drawOverlay(); } });
+  overlay.addEventListener("pointerdown", (event) => {
+    if (!drawing) return;
+    overlay.setPointerCapture(event.pointerId);
+    dragStart = dragNow = point(event);
+  });
+  overlay.addEventListener("pointermove", (event) => { if (dragStart) { dragNow = point(event); drawOverlay(); } });
+  overlay.addEventListener("pointerup", (event) => {
+    if (!dragStart) return;
+    const end = point(event), start = dragStart;
+    dragStart = dragNow = null;
+    setDrawing(false);
+    if (Math.abs(end.x - start.x) < 0.01 || Math.abs(end.y - start.y) < 0.01) {
+      lf.toast("That area is too small; drag across the part of the picture to ignore.", "bad");
+      drawOverlay();
+      return;
+    }
+    saveMasks([...masks, [start.x, start.y, end.x, end.y]], "Ignore area saved: the detector disregards it from the next picture on.");
+  });
+  pic.addEventListener("load", drawOverlay);
+  new ResizeObserver(drawOverlay).observe(overlay);
+
+  // ---- graphs ----
+  const time = (x) => new Date(x * 1000).toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  function drawCharts() {
+    const frames = history.frames;
+    lf.lineChart($("#chart-p"), [{ color: "#14202e", points: frames.map((f) => [Date.parse(f.t) / 1000, f.normalized_p]) }], {
+      yMin: 0, yMax: 1, xLabel: time, yLabel: (y) => y.toFixed(1),
+      bands: [{ from: 0, to: 1 / 3, color: "#2da44e" }, { from: 1 / 3, to: 2 / 3, color: "#d4a72c" }, { from: 2 / 3, to: 1, color: "#cf222e" }],
+    });
+    const since = history.print_started_at ? Date.parse(history.print_started_at) / 1000 : 0;
+    const temps = [...frames.map((f) => ({ t: Date.parse(f.t) / 1000, nozzle: f.nozzle, bed: f.bed })),
+      ...liveTemps.filter((p) => p.t >= since)].sort((a, b) => a.t - b.t);
+    lf.lineChart($("#chart-t"), [
+      { color: "#cf222e", points: temps.filter((p) => p.nozzle).map((p) => [p.t, p.nozzle[0]]) },
+      { color: "#0b5cad", points: temps.filter((p) => p.bed).map((p) => [p.t, p.bed[0]]) },
+    ], { yMin: 0, xLabel: time, yLabel: (y) => `${Math.round(y)}°` });
+  }
+
+  let historyTimer = null;
+  function refreshHistorySoon() {
+    if (historyTimer) return;
+    historyTimer = setTimeout(async () => {
+      historyTimer = null;
+      try { history = await lf.api("GET", `/printers/${id}/history.json`); } catch (error) { return; }
+      drawCharts();
+      drawOverlay();
+    }, 1000);
+  }
+
+  // ---- actions ----
+  async function act(path, body, { confirmTitle, confirmText, okLabel, done, refused }) {
+    if (confirmTitle && !(await lf.confirm(confirmTitle, confirmText, okLabel))) return;
+    try {
+      const result = await lf.api("POST", `/api/v1/printers/${id}/${path}/`, body);
+      if (result.succeeded) lf.toast(done); else lf.toast(refused, "bad");
+    } catch (error) {
+      lf.toast(error.message, "bad");
+    }
+  }
+  $("#act-pause").addEventListener("click", () => act("pause_print", undefined, {
+    confirmTitle: `Pause ${card.name}?`, confirmText: "The print pauses; the nozzle retracts, lifts and the heaters follow the pause settings below.", okLabel: "Pause print",
+    done: "Pause sent to the printer.", refused: "The printer did not pause: its agent is not connected or it is no longer printing." }));
+  $("#act-resume").addEventListener("click", () => act("resume_print", undefined, {
+    done: "Resume sent to the printer.", refused: "The printer did not resume: its agent is not connected or it is not paused." }));
+  $("#act-cancel").addEventListener("click", () => act("cancel_print", undefined, {
+    confirmTitle: `Cancel the print on ${card.name}?`, confirmText: "The print stops for good and cannot be resumed.", okLabel: "Cancel print",
+    done: "Cancel sent to the printer.", refused: "The print was not cancelled: the agent is not connected or nothing is printing." }));
+  $("#act-mute").addEventListener("click", () => act("mute_current_print", { mute_alert: !card.muted }, {
+    done: card.muted ? "Alerts unmuted." : "Alerts muted for the rest of this print.", refused: "There is no current print to mute." }));
+  $("#act-ack").addEventListener("click", () => act("acknowledge_alert", undefined, {
+    done: "Alert acknowledged.", refused: "There is no alert to acknowledge." }));
+
+  // ---- settings ----
+  const form = $("#settings-form");
+  const sensitivity = $("#s-sensitivity");
+  sensitivity.addEventListener("input", () => { $("#s-sensitivity-out").textContent = Number(sensitivity.value).toFixed(2); });
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const errorBox = $("#settings-error");
+    errorBox.classList.add("hidden");
+    const f = form.elements;
+    const numbers = { retract_on_pause: "Retract filament", lift_z_on_pause: "Lift the nozzle" };
+    for (const [name, label] of Object.entries(numbers)) {
+      const value = f[name].value;
+      if (value === "" || !(Number(value) >= 0 && Number(value) <= 100)) {
+        errorBox.textContent = `${label}: give a distance from 0 to 100 mm.`;
+        errorBox.classList.remove("hidden");
+        f[name].focus();
+        return;
+      }
+    }
+    if (!f.name.value.trim()) {
+      errorBox.textContent = "Name: give the printer a name.";
+      errorBox.classList.remove("hidden");
+      f.name.focus();
+      return;
+    }
+    const body = {
+      name: f.name.value.trim(), detective_sensitivity: Number(sensitivity.value),
+      watching_enabled: f.watching_enabled.checked, action_on_failure: form.querySelector("input[name=action_on_failure]:checked").value,
+      retract_on_pause: Number(f.retract_on_pause.value), lift_z_on_pause: Number(f.lift_z_on_pause.value),
+      tools_off_on_pause: f.tools_off_on_pause.checked, bed_off_on_pause: f.bed_off_on_pause.checked,
+    };
+    try {
+      await lf.api("PATCH", `/api/v1/printers/${id}/`, body);
+      lf.toast("Settings saved.");
+    } catch (error) {
+      errorBox.textContent = `Not saved: ${error.message}`;
+      errorBox.classList.remove("hidden");
+    }
+  });
+
+  showCard();
+  listMasks();
+  drawCharts();
+  drawOverlay();
+  let lastPicture = card.picture;
+  lf.live(`/events/fleet?printer=${id}`, ({ cards, removed }) => {
+    if (removed.includes(id)) { lf.toast("This printer was deleted.", "bad"); return; }
+    const fresh = cards.find((c) => c.id === id);
+    if (!fresh) return;
+    const newPrint = fresh.print_id !== card.print_id;
+    card = fresh;
+    showCard();
+    if (newPrint || card.picture !== lastPicture) { lastPicture = card.picture; refreshHistorySoon(); }
+    drawCharts();
+  }, $("#live"));
+})();

@@ -1,0 +1,100 @@
+"""The fleet's change stream: per organization, coalesced, never blocking a publisher; across
+processes over Redis; and the server-sent events the pages read from it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import httpx
+import pytest
+
+from conftest import Farm, local_port_answers
+from layerfleet.fleet.events import FleetEvents, RedisFleetEvents
+
+REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+async def test_subscribers_get_their_organizations_changes_coalesced() -> None:
+    events = FleetEvents()
+    async with events.subscribe(1) as farm_a, events.subscribe(2) as farm_b:
+        for _ in range(100):
+            events.publish(1, [7, 8])
+        events.publish(2, [9])
+        events.publish(3, [10])  # nobody follows organization 3
+        assert await farm_a.changes(1.0) == {7, 8}
+        assert await farm_b.changes(1.0) == {9}
+        assert await farm_a.changes(0.05) == set()  # 100 announcements, one read
+        assert events.subscriber_count == 2
+    assert events.subscriber_count == 0
+
+
+async def test_a_subscriber_waits_until_something_changes() -> None:
+    events = FleetEvents()
+    async with events.subscribe(1) as subscription:
+        waiting = asyncio.create_task(subscription.changes(5.0))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()
+        events.publish(1, [3])
+        assert await asyncio.wait_for(waiting, 1.0) == {3}
+
+
+@pytest.mark.skipif(not local_port_answers(6379), reason="Redis is not running on 127.0.0.1:6379")
+async def test_changes_reach_pages_served_by_another_process_over_redis() -> None:
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    first, second = RedisFleetEvents(REDIS_URL, namespace=namespace), RedisFleetEvents(REDIS_URL, namespace=namespace)
+    await first.start()
+    await second.start()
+    try:
+        async with first.subscribe(1) as here, second.subscribe(1) as there, second.subscribe(2) as other:
+            first.publish(1, [4])
+            first.publish(1, [5])
+            assert await here.changes(1.0) == {4, 5}  # at once, without the round trip
+            assert await there.changes(3.0) == {4, 5}
+            assert await other.changes(0.5) == set()
+            # A process does not hear its own batches twice.
+            await asyncio.sleep(0.5)
+            assert await here.changes(0.1) == set()
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def _events(response: httpx.Response, wanted: int) -> list[tuple[str, Any]]:
+    found: list[tuple[str, Any]] = []
+    name = ""
+    async for line in response.aiter_lines():
+        if line.startswith("event: "):
+            name = line[7:]
+        elif line.startswith("data: "):
+            found.append((name, json.loads(line[6:])))
+            if len(found) == wanted:
+                return found
+    return found
+
+
+async def test_the_stream_sends_changed_cards_of_the_users_organization_only(live_url: str, farm: Farm) -> None:
+    owner = await farm.member()
+    stranger = await farm.member(organization="Farm B")
+    printer = await farm.printer(owner, "Voron")
+    theirs = await farm.printer(stranger, "Theirs")
+    async with httpx.AsyncClient(base_url=live_url, timeout=10) as client:
+        signed = await client.post("/accounts/login/", data={"email": owner.user.email, "password": "password-123"})
+        assert signed.status_code == 303
+        async with client.stream("GET", "/events/fleet") as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            reading = asyncio.create_task(_events(response, 2))
+            await asyncio.sleep(0.3)
+            # Changes made through the API are announced: renaming both printers.
+            for target, member in ((theirs, stranger), (printer, owner)):
+                renamed = await client.patch(f"/api/v1/printers/{target.id}/", json={"name": "Renamed"},
+                                             headers=member.headers)
+                assert renamed.status_code == 200
+            (hello, _), (kind, data) = await asyncio.wait_for(reading, 10)
+    assert hello == "hello" and kind == "printers"
+    assert [card["id"] for card in data["cards"]] == [printer.id]
+    card = data["cards"][0]
+    assert card["name"] == "Renamed" and card["state"] == "Offline" and card["zone"] == "green"
+    assert data["removed"] == []
