@@ -14,7 +14,7 @@ from layerfleet.accounts.models import Role, User
 from layerfleet.agents.bus import CommandBus
 
 SESSION_KEY = "sid"
-_UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
@@ -69,7 +69,7 @@ async def current_user(request: Request, db: Db) -> User:
     user = await session_user(request, db)
     if user is None:
         raise _unauthenticated("Authentication credentials were not provided.")
-    if request.method in _UNSAFE_METHODS and not same_origin(request):
+    if request.method in UNSAFE_METHODS and not same_origin(request):
         # A cookie alone must not let another site change anything.
         raise HTTPException(403, detail="Cross-site request refused.")
     return user

@@ -11,11 +11,10 @@ from fastapi import Depends, Request
 
 from layerfleet.accounts import service as accounts
 from layerfleet.accounts.models import User
-from layerfleet.api.deps import Db, same_origin, session_user
+from layerfleet.api.deps import UNSAFE_METHODS, Db, same_origin, session_user
 from layerfleet.api.eiger_v3.errors import EigerError
 
 _CHALLENGE = {"WWW-Authenticate": 'Basic realm="Layerfleet print-farm API"'}
-_UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
 def unauthorized(message: str) -> EigerError:
@@ -27,7 +26,7 @@ async def eiger_user(request: Request, db: Db) -> User:
     if not header:
         user = await session_user(request, db)
         if user is not None:
-            if request.method in _UNSAFE_METHODS and not same_origin(request):
+            if request.method in UNSAFE_METHODS and not same_origin(request):
                 # The browser sends the cookie with any site's request: it alone must not change anything.
                 raise EigerError(403, "Cross-site request refused: send it from Layerfleet's own pages "
                                       "or authenticate with HTTP Basic")
