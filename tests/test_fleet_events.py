@@ -98,3 +98,22 @@ async def test_the_stream_sends_changed_cards_of_the_users_organization_only(liv
     card = data["cards"][0]
     assert card["name"] == "Renamed" and card["state"] == "Offline" and card["zone"] == "green"
     assert data["removed"] == []
+
+
+async def test_the_stream_ends_when_the_user_signs_out(
+        live_url: str, farm: Farm, monkeypatch: pytest.MonkeyPatch) -> None:
+    from layerfleet.web import fleet as fleet_pages
+
+    monkeypatch.setattr(fleet_pages, "KEEPALIVE_SECONDS", 0.2)
+    monkeypatch.setattr(fleet_pages, "SESSION_CHECK_SECONDS", 0.3)
+    owner = await farm.member()
+    async with httpx.AsyncClient(base_url=live_url, timeout=10) as client:
+        await client.post("/accounts/login/", data={"email": owner.user.email, "password": "password-123"})
+        async with client.stream("GET", "/events/fleet") as response:
+            reading = asyncio.create_task(_events(response, 3))
+            await asyncio.sleep(0.5)
+            # Signed out elsewhere (another tab): the session ends on the server.
+            async with httpx.AsyncClient(base_url=live_url, cookies=client.cookies, timeout=10) as other_tab:
+                assert (await other_tab.post("/accounts/logout/")).status_code == 303
+            received = await asyncio.wait_for(reading, 10)
+    assert [name for name, _ in received] == ["hello", "signed_out"]  # and then the stream ended

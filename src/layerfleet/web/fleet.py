@@ -182,14 +182,17 @@ async def fleet_stream(request: Request, printer: Annotated[int | None, Query(ge
                 if printer is not None:
                     changed &= {printer}
                 now = asyncio.get_running_loop().time()
+                check_session = now - checked > SESSION_CHECK_SECONDS
+                if not changed and not check_session:
+                    yield ": keepalive\n\n"
+                    continue
                 async with sessionmaker() as db:
-                    if now - checked > SESSION_CHECK_SECONDS:
+                    if check_session:
                         checked = now
                         if await session_user(request, db) is None:
                             yield _sse("signed_out", {})
                             return
                     if not changed:
-                        yield ": keepalive\n\n"
                         continue
                     found = await fleet.list_printers(db, organization_id, ids=changed)
                     cards = [printer_card(p) for p in found]
