@@ -210,3 +210,14 @@ async def test_a_printer_of_another_organization_is_not_found(live_url: str, far
         missing = await client.get(f"/printers/{theirs.id}/")
         assert missing.status_code == 404 and "does not exist" in missing.text
         assert (await client.get(f"/printers/{theirs.id}/history.json")).status_code == 404
+
+
+async def test_the_library_follows_printer_states_from_the_stream(
+        live_url: str, live_farm: LiveFarm, page: Page) -> None:  # noqa: F811
+    await sign_in(page, live_url, live_farm.owner.user.email, then="/library/")
+    printer = page.locator("li.printer", has_text="Simulated printer 1")
+    await expect(printer.locator(".badge")).to_have_text("Printing", timeout=30_000)
+    async with httpx.AsyncClient(base_url=live_url, headers=live_farm.owner.headers, timeout=10) as api:
+        paused = await api.post(f"/api/v1/printers/{live_farm.ids[0]}/pause_print/")
+        assert paused.json()["succeeded"] is True
+    await expect(printer.locator(".badge")).to_have_text("Print Paused", timeout=15_000)

@@ -7,7 +7,7 @@
   const SLICE_WORDS = { REQUESTED: "Queued", QUEUED: "Queued", IN_PROGRESS: "Slicing", COMPLETED: "Sliced", ERROR: "Error", CANCELED: "Cancelled" };
   const FINISHED = new Set(["COMPLETED", "ERROR", "CANCELED"]);
   const POLL_MS = 1000;
-  const PRINTERS_REFRESH_MS = 20000;
+  const PRINTERS_REFRESH_MS = 3000;
   const followed = new Set(); // slice jobs being polled, so that none is polled twice
   const $ = (id) => document.getElementById(id);
   const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
@@ -321,13 +321,17 @@
 
   $("printers-refresh").addEventListener("click", () => refreshQuietly("printers"));
 
-  // Printer states change on their own; the list is fetched again now and then, but not while
-  // someone is using it or a dialog is open.
-  setInterval(() => {
+  // Printer states change on their own: the fleet's live stream says when, and the list is
+  // fetched again (at most every few seconds), but not while someone is using it or a dialog is open.
+  let printersStale = false;
+  function refreshPrintersWhenIdle() {
     const section = $("printers");
     if (document.hidden || section.contains(document.activeElement) || document.querySelector("dialog[open]")) return;
+    printersStale = false;
     refresh("printers").catch(() => {});
-  }, PRINTERS_REFRESH_MS);
+  }
+  lf.live("/events/fleet", () => { printersStale = true; }, null);
+  setInterval(() => { if (printersStale) refreshPrintersWhenIdle(); }, PRINTERS_REFRESH_MS);
 
   decorate(document);
 })();
