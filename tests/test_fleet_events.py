@@ -117,3 +117,34 @@ async def test_the_stream_ends_when_the_user_signs_out(
                 assert (await other_tab.post("/accounts/logout/")).status_code == 303
             received = await asyncio.wait_for(reading, 10)
     assert [name for name, _ in received] == ["hello", "signed_out"]  # and then the stream ended
+
+
+async def test_pages_of_one_organization_share_one_read_per_change(app: Any, farm: Farm) -> None:
+    from layerfleet.fleet.models import Printer
+    from layerfleet.web.fleet import CardFeed
+
+    owner = await farm.member()
+    printer = await farm.printer(owner, "Voron")
+    events = FleetEvents()
+    feed = CardFeed(app.state.sessionmaker, events)
+    organization = owner.user.organization_id
+
+    async def five_pages() -> list[tuple[list[dict[str, Any]], list[int]]]:
+        return await asyncio.gather(*(feed.cards(organization, {printer.id}) for _ in range(5)))
+
+    first = await five_pages()
+    assert feed.reads == 1 and all(cards[0]["name"] == "Voron" for cards, _ in first)
+
+    async def rename(session: Any) -> None:
+        (await session.get(Printer, printer.id)).name = "Voron 2.4"
+        await session.commit()
+
+    await farm.run(rename)
+    assert (await feed.cards(organization, {printer.id}))[0][0]["name"] == "Voron"  # not announced yet
+    events.publish(organization, [printer.id])
+    second = await five_pages()
+    assert feed.reads == 2 and all(cards[0]["name"] == "Voron 2.4" for cards, _ in second)
+
+    # A printer gone (or never of this organization) is "removed" for its pages.
+    events.publish(organization, [printer.id + 999])
+    assert await feed.cards(organization, {printer.id + 999}) == ([], [printer.id + 999])

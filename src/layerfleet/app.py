@@ -153,6 +153,7 @@ def create_app(
     app.state.command_bus = bus
     app.state.agent_gateway = gateway
     app.state.fleet_events = events
+    app.state.card_feed = web.fleet.CardFeed(sessionmaker, events)
     app.state.frame_sink = frame_sink or pipeline or NullFrameSink()
     app.state.watching = pipeline
     app.state.slicing = slicing

@@ -54,17 +54,22 @@ class FleetEvents:
 
     def __init__(self) -> None:
         self._subscribers: dict[int, set[Subscription]] = defaultdict(set)
+        self._versions: dict[int, int] = defaultdict(int)
 
     def publish(self, organization_id: int, printer_ids: Iterable[int]) -> None:
         """Announce that these printers changed. Never blocks and never fails the caller."""
         self._fan_out(organization_id, printer_ids)
 
+    def version(self, printer_id: int) -> int:
+        """How many changes of the printer this process has heard of: what was read of it
+        at a lower version may be out of date."""
+        return self._versions[printer_id]
+
     def _fan_out(self, organization_id: int, printer_ids: Iterable[int]) -> None:
-        subscribers = self._subscribers.get(organization_id)
-        if not subscribers:
-            return
         ids = list(printer_ids)
-        for subscription in subscribers:
+        for printer_id in ids:
+            self._versions[printer_id] += 1
+        for subscription in self._subscribers.get(organization_id, ()):
             subscription.add(ids)
 
     @contextlib.asynccontextmanager

@@ -15,7 +15,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from layerfleet.api.deps import Db, session_user
 from layerfleet.detection.decisions import gauge_zone
@@ -158,6 +158,41 @@ async def printer_history(request: Request, db: Db, printer_id: PrinterId) -> Re
     return JSONResponse(await _print_history(db, printer))
 
 
+class CardFeed:
+    """Printer cards for every open page of this process, each read once per change.
+
+    An organization's pages wake on the same announcement and ask for the same printers: the
+    first reads them, the others take its cards. A card stays good until its printer is
+    announced again (:meth:`FleetEvents.version`).
+    """
+
+    def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], events: FleetEvents) -> None:
+        self._sessionmaker = sessionmaker
+        self._events = events
+        self._cards: dict[int, tuple[int, dict[str, Any] | None]] = {}  # id → (version read, card; None: gone)
+        self._locks: dict[int, asyncio.Lock] = {}
+        self.reads = 0
+
+    async def cards(self, organization_id: int, printer_ids: set[int]) -> tuple[list[dict[str, Any]], list[int]]:
+        """The printers' cards, and the ids no longer in the organization's fleet."""
+        async with self._locks.setdefault(organization_id, asyncio.Lock()):
+            stale = {i: self._events.version(i) for i in printer_ids
+                     if i not in self._cards or self._cards[i][0] < self._events.version(i)}
+            if stale:
+                # Shielded: a page that goes away mid-read must not cut the database session
+                # short (the connection would be left half closed).
+                read = await asyncio.shield(self._read(organization_id, set(stale)))
+                for printer_id, version in stale.items():
+                    self._cards[printer_id] = (version, read.get(printer_id))
+        entries = sorted((i, self._cards[i][1]) for i in printer_ids)
+        return [card for _, card in entries if card is not None], [i for i, card in entries if card is None]
+
+    async def _read(self, organization_id: int, printer_ids: set[int]) -> dict[int, dict[str, Any]]:
+        self.reads += 1
+        async with self._sessionmaker() as db:
+            return {p.id: printer_card(p) for p in await fleet.list_printers(db, organization_id, ids=printer_ids)}
+
+
 def _sse(event: str, data: object) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
@@ -172,6 +207,7 @@ async def fleet_stream(request: Request, printer: Annotated[int | None, Query(ge
             return JSONResponse({"detail": "Your session has ended. Sign in again."}, status_code=401)
         organization_id = user.organization_id
     events: FleetEvents = request.app.state.fleet_events
+    feed: CardFeed = request.app.state.card_feed
 
     async def stream() -> AsyncIterator[str]:
         async with events.subscribe(organization_id) as subscription:
@@ -186,17 +222,16 @@ async def fleet_stream(request: Request, printer: Annotated[int | None, Query(ge
                 if not changed and not check_session:
                     yield ": keepalive\n\n"
                     continue
-                async with sessionmaker() as db:
-                    if check_session:
-                        checked = now
-                        if await session_user(request, db) is None:
-                            yield _sse("signed_out", {})
-                            return
-                    if not changed:
-                        continue
-                    found = await fleet.list_printers(db, organization_id, ids=changed)
-                    cards = [printer_card(p) for p in found]
-                removed = sorted(changed - {card["id"] for card in cards})
+                if check_session:
+                    checked = now
+                    async with sessionmaker() as db:
+                        signed_in = await session_user(request, db) is not None
+                    if not signed_in:
+                        yield _sse("signed_out", {})
+                        return
+                if not changed:
+                    continue
+                cards, removed = await feed.cards(organization_id, changed)
                 yield _sse("printers", {"cards": cards, "removed": removed})
                 await asyncio.sleep(MIN_SECONDS_BETWEEN_UPDATES)
 
