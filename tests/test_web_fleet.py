@@ -72,12 +72,15 @@ async def test_cards_update_live_and_pausing_one_pauses_its_agent(
     await expect(first.locator(".badge")).to_have_text("Printing", timeout=30_000)
     await expect(first.locator("img.pic")).to_be_visible()
 
-    # Progress and temperatures move on the card while the page stays the same document.
+    # Progress and temperatures move on the card while the page stays the same document, and
+    # what did not change stays the same element (a click spanning an update is not lost).
+    pause_button = await first.get_by_role("button", name="Pause").element_handle()
     texts = [await first.locator(".body").inner_text()]
     for _ in range(3):
         await expect(first.locator(".body")).not_to_have_text(texts[-1], timeout=10_000)
         texts.append(await first.locator(".body").inner_text())
     assert re.search(r"Nozzle \d+ / \d+ °C", texts[-1])
+    assert await pause_button.evaluate("button => button.isConnected") is True
     assert await page.evaluate("window.sameDocument") is True
     await expect(page.locator("#live")).to_have_text("● Live")
 

@@ -55,14 +55,29 @@
     return (!stateFilter.value || card.state === stateFilter.value) && (!query || card.name.toLowerCase().includes(query));
   }
 
+  // Brings the card on the page in line with a freshly rendered one, touching only what
+  // differs: a button that did not change stays the same element, so a click that spans an
+  // update is not lost, and an unchanged card costs no layout.
+  function morph(target, source) {
+    for (const { name } of [...target.attributes]) if (!source.hasAttribute(name)) target.removeAttribute(name);
+    for (const { name, value } of source.attributes) if (target.getAttribute(name) !== value) target.setAttribute(name, value);
+    const before = [...target.childNodes], after = [...source.childNodes];
+    after.forEach((node, i) => {
+      const current = before[i];
+      if (!current) target.appendChild(node);
+      else if (current.isEqualNode(node)) return;
+      else if (current.nodeType === 1 && node.nodeType === 1 && current.tagName === node.tagName) morph(current, node);
+      else target.replaceChild(node, current);
+    });
+    for (const extra of before.slice(after.length)) extra.remove();
+  }
+
   function place(card) {
     const fresh = render(card);
     fresh.classList.toggle("hidden", !visible(card));
     const old = list.querySelector(`li[data-id="${card.id}"]`);
     if (old) {
-      const focused = old.contains(document.activeElement) ? document.activeElement.dataset.action || "link" : null;
-      old.replaceWith(fresh);
-      if (focused) (fresh.querySelector(`[data-action="${focused}"]`) || fresh.querySelector("h2 a")).focus();
+      morph(old, fresh);
       return;
     }
     // Keep the server's order (by id) when a new printer joins.
