@@ -81,13 +81,22 @@ PAGE_PROBE = """
     b.cards = list.children.length;
     b.cardsAt = performance.now();
     nextFrame(() => { b.frameAt = performance.now(); });
+    // Cards are patched in place (fleet.js): any change inside a card counts as that card's.
     new MutationObserver((records) => {
-      const now = Date.now();
-      for (const record of records) for (const node of record.addedNodes) {
-        const m = /Nozzle (\\d+)/.exec(node.textContent);
-        if (m && Number(m[1]) >= FIRST_MARKER) b.seen.push([Number(node.dataset.id), Number(m[1]), now]);
+      const now = Date.now(), cards = new Set();
+      for (const record of records) {
+        const node = record.target.nodeType === 1 ? record.target : record.target.parentElement;
+        const card = node && node.closest("li[data-id]");
+        if (card) cards.add(card);
+        for (const added of record.addedNodes) {
+          if (added.nodeType === 1 && added.matches("li[data-id]")) cards.add(added);
+        }
       }
-    }).observe(list, { childList: true });
+      for (const card of cards) {
+        const m = /Nozzle (\\d+)/.exec(card.textContent);
+        if (m && Number(m[1]) >= FIRST_MARKER) b.seen.push([Number(card.dataset.id), Number(m[1]), now]);
+      }
+    }).observe(list, { childList: true, subtree: true, characterData: true });
     let down = null;  // fleet.js's input listener was added first, so it runs before ours
     search.addEventListener("keydown", (e) => { down = e.timeStamp; });
     search.addEventListener("input", () => {
