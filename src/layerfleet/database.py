@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import DateTime, MetaData, event
 from sqlalchemy.engine import Dialect
@@ -51,6 +51,15 @@ class UTCDateTime(TypeDecorator[datetime]):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+@overload
+def iso_z(moment: datetime) -> str: ...
+@overload
+def iso_z(moment: None) -> None: ...
+def iso_z(moment: datetime | None) -> str | None:
+    """A stored (UTC) time as the APIs and pages write it: ISO 8601 ending in "Z"."""
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
 
 
 def _prepare_sqlite(url: str) -> None:

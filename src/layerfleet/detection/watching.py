@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from layerfleet.accounts.models import User
 from layerfleet.agents.bus import CommandBus
 from layerfleet.agents.pictures import store_media
+from layerfleet.database import iso_z
 from layerfleet.detection import decisions
 from layerfleet.detection.models import Alert, AlertKind, PredictionFrame
 from layerfleet.detection.runtime import FrameResult
@@ -251,7 +252,7 @@ def prediction_record(frame: PredictionFrame) -> dict[str, object]:
     """One frame of `GET /prints/{id}/prediction_json`."""
     return {
         "frame_number": frame.frame_number,
-        "time": frame.taken_at.isoformat().replace("+00:00", "Z"),
+        "time": iso_z(frame.taken_at),
         "p": round(frame.p, 4),
         "score": round(frame.score, 4),
         "ewm_mean": round(frame.ewm_mean, 4),

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, Request
@@ -18,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from layerfleet.api.deps import Db, session_user
+from layerfleet.database import iso_z
 from layerfleet.detection.decisions import gauge_zone
 from layerfleet.detection.models import PredictionFrame
 from layerfleet.detection.watching import reported_temperatures
@@ -27,7 +27,7 @@ from layerfleet.fleet.models import FleetState, Printer, fleet_state, job_progre
 from layerfleet.fleet.rules import SENSITIVITY_MAX, SENSITIVITY_MIN
 from layerfleet.fleet.watching import not_watching_reason
 from layerfleet.media import media_url
-from layerfleet.web.pages import page_user, render, to_sign_in
+from layerfleet.web.pages import page_user, render, session_ended, to_sign_in
 
 router = APIRouter(include_in_schema=False)
 
@@ -40,10 +40,6 @@ KEEPALIVE_SECONDS = 15.0
 SESSION_CHECK_SECONDS = 60.0
 # Boxes of a frame scored longer ago than this no longer describe the live picture.
 BOXES_FRESH_SECONDS = 60.0
-
-
-def _when(moment: datetime | None) -> str | None:
-    return moment.isoformat().replace("+00:00", "Z") if moment else None
 
 
 def _heater(temperatures: dict[str, list[float | None]] | None, *names: str) -> list[float | None] | None:
@@ -67,7 +63,7 @@ def printer_card(printer: Printer) -> dict[str, Any]:
         "state": state.value,
         "state_text": printer.state_text or ("Agent not connected" if printer.status is None else ""),
         "picture": media_url("", printer.pic_path),
-        "picture_at": _when(printer.pic_updated_at),
+        "picture_at": iso_z(printer.pic_updated_at),
         "file": (progress.file if progress else None) or (current.filename if current else None),
         "completion": progress.completion if progress else None,
         "seconds_left": progress.seconds_left if progress else None,
@@ -80,7 +76,7 @@ def printer_card(printer: Printer) -> dict[str, Any]:
         "alerting": alerting,
         "paused_by_detector": bool(current and current.paused_at and state is FleetState.PAUSED),
         "muted": bool(current is not None and current.alert_muted_at is not None),
-        "updated_at": _when(printer.status_updated_at),
+        "updated_at": iso_z(printer.status_updated_at),
     }
 
 
@@ -121,11 +117,11 @@ async def _print_history(db: AsyncSession, printer: Printer) -> dict[str, Any]:
     boxes = None
     if latest is not None and printer.pic_updated_at is not None and \
             (printer.pic_updated_at - latest.taken_at).total_seconds() <= BOXES_FRESH_SECONDS:
-        boxes = {"taken_at": _when(latest.taken_at), "boxes": latest.boxes,
+        boxes = {"taken_at": iso_z(latest.taken_at), "boxes": latest.boxes,
                  "image": media_url("", latest.image_path)}
     return {
-        "print_started_at": _when(current.started_at),
-        "frames": [{"t": _when(f.taken_at), "normalized_p": round(f.normalized_p, 3),
+        "print_started_at": iso_z(current.started_at),
+        "frames": [{"t": iso_z(f.taken_at), "normalized_p": round(f.normalized_p, 3),
                     "nozzle": _heater(f.temperatures, "tool0", "extruder"),
                     "bed": _heater(f.temperatures, "bed", "heater_bed")} for f in frames],
         "boxes": boxes,
@@ -151,7 +147,7 @@ async def printer_page(request: Request, db: Db, printer_id: PrinterId) -> Respo
 async def printer_history(request: Request, db: Db, printer_id: PrinterId) -> Response:
     user = await session_user(request, db)
     if user is None:
-        return JSONResponse({"detail": "Your session has ended. Sign in again."}, status_code=401)
+        return session_ended()
     printer = await fleet.get_printer(db, user.organization_id, printer_id)
     if printer is None:
         return JSONResponse({"detail": "Not found."}, status_code=404)
@@ -204,7 +200,7 @@ async def fleet_stream(request: Request, printer: Annotated[int | None, Query(ge
     async with sessionmaker() as db:
         user = await session_user(request, db)
         if user is None:
-            return JSONResponse({"detail": "Your session has ended. Sign in again."}, status_code=401)
+            return session_ended()
         organization_id = user.organization_id
     events: FleetEvents = request.app.state.fleet_events
     feed: CardFeed = request.app.state.card_feed

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from layerfleet.accounts import service as accounts
 from layerfleet.accounts.models import ApiToken, Role, User
 from layerfleet.agents.models import OneTimeVerificationCode
-from layerfleet.api.deps import Db, base_url, same_origin, session_user
+from layerfleet.api.deps import UNSAFE_METHODS, Db, base_url, same_origin, session_user
 from layerfleet.database import utcnow
 from layerfleet.fleet import service as fleet
 from layerfleet.printwatch.keys import MAX_DEVICE_LIMIT, MAX_NAME_LENGTH
@@ -37,7 +37,7 @@ async def signed_in(request: Request, db: Db) -> User:
     user = await session_user(request, db)
     if user is None:
         raise HTTPException(401, detail="Your session has ended. Sign in again to continue.")
-    if request.method not in {"GET", "HEAD"} and not same_origin(request):
+    if request.method in UNSAFE_METHODS and not same_origin(request):
         raise HTTPException(403, detail="Cross-site request refused.")
     return user
 

@@ -27,7 +27,7 @@ from layerfleet.library import service as library
 from layerfleet.library.models import Build, Part, PartVersion, SliceJob, SliceStatus
 from layerfleet.scheduling import service as scheduling
 from layerfleet.scheduling.models import PrintJob, QueuedJob
-from layerfleet.web.pages import page_user, render, templates, to_sign_in
+from layerfleet.web.pages import duration_text, page_user, render, session_ended, templates, to_sign_in
 
 router = APIRouter(include_in_schema=False)
 
@@ -48,19 +48,6 @@ STATE_BADGES = {
     "Pausing": "Paused", "Resuming Print": "Printing", "Canceling": "Paused", "Offline": "Offline",
     "User Action Required": "Error", "Print Failure Detected": "Error",
 }
-
-
-def duration_text(seconds: float | None) -> str:
-    """As the page's script writes durations (lf.duration): "1 h 05 min", "12 min", "40 s"."""
-    if seconds is None:
-        return "–"
-    total = max(0, round(seconds))
-    hours, minutes = divmod(total // 60, 60)
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    if minutes:
-        return f"{minutes} min"
-    return f"{total} s"
 
 
 def material_text(grams: float | None, cm3: float | None, material: str) -> str:
@@ -209,7 +196,7 @@ async def library_section(name: str, request: Request, db: Db) -> Response:
     """One list of the page, re-rendered after the page changed something."""
     user = await page_user(request, db)
     if user is None:
-        return JSONResponse({"detail": "Your session has ended. Sign in again to continue."}, status_code=401)
+        return session_ended()
     rows = SECTIONS.get(name)
     if rows is None:
         return JSONResponse({"detail": "Not found."}, status_code=404)

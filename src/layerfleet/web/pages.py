@@ -7,7 +7,7 @@ from typing import Any
 from urllib.parse import quote
 
 from fastapi import Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -31,3 +31,21 @@ def render(request: Request, template: str, user: User, context: dict[str, Any],
     return templates.TemplateResponse(
         request, template, {"user": user, "organization": user.organization.name, **context}, status_code=status_code
     )
+
+
+def session_ended() -> Response:
+    """The answer to a page's own script when its session is gone (the script says so in words)."""
+    return JSONResponse({"detail": "Your session has ended. Sign in again to continue."}, status_code=401)
+
+
+def duration_text(seconds: float | None) -> str:
+    """As the pages' script writes durations (lf.duration): "1 h 05 min", "12 min", "40 s"."""
+    if seconds is None:
+        return "–"
+    whole = max(0, round(seconds))
+    hours, minutes = whole // 3600, whole % 3600 // 60
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    if minutes:
+        return f"{minutes} min"
+    return f"{whole} s"

@@ -26,7 +26,7 @@ from layerfleet.media import media_url
 from layerfleet.prints import service as prints
 from layerfleet.prints.models import AlertOverwrite, FeedbackAnswer, Print
 from layerfleet.prints.rules import PrintFilter, PrintSorting
-from layerfleet.web.pages import page_user, render, to_sign_in
+from layerfleet.web.pages import duration_text, page_user, render, to_sign_in
 
 router = APIRouter(include_in_schema=False)
 
@@ -66,17 +66,6 @@ class Moment:
 
 def moment(at: datetime) -> Moment:
     return Moment(at.isoformat(), at.strftime("%Y-%m-%d %H:%M UTC"))
-
-
-def duration_text(seconds: float) -> str:
-    """As ``lf.duration`` in app.js, so that server and browser say the same."""
-    whole = max(0, round(seconds))
-    hours, minutes = whole // 3600, whole % 3600 // 60
-    if hours:
-        return f"{hours} h {minutes:02d} min"
-    if minutes:
-        return f"{minutes} min"
-    return f"{whole} s"
 
 
 def ended_at(print_: Print) -> datetime | None:

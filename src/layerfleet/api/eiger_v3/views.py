@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from layerfleet.accounts.models import User
+from layerfleet.database import iso_z
 from layerfleet.fleet.models import Printer, job_progress
 from layerfleet.library.models import Build, Part, PartVersion
 from layerfleet.scheduling.models import JobState, PrintedPart, PrintJob, QueuedJob
@@ -20,7 +21,7 @@ DEVICE_SERIES = ("Unknown", "Mark One", "Desktop Series", "Industrial Series", "
 
 
 def when(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat().replace("+00:00", "Z")
+    return iso_z(value)
 
 
 def _rounded(value: float | None, digits: int = 3) -> float | None:
