@@ -49,11 +49,12 @@ class JobProgress:
 
 def job_progress(status: dict[str, Any] | None) -> JobProgress:
     status = status or {}
-    job = status.get("job") if isinstance(status.get("job"), dict) else {}
-    file = job.get("file") if isinstance(job, dict) and isinstance(job.get("file"), dict) else {}
+    job = status.get("job")
+    file = job.get("file") if isinstance(job, dict) else None
     name = (file.get("display") or file.get("name")) if isinstance(file, dict) else None
-    progress = status.get("progress") if isinstance(status.get("progress"), dict) else {}
-    assert isinstance(progress, dict)
+    progress = status.get("progress")
+    if not isinstance(progress, dict):
+        progress = {}
     completion = _number(progress.get("completion"))
     left = _number(progress.get("printTimeLeft"))
     printing = _number(progress.get("printTime"))
