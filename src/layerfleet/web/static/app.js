@@ -150,5 +150,14 @@ const lf = (() => {
     return source;
   }
 
-  return { api, toast, confirm: confirmAction, el, duration, temperature, when, lineChart, live };
+  // The failure gauge's zones (detection.decisions.gauge_zone): in words, and as a chart's
+  // bands over normalized_p, coloured as the gauge.
+  const ZONE_WORDS = { green: "Looks good", yellow: "Fair", red: "Failing" };
+  const ZONE_BANDS = [
+    { from: 0, to: 1 / 3, color: "#2da44e" },
+    { from: 1 / 3, to: 2 / 3, color: "#d4a72c" },
+    { from: 2 / 3, to: 1, color: "#cf222e" },
+  ];
+
+  return { api, toast, confirm: confirmAction, el, duration, temperature, when, lineChart, live, ZONE_WORDS, ZONE_BANDS };
 })();

@@ -1,7 +1,6 @@
 // The fleet page: one card per printer, kept current by the fleet's live stream.
 "use strict";
 (() => {
-  const ZONES = { green: "Looks good", yellow: "Fair", red: "Failing" };
   const cards = new Map(JSON.parse(document.getElementById("fleet-data").textContent).map((c) => [c.id, c]));
   const list = document.getElementById("cards");
   const search = document.getElementById("search");
@@ -11,7 +10,7 @@
   const { el } = lf;
 
   function gauge(card) {
-    const label = ZONES[card.zone];
+    const label = lf.ZONE_WORDS[card.zone];
     return el("div", { class: "gauge", role: "img", "aria-label": `Failure detector: ${label} (${card.normalized_p.toFixed(2)})` },
       el("span", { class: `zone-${card.zone}`, text: label, style: "min-width:5.5rem;font-weight:600" }),
       el("div", { class: "bar" }, el("span", { class: "needle", style: `left:${Math.min(100, card.normalized_p * 100)}%` })));

@@ -2,7 +2,6 @@
 // detection and temperature graphs, settings.
 "use strict";
 (() => {
-  const ZONES = { green: "Looks good", yellow: "Fair", red: "Failing" };
   const data = JSON.parse(document.getElementById("printer-data").textContent);
   let card = data.card, history = data.history, masks = data.settings.ignore_masks.map((m) => m.slice());
   const id = card.id;
@@ -23,7 +22,7 @@
     $("#p-nozzle").textContent = lf.temperature(card.nozzle);
     $("#p-bed").textContent = lf.temperature(card.bed);
     $("#p-gauge").innerHTML = "";
-    $("#p-gauge").append(lf.el("span", { class: `zone-${card.zone}`, style: "font-weight:600", text: `${ZONES[card.zone]} (${card.normalized_p.toFixed(2)})` }));
+    $("#p-gauge").append(lf.el("span", { class: `zone-${card.zone}`, style: "font-weight:600", text: `${lf.ZONE_WORDS[card.zone]} (${card.normalized_p.toFixed(2)})` }));
     const alert = $("#p-alert");
     alert.textContent = card.paused_by_detector ? "The failure detector paused this print. Look at the picture, then resume or cancel."
       : card.alerting ? "The failure detector raised an alert on this print." : "";
@@ -145,7 +144,7 @@
     const frames = history.frames;
     lf.lineChart($("#chart-p"), [{ color: "#14202e", points: frames.map((f) => [Date.parse(f.t) / 1000, f.normalized_p]) }], {
       yMin: 0, yMax: 1, xLabel: time, yLabel: (y) => y.toFixed(1),
-      bands: [{ from: 0, to: 1 / 3, color: "#2da44e" }, { from: 1 / 3, to: 2 / 3, color: "#d4a72c" }, { from: 2 / 3, to: 1, color: "#cf222e" }],
+      bands: lf.ZONE_BANDS,
     });
     const since = history.print_started_at ? Date.parse(history.print_started_at) / 1000 : 0;
     const temps = [...frames.map((f) => ({ t: Date.parse(f.t) / 1000, nozzle: f.nozzle, bed: f.bed })),

@@ -13,16 +13,10 @@
   const data = JSON.parse(dataNode.textContent);
   const printUrl = `/api/v1/prints/${data.id}/`;
 
-  // The gauge's thirds (normalized_p), coloured as on the fleet page.
-  const ZONES = [
-    { from: 0, to: 1 / 3, color: "#2da44e" },
-    { from: 1 / 3, to: 2 / 3, color: "#d4a72c" },
-    { from: 2 / 3, to: 1, color: "#cf222e" },
-  ];
   const likelihood = document.getElementById("likelihood-chart");
   if (likelihood) {
     lf.lineChart(likelihood, [{ label: "Failure likelihood", color: "#1b1f24", points: data.chart.likelihood }], {
-      yMin: 0, yMax: 1, bands: ZONES, xLabel: lf.duration, yLabel: (y) => `${Math.round(y * 100)} %`,
+      yMin: 0, yMax: 1, bands: lf.ZONE_BANDS, xLabel: lf.duration, yLabel: (y) => `${Math.round(y * 100)} %`,
     });
   }
 
