@@ -15,8 +15,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from conftest import Farm
-from layerfleet.agents.models import PrinterEvent
-from layerfleet.fleet.models import Printer
+from layerfleet.fleet.models import Printer, PrinterEvent
 from layerfleet.prints.models import Print
 
 

@@ -17,8 +17,8 @@ from sqlalchemy import text
 
 from layerfleet.accounts import service as accounts
 from layerfleet.accounts.models import Role, User
-from layerfleet.agents.bus import AgentMessage, InProcessCommandBus
 from layerfleet.app import create_app
+from layerfleet.commands.bus import AgentMessage, InProcessCommandBus
 from layerfleet.config import Settings
 from layerfleet.database import Base, create_engine, migrate, utcnow
 from layerfleet.fleet import service as fleet
@@ -88,7 +88,7 @@ def settings(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> Set
 async def app(settings: Settings) -> AsyncIterator[Any]:
     application = create_app(settings)
     yield application
-    await application.state.engine.dispose()
+    await application.state.services.engine.dispose()
 
 
 @pytest.fixture(autouse=True)
@@ -97,7 +97,7 @@ async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     if "app" not in request.fixturenames:
         return
     application = request.getfixturevalue("app")
-    async with application.state.engine.begin() as conn:
+    async with application.state.services.engine.begin() as conn:
         if conn.dialect.name == "postgresql":
             names = ", ".join(t.name for t in Base.metadata.sorted_tables)
             await conn.execute(text(f"TRUNCATE {names} RESTART IDENTITY CASCADE"))
@@ -105,7 +105,7 @@ async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
             await conn.execute(text("UPDATE printers SET current_print_id = NULL"))
             for table in reversed(Base.metadata.sorted_tables):
                 await conn.execute(table.delete())
-    bus = application.state.command_bus
+    bus = application.state.services.command_bus
     if isinstance(bus, InProcessCommandBus):
         bus.unregister_all()
 
@@ -147,8 +147,8 @@ class Farm:
 
     def __init__(self, app: Any) -> None:
         self.app = app
-        self.sessionmaker = app.state.sessionmaker
-        self.bus: InProcessCommandBus = app.state.command_bus
+        self.sessionmaker = app.state.services.sessionmaker
+        self.bus: InProcessCommandBus = app.state.services.command_bus
         self._count = 0
 
     async def member(self, role: Role = Role.OWNER, organization: str = "Farm A", dh_balance: float = 10.0) -> Member:

@@ -32,19 +32,19 @@ from agent_helpers import (
 )
 from conftest import PRINTING, Farm
 from layerfleet.accounts.models import Role
-from layerfleet.agents.models import OneTimeVerificationCode, PrinterEvent
+from layerfleet.agents.models import OneTimeVerificationCode
 from layerfleet.app import create_app
 from layerfleet.config import Settings
 from layerfleet.database import utcnow
-from layerfleet.fleet.models import Printer
+from layerfleet.fleet.models import Printer, PrinterEvent
 from layerfleet.prints.models import GCodeFile
 from layerfleet.ratelimit import RateLimiter
 
 
 @pytest.fixture(autouse=True)
 def _fresh_throttles(app: Any) -> None:
-    app.state.verify_throttle = RateLimiter(20, 600)
-    app.state.discovery_throttle = RateLimiter(300, 600)
+    app.state.services.verify_throttle = RateLimiter(20, 600)
+    app.state.services.discovery_throttle = RateLimiter(300, 600)
 
 
 @pytest.fixture
@@ -127,7 +127,7 @@ async def test_a_picture_becomes_the_printers_pic_and_reaches_the_frame_sink(
     app: Any, client: httpx.AsyncClient, farm: Farm
 ) -> None:
     sink = RecordingSink()
-    previous_sink, app.state.frame_sink = app.state.frame_sink, sink
+    previous_sink, app.state.services.frame_sink = app.state.services.frame_sink, sink
     try:
         owner = await farm.member()
         printer = await farm.printer(owner)
@@ -164,7 +164,7 @@ async def test_a_picture_becomes_the_printers_pic_and_reaches_the_frame_sink(
         assert nozzle.json() == {"result": "ok"}
         assert (await load_printer(farm, printer.id)).pic_path == stored.pic_path
     finally:
-        app.state.frame_sink = previous_sink
+        app.state.services.frame_sink = previous_sink
 
 
 @pytest.mark.parametrize("content", [b"", b"hello, not a picture", jpeg()[:200], b"\x89PNG\r\n\x1a\n" + b"0" * 64])
@@ -579,7 +579,7 @@ async def test_a_second_agent_with_the_same_token_is_a_duplicate(server: TestCli
 async def test_a_dead_old_connection_is_dropped_quietly(server: TestClient, farm: Farm) -> None:
     owner = await farm.member()
     printer = await farm.printer(owner)
-    server.app.state.agent_gateway.probe_timeout = 0.3  # type: ignore[attr-defined]
+    server.app.state.services.agent_gateway.probe_timeout = 0.3  # type: ignore[attr-defined]
     with server.websocket_connect("/ws/dev/", headers=bearer(printer)) as stale:
         stale.receive_json()
         with server.websocket_connect("/ws/dev/", headers=bearer(printer)) as fresh:
@@ -596,7 +596,7 @@ async def test_a_dead_old_connection_is_dropped_quietly(server: TestClient, farm
 async def test_server_to_agent_calls_and_relinking_drops_the_old_agent(server: TestClient, farm: Farm) -> None:
     owner = await farm.member()
     printer = await farm.printer(owner)
-    gateway = server.app.state.agent_gateway  # type: ignore[attr-defined]
+    gateway = server.app.state.services.agent_gateway  # type: ignore[attr-defined]
     with server.websocket_connect("/ws/dev/", headers=bearer(printer)) as ws:
         ws.receive_json()
         answer = server.portal.start_task_soon(gateway.call, printer.id, "get_current_data")  # type: ignore[union-attr]
@@ -635,11 +635,12 @@ async def test_printing_status_through_conftest_shape_is_accepted(server: TestCl
 async def test_a_picture_replaced_while_it_is_served_is_still_served_whole(app: Any, farm: Farm) -> None:
     from types import SimpleNamespace
 
-    from layerfleet.media import media_root, serve_media
+    from layerfleet.api.media import serve_media
+    from layerfleet.media import media_root
 
     owner = await farm.member()
     relative = f"orgs/{owner.user.organization_id}/printers/1/pics/race.jpg"
-    file = media_root(app.state.settings.data_dir) / relative
+    file = media_root(app.state.services.settings.data_dir) / relative
     file.parent.mkdir(parents=True, exist_ok=True)
     picture = jpeg(640, 480)
     file.write_bytes(picture)

@@ -113,7 +113,7 @@ class Replay:
             assert (received["cmd"], received["initiator"]) == (command, "api")
         elif "passthru" in sent:
             call = sent["passthru"]
-            gateway = self.server.app.state.agent_gateway  # type: ignore[attr-defined]
+            gateway = self.server.app.state.services.agent_gateway  # type: ignore[attr-defined]
             printer_id = self.printer.id
 
             async def remote_call() -> Any:

@@ -534,7 +534,7 @@ async def test_the_configured_public_url_counts_as_our_origin(client, farm: Farm
     # Behind a proxy that rewrites Host, the browser's Origin is the public URL.
     member = await farm.member()
     printer = await farm.printer(member, "before")
-    settings = client._transport.app.state.settings
+    settings = client._transport.app.state.services.settings
     monkeypatch.setattr(settings, "base_url", "https://farm.example.org/")
     origin = {"Origin": "https://farm.example.org"}
     assert (await login(client, member.user.email, **{})).status_code == 303

@@ -24,26 +24,26 @@ from layerfleet.accounts.models import Role, User
 from layerfleet.database import utcnow
 from layerfleet.jobs import InProcessJobQueue
 from layerfleet.library.models import Build, Part, PartVersion, SliceJob
-from layerfleet.library.service import DEFAULT_PRESET_UUID, SliceRunner, library_root, slice_job_by_uuid_any
-from layerfleet.library.slicing_service import SlicingService
-from layerfleet.slicing import parse_gcode_summary
+from layerfleet.library.service import DEFAULT_PRESET_UUID, library_root, slice_job_by_uuid_any
+from layerfleet.library.slice_jobs import SliceJobs, SliceRunner
+from layerfleet.slicer import parse_gcode_summary
 from test_slicing import cube_triangles, needs_prusaslicer, write_binary_stl
 
 V3 = "/api/v3"
 
 
 @pytest.fixture
-async def slicing(app: Any) -> AsyncIterator[SlicingService]:
+async def slicing(app: Any) -> AsyncIterator[SliceJobs]:
     """The app's slicing service, started (the session app runs no lifespan)."""
-    settings = app.state.settings
-    service = SlicingService(app.state.sessionmaker, InProcessJobQueue(close_timeout=5), settings.data_dir,
+    settings = app.state.services.settings
+    service = SliceJobs(app.state.services.sessionmaker, InProcessJobQueue(close_timeout=5), settings.data_dir,
                              workers=1, sole_worker=True, timeout=120)
-    previous = app.state.slicing
-    app.state.slicing = service
+    previous = app.state.services.slice_jobs
+    app.state.services.slice_jobs = service
     await service.start()
     yield service
     await service.close()
-    app.state.slicing = previous
+    app.state.services.slice_jobs = previous
 
 
 async def basic(farm: Farm, member: Member) -> dict[str, str]:
@@ -236,7 +236,7 @@ def cube_stl(tmp_path: Path, edge: float = 20.0) -> bytes:
 
 @needs_prusaslicer
 async def test_uploaded_stl_is_sliced_by_a_job(client: httpx.AsyncClient, farm: Farm, app: Any,
-                                               slicing: SlicingService, tmp_path: Path) -> None:
+                                               slicing: SliceJobs, tmp_path: Path) -> None:
     owner = await farm.member()
     headers = await basic(farm, owner)
     presets = (await client.get(f"{V3}/parts/settings_presets", headers=headers)).json()
@@ -260,7 +260,7 @@ async def test_uploaded_stl_is_sliced_by_a_job(client: httpx.AsyncClient, farm: 
     # The estimates are PrusaSlicer's own, from its G-code comments.
     async with farm.sessionmaker() as session:
         stored = (await session.execute(select(PartVersion).where(PartVersion.uuid == version["id"]))).scalar_one()
-    root = library_root(app.state.settings.data_dir)
+    root = library_root(app.state.services.settings.data_dir)
     summary = parse_gcode_summary(root / str(stored.gcode_path))
     assert stored.estimated_print_seconds == summary.estimated_print_seconds > 0
     assert stored.filament_cm3 == pytest.approx(summary.filament_cm3) and summary.filament_cm3 > 1
@@ -280,7 +280,7 @@ async def test_uploaded_stl_is_sliced_by_a_job(client: httpx.AsyncClient, farm: 
     (b"%PDF-1.4 this is not a model", "not an STL"),
 ])
 async def test_bad_uploads_are_refused_and_leave_nothing(client: httpx.AsyncClient, farm: Farm, app: Any,
-                                                         slicing: SlicingService, content: bytes, words: str) -> None:
+                                                         slicing: SliceJobs, content: bytes, words: str) -> None:
     headers = await basic(farm, await farm.member())
     before = _stl_files(app)
     response = await upload(client, headers, content)
@@ -289,7 +289,7 @@ async def test_bad_uploads_are_refused_and_leave_nothing(client: httpx.AsyncClie
 
 
 def _stl_files(app: Any) -> set[Path]:
-    stl_dir = library_root(app.state.settings.data_dir) / "stl"
+    stl_dir = library_root(app.state.services.settings.data_dir) / "stl"
     return set(stl_dir.iterdir()) if stl_dir.exists() else set()
 
 
@@ -300,7 +300,7 @@ async def _nothing_stored(farm: Farm, app: Any, files_before: set[Path]) -> None
     assert _stl_files(app) == files_before
 
 
-async def test_upload_form_errors(client: httpx.AsyncClient, farm: Farm, app: Any, slicing: SlicingService,
+async def test_upload_form_errors(client: httpx.AsyncClient, farm: Farm, app: Any, slicing: SliceJobs,
                                   tmp_path: Path) -> None:
     headers = await basic(farm, await farm.member())
     before = _stl_files(app)
@@ -320,7 +320,7 @@ async def test_upload_form_errors(client: httpx.AsyncClient, farm: Farm, app: An
 
 @needs_prusaslicer
 async def test_a_model_the_slicer_rejects_ends_in_error(client: httpx.AsyncClient, farm: Farm,
-                                                        slicing: SlicingService, tmp_path: Path) -> None:
+                                                        slicing: SliceJobs, tmp_path: Path) -> None:
     headers = await basic(farm, await farm.member())
     huge = write_binary_stl(tmp_path / "huge.stl", cube_triangles(900.0)).read_bytes()  # larger than the bed
     created = (await upload(client, headers, huge)).json()
@@ -339,10 +339,10 @@ async def test_slice_jobs_waiting_at_a_restart_are_run(farm: Farm, app: Any, tmp
 
         user = await session.get(User, owner.user.id)
         assert user is not None
-        received = await library.receive_stl(_one(cube_stl(tmp_path)), "a.stl", app.state.settings.data_dir)
+        received = await library.receive_stl(_one(cube_stl(tmp_path)), "a.stl", app.state.services.settings.data_dir)
         preset = await library.default_preset(session)
         created = await library.create_part(session, received, owner=user, preset=preset, folder_uuid=None,
-                                            data_dir=app.state.settings.data_dir)
+                                            data_dir=app.state.services.settings.data_dir)
         created.job.status = "IN_PROGRESS"  # a slice the last process did not finish
         await session.commit()
         job_uuid = created.job.uuid
@@ -351,7 +351,7 @@ async def test_slice_jobs_waiting_at_a_restart_are_run(farm: Farm, app: Any, tmp
     async def record(job: str) -> None:
         ran.append(job)
 
-    service = SlicingService(app.state.sessionmaker, InProcessJobQueue(), app.state.settings.data_dir,
+    service = SliceJobs(app.state.services.sessionmaker, InProcessJobQueue(), app.state.services.settings.data_dir,
                              workers=1, sole_worker=True)
     service.runner = record  # type: ignore[assignment]
     queue = service._queue
@@ -376,7 +376,7 @@ async def _one(content: bytes) -> AsyncIterator[bytes]:
 
 @needs_prusaslicer
 async def test_builds_from_part_versions_and_approvals(client: httpx.AsyncClient, farm: Farm,
-                                                       slicing: SlicingService, tmp_path: Path) -> None:
+                                                       slicing: SliceJobs, tmp_path: Path) -> None:
     owner = await farm.member()
     headers = await basic(farm, owner)
     created = (await upload(client, headers, cube_stl(tmp_path, 10.0))).json()
@@ -437,7 +437,7 @@ async def test_builds_from_part_versions_and_approvals(client: httpx.AsyncClient
         assert (await session.execute(select(func.count()).select_from(Build))).scalar_one() == 2
 
 
-async def test_build_requests_that_are_wrong(client: httpx.AsyncClient, farm: Farm, slicing: SlicingService) -> None:
+async def test_build_requests_that_are_wrong(client: httpx.AsyncClient, farm: Farm, slicing: SliceJobs) -> None:
     headers = await basic(farm, await farm.member())
     for body, words in [
         ({"title": "x", "part_versions": []}, "at least 1"),
@@ -538,7 +538,7 @@ async def test_a_queued_slice_job_can_be_canceled(client: httpx.AsyncClient, far
     # A worker that gets the job later leaves it alone.
     async with farm.sessionmaker() as session:
         before = await slice_job_by_uuid_any(session, job)
-    await SliceRunner(farm.sessionmaker, app.state.settings.data_dir)(job)
+    await SliceRunner(farm.sessionmaker, app.state.services.settings.data_dir)(job)
     async with farm.sessionmaker() as session:
         after = await slice_job_by_uuid_any(session, job)
     assert before is not None and after is not None
@@ -546,9 +546,9 @@ async def test_a_queued_slice_job_can_be_canceled(client: httpx.AsyncClient, far
 
 
 @needs_prusaslicer
-async def test_an_organizations_own_profile_is_used(client: httpx.AsyncClient, farm: Farm, slicing: SlicingService,
+async def test_an_organizations_own_profile_is_used(client: httpx.AsyncClient, farm: Farm, slicing: SliceJobs,
                                                     tmp_path: Path) -> None:
-    from layerfleet.slicing import DEFAULT_PROFILE
+    from layerfleet.slicer import DEFAULT_PROFILE
 
     owner = await farm.member()
     headers = await basic(farm, owner)
@@ -595,7 +595,7 @@ async def test_inspection_report_shows_temperatures_detection_and_key_frames(
     owner = await farm.member()
     printer = await farm.printer(owner, "Voron 2", status={"temperatures": {"tool0": {"actual": 215, "target": 215}}})
     headers = await basic(farm, owner)
-    media = app.state.settings.data_dir / "media"
+    media = app.state.services.settings.data_dir / "media"
     start = utcnow() - timedelta(minutes=30)
     async with farm.sessionmaker() as session:
         preset = await library.default_preset(session)
@@ -628,7 +628,7 @@ async def test_inspection_report_shows_temperatures_detection_and_key_frames(
 
     asked = await client.get(f"{V3}/printed_parts/{part_uuid}/scan_report", headers=headers)
     assert asked.status_code == 200 and asked.json() == {"scan_report_url": None}
-    await app.state.reports.wait()
+    await app.state.services.reports.wait()
     url = (await client.get(f"{V3}/printed_parts/{part_uuid}/scan_report", headers=headers)).json()["scan_report_url"]
     assert url and "expires=" in url
     page = (await client.get(url)).text

@@ -33,7 +33,7 @@ async def seeded(farm: Farm, app: Any, tmp_path: Path) -> dict[str, Any]:
     owner = await farm.member()
     headers = await basic(farm, owner)
     printer = await farm.printer(owner, "fuzzed", status=PRINTING)
-    data_dir = app.state.settings.data_dir
+    data_dir = app.state.services.settings.data_dir
     root = library.library_root(data_dir)
     async with farm.sessionmaker() as session:
         user = await session.get(User, owner.user.id)

@@ -33,7 +33,7 @@ async def test_unexpected_failure_is_json_500_with_a_reference(settings) -> None
     transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
         response = await client.get("/api/v1/boom/")
-    await app.state.engine.dispose()
+    await app.state.services.engine.dispose()
     assert response.status_code == 500
     body = response.json()
     assert "kaboom" not in body["detail"]

@@ -126,7 +126,7 @@ async def test_pages_of_one_organization_share_one_read_per_change(app: Any, far
     owner = await farm.member()
     printer = await farm.printer(owner, "Voron")
     events = FleetEvents()
-    feed = CardFeed(app.state.sessionmaker, events)
+    feed = CardFeed(app.state.services.sessionmaker, events)
     organization = owner.user.organization_id
 
     async def five_pages() -> list[tuple[list[dict[str, Any]], list[int]]]:

@@ -11,8 +11,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import make_url
 
+import layerfleet.migrations.tables  # noqa: F401  (registers every table)
 from conftest import BACKENDS, POSTGRES_URL
-from layerfleet import models  # noqa: F401
 from layerfleet.database import Base, create_engine, downgrade, migrate
 
 

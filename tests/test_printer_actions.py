@@ -6,7 +6,7 @@ import pytest
 
 from conftest import IDLE, PAUSED, PRINTING, Farm, now
 from layerfleet.accounts.models import Role
-from layerfleet.agents.bus import AgentCommand, RemoteStatus
+from layerfleet.commands.bus import AgentCommand, RemoteStatus
 from layerfleet.prints.models import Print
 
 

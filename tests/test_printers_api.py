@@ -8,7 +8,7 @@ import pytest
 
 from conftest import PAUSED, PRINTING, Farm, now
 from layerfleet.accounts.models import Role
-from layerfleet.fleet import watching
+from layerfleet.fleet import watch_reasons as watching
 
 PRINTER_FIELDS = {
     "id", "name", "created_at", "action_on_failure", "watching_enabled", "not_watching_reason",

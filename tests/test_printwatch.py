@@ -231,7 +231,7 @@ async def test_boxes_are_in_a_640_space_for_a_1280x960_picture(app, client, farm
     await register(client, key)
     answer = await infer(client, key, image_array=b64(picture))
     assert answer["statusCode"] == 200 and answer["boxes"]
-    detector = await app.state.printwatch_inference.detector()
+    detector = await app.state.services.printwatch_inference.detector()
     expected = [b for b in detector.detect_one(picture).boxes if b[4] >= 0.6]
     assert len(expected) == len(answer["boxes"])
     for (xc, yc, w, h, _), box in zip(expected, answer["boxes"], strict=True):
@@ -427,12 +427,12 @@ async def test_a_detector_that_cannot_run_is_a_bad_inference_request(app, client
 
     await register(client, key)
     # Swapped by hand: pytest's monkeypatch cannot restore an attribute of Starlette's State.
-    shared = app.state.printwatch_inference
-    app.state.printwatch_inference = PrintWatchInference(load=missing)
+    shared = app.state.services.printwatch_inference
+    app.state.services.printwatch_inference = PrintWatchInference(load=missing)
     try:
         answer = await infer(client, key)
     finally:
-        app.state.printwatch_inference = shared
+        app.state.services.printwatch_inference = shared
     assert answer["statusCode"] == 211
     assert "could not be loaded" in answer["message"]
 

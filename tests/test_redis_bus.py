@@ -12,9 +12,9 @@ import httpx
 import pytest
 
 from conftest import PRINTING, FakeAgent, Farm, local_port_answers
-from layerfleet.agents.bus import AgentCommand, RemoteStatus
-from layerfleet.agents.redis_bus import RedisCommandBus
 from layerfleet.app import create_app
+from layerfleet.commands.bus import AgentCommand, RemoteStatus
+from layerfleet.commands.redis_bus import RedisCommandBus
 
 REDIS_URL = os.environ.get("LAYERFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -99,4 +99,4 @@ async def test_pause_through_one_server_reaches_the_agent_on_another(settings, f
     finally:
         await api_side.close()
         await agent_side.close()
-        await app.state.engine.dispose()
+        await app.state.services.engine.dispose()

@@ -1,4 +1,4 @@
-"""STL checks and slicing with the real PrusaSlicer CLI (layerfleet.slicing).
+"""STL checks and slicing with the real PrusaSlicer CLI (layerfleet.slicer).
 
 The STL files are made here: a 20 mm cube (binary and ASCII), the same cube with its top face
 missing (not manifold), models too big for the bed, and files that are no STL at all.
@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from layerfleet.slicing import (
+from layerfleet.slicer import (
     DEFAULT_PROFILE,
     BadStl,
     SliceCanceled,
@@ -32,7 +32,7 @@ from layerfleet.slicing import (
     parse_gcode_summary,
     slice_stl,
 )
-from layerfleet.slicing.prusaslicer import ENVIRONMENT_VARIABLE, slicer_message
+from layerfleet.slicer.prusaslicer import ENVIRONMENT_VARIABLE, slicer_message
 
 
 def _prusaslicer() -> Path | None:

@@ -17,15 +17,15 @@ from starlette.testclient import TestClient
 from agent_helpers import agent_headers, bearer, frame, jpeg, status
 from conftest import IDLE, PRINTING, FakeAgent, Farm, Member, now
 from layerfleet.accounts.models import User
-from layerfleet.agents.bus import AgentCommand, InProcessCommandBus
 from layerfleet.app import create_app
+from layerfleet.commands.bus import AgentCommand, InProcessCommandBus
 from layerfleet.config import Settings
 from layerfleet.detection import FrameResult
 from layerfleet.detection.models import Alert, PredictionFrame
-from layerfleet.detection.watching import FrameOutcome, apply_frame, pick_feedback_frames
 from layerfleet.fleet.models import Printer
-from layerfleet.fleet.watching import REASON_NO_DETECTION_HOURS
+from layerfleet.fleet.watch_reasons import REASON_NO_DETECTION_HOURS
 from layerfleet.prints.models import Print, PrintShotFeedback
+from layerfleet.watching.frames import FrameOutcome, apply_frame, pick_feedback_frames
 
 FAILING_P, CLEAN_P = 0.9, 0.05
 DECISION_P_OF_A_SURE_FAILURE = 2.0  # watching.SCORE_TO_P × score 1
@@ -295,7 +295,7 @@ class ScriptedDetector:
 def watching_app(settings: Settings) -> Any:
     app = create_app(settings.model_copy(update={"detection_enabled": True, "detection_interval_seconds": 1.0}),
                      command_bus=InProcessCommandBus())
-    app.state.watching.detector = ScriptedDetector()
+    app.state.services.watching.detector = ScriptedDetector()
     return app
 
 
@@ -308,7 +308,7 @@ async def test_the_pipeline_scores_one_frame_per_interval_of_watched_printers_on
     transport = httpx.ASGITransport(app=watching_app)
     async with watching_app.router.lifespan_context(watching_app), \
             httpx.AsyncClient(transport=transport, base_url="http://testserver") as agent:
-        pipeline = watching_app.state.watching
+        pipeline = watching_app.state.services.watching
         for _ in range(3):
             for printer in (watched, idle):
                 answer = await agent.post("/api/v1/octo/pic/", headers=agent_headers(printer),
@@ -351,6 +351,6 @@ async def test_each_scored_frame_keeps_the_heaters_temperatures(farm: Farm, sett
     await watch.frame(CLEAN_P)
     frames = await rows(farm, PredictionFrame, print_id=print_.id)
     assert [f.temperatures for f in frames] == [None, {"tool0": [214.5, 215.0], "bed": [60.0, 60.0]}]
-    from layerfleet.detection.watching import reported_temperatures
+    from layerfleet.watching.frames import reported_temperatures
 
     assert reported_temperatures(hot) == {"tool0": [214.5, 215.0], "bed": [60.0, 60.0], "tool1": [None, None]}

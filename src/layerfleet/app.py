@@ -15,22 +15,23 @@ from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.middleware.sessions import SessionMiddleware
 
-from layerfleet import __version__, media, web
-from layerfleet.agents.bus import CommandBus, InProcessCommandBus
-from layerfleet.agents.frames import FrameSink, NullFrameSink
+from layerfleet import __version__, web
 from layerfleet.agents.gateway import AgentGateway
-from layerfleet.api import access_keys, eiger_v3, obico_agent, obico_v1, printwatch
-from layerfleet.api.errors import install_error_handlers
+from layerfleet.api import access_keys, eiger_v3, media, obico_agent, obico_v1, printwatch
+from layerfleet.api.error_handlers import install_error_handlers
+from layerfleet.api.services import Services
+from layerfleet.commands.bus import CommandBus, InProcessCommandBus
 from layerfleet.config import Settings, load_settings
 from layerfleet.database import create_engine, create_sessionmaker
-from layerfleet.detection.pipeline import WatchingPipeline
 from layerfleet.fleet.events import FleetEvents, RedisFleetEvents
 from layerfleet.jobs import create_job_queue
-from layerfleet.library.slicing_service import SlicingService
+from layerfleet.library.slice_jobs import SliceJobs
 from layerfleet.printwatch.inference import PrintWatchInference
 from layerfleet.ratelimit import RateLimiter
 from layerfleet.scheduling.dispatcher import Dispatcher
 from layerfleet.scheduling.reports import ReportService
+from layerfleet.watching.pipeline import WatchingPipeline
+from layerfleet.watching.sink import FrameSink, NullFrameSink
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ DISCOVERY_CALLS, DISCOVERY_WINDOW_SECONDS = 300, 600
 
 def _default_bus(settings: Settings) -> CommandBus:
     if settings.redis_url:
-        from layerfleet.agents.redis_bus import RedisCommandBus
+        from layerfleet.commands.redis_bus import RedisCommandBus
 
         return RedisCommandBus(settings.redis_url)
     return InProcessCommandBus()
@@ -111,7 +112,7 @@ def create_app(
             events=events,
         )
 
-    slicing = SlicingService(
+    slicing = SliceJobs(
         sessionmaker, create_job_queue(settings), settings.data_dir, workers=settings.job_workers,
         sole_worker=settings.redis_url is None, timeout=settings.slice_timeout_seconds,
     )
@@ -147,22 +148,16 @@ def create_app(
         redoc_url=None,
         lifespan=lifespan,
     )
-    app.state.settings = settings
-    app.state.engine = engine
-    app.state.sessionmaker = sessionmaker
-    app.state.command_bus = bus
-    app.state.agent_gateway = gateway
-    app.state.fleet_events = events
+    app.state.services = Services(
+        settings=settings, engine=engine, sessionmaker=sessionmaker, command_bus=bus, agent_gateway=gateway,
+        fleet_events=events, frame_sink=frame_sink or pipeline or NullFrameSink(), watching=pipeline,
+        slice_jobs=slicing, dispatcher=dispatcher, reports=reports,
+        # The PrintWatch API borrows the pipeline's detector when there is one, else loads its own.
+        printwatch_inference=PrintWatchInference(lambda: pipeline.detector if pipeline else None),
+        verify_throttle=RateLimiter(VERIFY_CALLS, VERIFY_WINDOW_SECONDS),
+        discovery_throttle=RateLimiter(DISCOVERY_CALLS, DISCOVERY_WINDOW_SECONDS),
+    )
     app.state.card_feed = web.fleet.CardFeed(sessionmaker, events)
-    app.state.frame_sink = frame_sink or pipeline or NullFrameSink()
-    app.state.watching = pipeline
-    app.state.slicing = slicing
-    app.state.dispatcher = dispatcher
-    app.state.reports = reports
-    # The PrintWatch API borrows the pipeline's detector when there is one, else loads its own.
-    app.state.printwatch_inference = PrintWatchInference(lambda: pipeline.detector if pipeline else None)
-    app.state.verify_throttle = RateLimiter(VERIFY_CALLS, VERIFY_WINDOW_SECONDS)
-    app.state.discovery_throttle = RateLimiter(DISCOVERY_CALLS, DISCOVERY_WINDOW_SECONDS)
 
     app.add_middleware(
         SessionMiddleware,

@@ -128,7 +128,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     """Background jobs (slicing) without the web server: scale-out over Redis."""
     from layerfleet.database import create_engine, create_sessionmaker, migrate
     from layerfleet.jobs import create_job_queue
-    from layerfleet.library.slicing_service import SlicingService
+    from layerfleet.library.slice_jobs import SliceJobs
 
     if not settings.redis_url:
         print("error: `layerfleet worker` takes jobs from Redis: set LAYERFLEET_REDIS_URL (without it the "
@@ -138,7 +138,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
     async def work(stop: asyncio.Event) -> int:
         engine = create_engine(settings.effective_database_url)
-        slicing = SlicingService(create_sessionmaker(engine), create_job_queue(settings), settings.data_dir,
+        slicing = SliceJobs(create_sessionmaker(engine), create_job_queue(settings), settings.data_dir,
                                  workers=args.jobs, sole_worker=False, timeout=settings.slice_timeout_seconds)
         await slicing.start()
         print(f"  worker running {args.jobs} job(s) at a time from {settings.redis_url}; Ctrl-C stops it",

@@ -1,20 +1,13 @@
 """Files that users' printers produce (webcam pictures, feedback frames, videos), kept under
-DATA_DIR/media and served only to members of the organization that owns them."""
+DATA_DIR/media in one folder per organization. Serving them is the HTTP layer's job."""
 
 from __future__ import annotations
 
 import asyncio
-import mimetypes
 import os
-from collections.abc import AsyncIterator
-from pathlib import Path, PurePosixPath
-
-from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import StreamingResponse
-
-from layerfleet.api.deps import CurrentUser
-
-router = APIRouter(include_in_schema=False)
+import tempfile
+from datetime import datetime
+from pathlib import Path
 
 
 def organization_prefix(organization_id: int) -> str:
@@ -31,34 +24,32 @@ def media_url(base_url: str, relative_path: str | None) -> str | None:
     return f"{base_url.rstrip('/')}/media/{relative_path}"
 
 
-CHUNK_BYTES = 256 * 1024
+
+def picture_path(organization_id: int, printer_id: int, kind: str, taken_at: datetime) -> str:
+    stamp = int(taken_at.timestamp() * 1000)
+    return f"{organization_prefix(organization_id)}printers/{printer_id}/{kind}/{stamp}.jpg"
 
 
-@router.get("/media/{path:path}")
-async def serve_media(path: str, request: Request, user: CurrentUser) -> StreamingResponse:
-    relative = PurePosixPath(path)
-    own = path.startswith(organization_prefix(user.organization_id))
-    if ".." in relative.parts or relative.is_absolute() or not own:
-        raise HTTPException(404, detail="Not found.")
-    root = media_root(request.app.state.settings.data_dir).resolve()
-    file = (root / relative).resolve()
-    if not file.is_relative_to(root):
-        raise HTTPException(404, detail="Not found.")
-    # Opened here, not while streaming: a printer's newer picture replaces (deletes) the older
-    # one at any moment, and an open file stays readable after it is unlinked.
+def _write(root: Path, relative: str, data: bytes) -> None:
+    target = root / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Written aside and renamed, so a reader never serves half a picture.
+    fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
-        handle = await asyncio.to_thread(file.open, "rb")
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        raise HTTPException(404, detail="Not found.") from None
-    size = os.fstat(handle.fileno()).st_size
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
-    async def chunks() -> AsyncIterator[bytes]:
-        try:
-            while data := await asyncio.to_thread(handle.read, CHUNK_BYTES):
-                yield data
-        finally:
-            handle.close()
 
-    media_type = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-    return StreamingResponse(chunks(), media_type=media_type, headers={
-        "Cache-Control": "private, max-age=60", "Content-Length": str(size)})
+async def store_media(data_dir: Path, relative: str, data: bytes) -> None:
+    await asyncio.to_thread(_write, media_root(data_dir), relative, data)
+
+
+async def remove_media(data_dir: Path, relative: str) -> None:
+    root = media_root(data_dir).resolve()
+    target = (root / relative).resolve()
+    if target.is_relative_to(root):
+        await asyncio.to_thread(target.unlink, True)

@@ -14,13 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from layerfleet.accounts.models import AccessKey, ApiToken, Organization, Role, User, WebSession
 from layerfleet.accounts.passwords import MIN_PASSWORD_LENGTH, hash_password_async, verify_password_async
 from layerfleet.database import utcnow
+from layerfleet.errors import Invalid
 
 API_TOKEN_PREFIX = "lf_"
 ACCESS_KEY_PREFIX = "LFAK"
 DEFAULT_ORGANIZATION_NAME = "My print farm"
 
 
-class AccountError(ValueError):
+class AccountError(Invalid):
     """A request about accounts that cannot be carried out; the message is for a person."""
 
 

@@ -32,13 +32,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from layerfleet.agents import lifecycle
-from layerfleet.agents.bus import AgentMessage, RemoteStatus
 from layerfleet.agents.linking import printer_for_token
 from layerfleet.agents.status_writer import StatusWriter
+from layerfleet.commands.bus import AgentMessage, RemoteStatus
 from layerfleet.database import utcnow
+from layerfleet.errors import Unavailable
 from layerfleet.fleet.events import FleetEvents
 from layerfleet.fleet.models import Printer, status_flags
-from layerfleet.fleet.watching import should_watch
+from layerfleet.fleet.watch_reasons import should_watch
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +62,11 @@ KNOWN_KEYS = frozenset({
 PROBE_TARGET, PROBE_FUNC = "_printer", "get_current_data"
 
 
-class AgentNotConnected(LookupError):
-    pass
+class AgentNotConnected(Unavailable):
+    """The printer's agent is not connected to this server."""
 
 
-class AgentCallError(RuntimeError):
+class AgentCallError(Unavailable):
     """The agent answered a remote call with an error."""
 
 

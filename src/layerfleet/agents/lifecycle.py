@@ -20,11 +20,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from layerfleet.agents.models import EventClass, PrinterEvent
-from layerfleet.detection.watching import create_feedback_shots
-from layerfleet.fleet.models import Printer, default_printer_settings
+from layerfleet.errors import Invalid
+from layerfleet.fleet.models import EventClass, Printer, PrinterEvent, default_printer_settings
 from layerfleet.prints.models import GCodeFile, Print
 from layerfleet.scheduling import service as scheduling
+from layerfleet.watching.frames import create_feedback_shots
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ RECORDED_EVENTS: dict[str, tuple[str, EventClass, str]] = {
 }
 
 
-class BadFrame(ValueError):
+class BadFrame(Invalid):
     """A message whose known parts have the wrong shape; the message says which."""
 
 

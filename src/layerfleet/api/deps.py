@@ -1,4 +1,5 @@
-"""Request dependencies: database session, the authenticated user, and role checks."""
+"""Request dependencies: the application's services, database session, the authenticated
+user, and role checks. Handlers take these typed dependencies, never ``app.state``."""
 
 from __future__ import annotations
 
@@ -7,27 +8,101 @@ from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 from fastapi import Depends, HTTPException, Request
+from fastapi.requests import HTTPConnection
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.accounts import service as accounts
 from layerfleet.accounts.models import Role, User
-from layerfleet.agents.bus import CommandBus
+from layerfleet.agents.gateway import AgentGateway
+from layerfleet.api.services import Services
+from layerfleet.commands.bus import CommandBus
+from layerfleet.config import Settings
+from layerfleet.fleet.events import FleetEvents
+from layerfleet.library.slice_jobs import SliceJobs
+from layerfleet.printwatch.inference import PrintWatchInference
+from layerfleet.scheduling.dispatcher import Dispatcher
+from layerfleet.scheduling.reports import ReportService
+from layerfleet.watching.sink import FrameSink
 
 SESSION_KEY = "sid"
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 
-async def get_db(request: Request) -> AsyncIterator[AsyncSession]:
-    async with request.app.state.sessionmaker() as session:
+def services_of(connection: HTTPConnection) -> Services:
+    """The one place that reads the application's state (a request's or a websocket's)."""
+    services: Services = connection.app.state.services
+    return services
+
+
+AppServices = Annotated[Services, Depends(services_of)]
+
+
+def _settings(services: AppServices) -> Settings:
+    return services.settings
+
+
+AppSettings = Annotated[Settings, Depends(_settings)]
+
+
+def _agent_gateway(services: AppServices) -> AgentGateway:
+    return services.agent_gateway
+
+
+Gateway = Annotated[AgentGateway, Depends(_agent_gateway)]
+
+
+def _fleet_events(services: AppServices) -> FleetEvents:
+    return services.fleet_events
+
+
+FleetStream = Annotated[FleetEvents, Depends(_fleet_events)]
+
+
+def _frame_sink(services: AppServices) -> FrameSink:
+    return services.frame_sink
+
+
+PictureSink = Annotated[FrameSink, Depends(_frame_sink)]
+
+
+def _slice_jobs(services: AppServices) -> SliceJobs:
+    return services.slice_jobs
+
+
+SliceQueue = Annotated[SliceJobs, Depends(_slice_jobs)]
+
+
+def _dispatcher(services: AppServices) -> Dispatcher:
+    return services.dispatcher
+
+
+Dispatch = Annotated[Dispatcher, Depends(_dispatcher)]
+
+
+def _reports(services: AppServices) -> ReportService:
+    return services.reports
+
+
+Reports = Annotated[ReportService, Depends(_reports)]
+
+
+def _printwatch_inference(services: AppServices) -> PrintWatchInference:
+    return services.printwatch_inference
+
+
+Inference = Annotated[PrintWatchInference, Depends(_printwatch_inference)]
+
+
+async def get_db(services: AppServices) -> AsyncIterator[AsyncSession]:
+    async with services.sessionmaker() as session:
         yield session
 
 
 Db = Annotated[AsyncSession, Depends(get_db)]
 
 
-def get_bus(request: Request) -> CommandBus:
-    bus: CommandBus = request.app.state.command_bus
-    return bus
+def get_bus(services: AppServices) -> CommandBus:
+    return services.command_bus
 
 
 Bus = Annotated[CommandBus, Depends(get_bus)]
@@ -44,7 +119,7 @@ def same_origin(request: Request) -> bool:
     origin = request.headers.get("origin")
     if origin is None:
         return True
-    configured: str | None = request.app.state.settings.base_url
+    configured = services_of(request).settings.base_url
     if configured:
         # Behind a proxy that rewrites Host, the public URL is what the browser sends.
         public = urlsplit(configured)
@@ -106,11 +181,11 @@ Admin = Annotated[User, Depends(require_role(Role.ADMIN))]
 
 def printer_changed(request: Request, organization_id: int, printer_id: int) -> None:
     """Tell the fleet's live pages that a request changed this printer."""
-    request.app.state.fleet_events.publish(organization_id, [printer_id])
+    services_of(request).fleet_events.publish(organization_id, [printer_id])
 
 
 def base_url(request: Request) -> str:
-    configured: str | None = request.app.state.settings.base_url
+    configured = services_of(request).settings.base_url
     return (configured or str(request.base_url)).rstrip("/")
 
 

@@ -7,26 +7,21 @@ invalid values, with 400 rather than 422.
 
 from __future__ import annotations
 
-import logging
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-log = logging.getLogger(__name__)
+from layerfleet.errors import Conflict, DomainError, Forbidden, Invalid, NotFound, Unavailable
 
 NON_FIELD_ERRORS = "non_field_errors"
 
 
-class FieldErrors(Exception):
-    """Invalid values, by field; answered with 400 and nothing changed."""
+class FieldErrors(Invalid):
+    """Invalid values of a request, by field; answered with 400 and nothing changed."""
 
     def __init__(self, errors: dict[str, list[str]]) -> None:
-        super().__init__(errors)
+        super().__init__("; ".join(f"{k}: {' '.join(v)}" for k, v in errors.items()), errors)
         self.errors = errors
 
 
@@ -51,56 +46,25 @@ def field_errors_from_pydantic(errors: Sequence[Any], *, drop_prefix: bool = Tru
     return by_field
 
 
-def _is_path_error(exc: RequestValidationError) -> bool:
-    return any(error.get("loc", ("",))[0] == "path" for error in exc.errors())
+def domain_error_status(exc: DomainError) -> int:
+    """The HTTP status of a domain refusal, the same in every dialect that uses HTTP statuses."""
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, Invalid):
+        return 400
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, Forbidden):
+        return 403
+    if isinstance(exc, Unavailable):
+        return 503
+    return 400
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    from layerfleet.api.eiger_v3 import errors as eiger
-
-    @app.exception_handler(eiger.EigerError)
-    async def _eiger(request: Request, exc: eiger.EigerError) -> JSONResponse:
-        return eiger.error_response(request, exc.status, exc.message, exc.headers)
-
-    @app.exception_handler(FieldErrors)
-    async def _field_errors(request: Request, exc: FieldErrors) -> JSONResponse:
-        if eiger.is_eiger_request(request):
-            return eiger.error_response(request, 400, "; ".join(f"{k}: {' '.join(v)}" for k, v in exc.errors.items()))
-        return JSONResponse(exc.errors, status_code=400)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        if eiger.is_eiger_request(request):
-            return eiger.error_response(request, 400, eiger.validation_message(list(exc.errors())))
-        if _is_path_error(exc):
-            # An id that cannot exist is simply not found, as a URL pattern would say.
-            return JSONResponse({"detail": "Not found."}, status_code=404)
-        errors = field_errors_from_pydantic(exc.errors())
-        if list(errors) == [NON_FIELD_ERRORS] and any(e.get("type") == "json_invalid" for e in exc.errors()):
-            return JSONResponse({"detail": errors[NON_FIELD_ERRORS][0]}, status_code=400)
-        return JSONResponse(errors, status_code=400)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        if eiger.is_eiger_request(request):
-            message = {404: "No such endpoint in the Eiger v3 API", 405: f"Method {request.method} not allowed here"}
-            text = message.get(exc.status_code, str(exc.detail))
-            return eiger.error_response(request, exc.status_code, text, dict(exc.headers or {}))
-        detail = exc.detail
-        if exc.status_code == 404 and detail == "Not Found":
-            detail = "Not found."
-        elif exc.status_code == 405 and detail == "Method Not Allowed":
-            detail = f'Method "{request.method}" not allowed.'
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        if eiger.is_eiger_request(request):
-            return eiger.error_response(request, 500, "The server failed to process the request", exc_info=True)
-        reference = uuid.uuid4().hex[:12]
-        log.exception("unhandled error %s on %s %s", reference, request.method, request.url.path)
-        return JSONResponse(
-            {"detail": f"Internal server error (reference {reference})."},
-            status_code=500,
-            headers={"X-Reference-ID": reference},
-        )
+def domain_error_response(exc: DomainError) -> JSONResponse:
+    """A domain refusal in Django REST framework's shape (Obico v1, agents, our pages' JSON)."""
+    status = domain_error_status(exc)
+    if isinstance(exc, Invalid) and exc.fields:
+        return JSONResponse(exc.fields, status_code=status)
+    detail = "Not found." if isinstance(exc, NotFound) else str(exc)
+    return JSONResponse({"detail": detail}, status_code=status)

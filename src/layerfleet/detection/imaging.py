@@ -7,6 +7,7 @@ pixels are decoded, so a hostile file cannot exhaust memory.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import warnings
 from dataclasses import dataclass
@@ -14,13 +15,15 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from layerfleet.errors import Invalid
+
 MAX_IMAGE_BYTES = 25 * 1024 * 1024
 MAX_SIDE = 8192
 MAX_PIXELS = 40_000_000
 PAD_VALUE = 114
 
 
-class BadImage(ValueError):
+class BadImage(Invalid):
     """The bytes are not a picture the detector can read; the message says why."""
 
 
@@ -93,3 +96,23 @@ def letterbox(image: Image.Image, size: int, original: tuple[int, int] | None = 
 def prepare(data: bytes, size: int) -> Letterboxed:
     image, width, height = open_image(data, size)
     return letterbox(image, size, (width, height))
+
+
+# Pictures agents upload: checked to be real, bounded JPEGs before they are kept.
+MAX_PICTURE_BYTES = 10 * 1024 * 1024
+_JPEG_MAGIC = b"\xff\xd8\xff"
+# Decoding at 1/8 scale still runs the whole JPEG stream, so a damaged file is caught cheaply.
+_CHECK_SIZE = 64
+
+
+def _check(data: bytes) -> None:
+    if len(data) > MAX_PICTURE_BYTES:
+        raise BadImage(f"the picture is larger than {MAX_PICTURE_BYTES // (1024 * 1024)} MB")
+    if not data.startswith(_JPEG_MAGIC):
+        raise BadImage("the picture is not a JPEG")
+    open_image(data, _CHECK_SIZE)
+
+
+async def check_picture(data: bytes) -> None:
+    """Raise :class:`BadImage` unless ``data`` is a readable JPEG within the size limits."""
+    await asyncio.to_thread(_check, data)

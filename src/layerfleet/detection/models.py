@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
-from layerfleet.database import Base, UTCDateTime, utcnow
+from layerfleet.database import Base, UTCDateTime, iso_z, utcnow
 
 
 class PredictionFrame(Base):
@@ -58,3 +58,19 @@ class Alert(Base):
                                                  nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+def prediction_record(frame: PredictionFrame) -> dict[str, object]:
+    """One frame of `GET /prints/{id}/prediction_json`."""
+    return {
+        "frame_number": frame.frame_number,
+        "time": iso_z(frame.taken_at),
+        "p": round(frame.p, 4),
+        "score": round(frame.score, 4),
+        "ewm_mean": round(frame.ewm_mean, 4),
+        "rolling_mean_short": round(frame.rolling_mean_short, 4),
+        "rolling_mean_long": round(frame.rolling_mean_long, 4),
+        "normalized_p": round(frame.normalized_p, 4),
+        "detections": [["failure", box[4], box[:4]] for box in frame.boxes],
+        "ignored_detections": frame.ignored_boxes,
+    }

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from layerfleet.detection.imaging import BadImage, Letterboxed, prepare
+from layerfleet.errors import Unavailable
 
 MODEL_ENV = "LAYERFLEET_MODEL_PATH"
 THREADS_ENV = "LAYERFLEET_DETECTION_THREADS"
@@ -29,8 +30,8 @@ FAILURE_CLASS = 0
 ALERT_SCORE = 0.5
 
 
-class ModelMissing(RuntimeError):
-    pass
+class ModelMissing(Unavailable):
+    """The detector's model file is missing or unreadable."""
 
 
 @dataclass(frozen=True)

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from layerfleet.agents.bus import AgentCommand, CommandBus, Initiator, RemoteStatus
+from layerfleet.commands.bus import AgentCommand, CommandBus, Initiator, RemoteStatus
 from layerfleet.database import utcnow
 from layerfleet.fleet.models import Printer
-from layerfleet.fleet.watching import should_watch
+from layerfleet.fleet.watch_reasons import should_watch
 from layerfleet.prints.models import AlertOverwrite
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from layerfleet.accounts.models import User, new_uuid
@@ -173,3 +173,32 @@ class Printer(Base):
     def state_text(self) -> str:
         """The agent's words for the state ("Printing", "Operational", …); "" when offline."""
         return status_text(self.status)
+
+
+class EventClass(enum.StrEnum):
+    INFO = "INFO"
+    SUCCESS = "SUCCESS"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class PrinterEvent(Base):
+    """Something a printer's agent reported (an error, a filament change, a pause, …)."""
+
+    __tablename__ = "printer_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    printer_id: Mapped[int] = mapped_column(ForeignKey("printers.id", ondelete="CASCADE"), index=True)
+    print_id: Mapped[int | None] = mapped_column(
+        ForeignKey("prints.id", ondelete="SET NULL"), nullable=True, index=True
+    )
+    event_type: Mapped[str] = mapped_column(String(64), default="")
+    event_class: Mapped[str] = mapped_column(String(16), default=EventClass.INFO.value)
+    event_title: Mapped[str] = mapped_column(String(256), default="")
+    # As the agent sent it (OctoPrint-Obico sends HTML fragments): escape when rendering.
+    event_text: Mapped[str] = mapped_column(Text, default="")
+    info_url: Mapped[str | None] = mapped_column(String(2048), nullable=True)
+    image_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    notify: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

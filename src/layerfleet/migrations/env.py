@@ -5,7 +5,7 @@ import asyncio
 from alembic import context
 from sqlalchemy.engine import Connection
 
-from layerfleet import models  # noqa: F401  (registers every table)
+import layerfleet.migrations.tables  # noqa: F401  (registers every table)
 from layerfleet.database import Base, create_engine
 
 target_metadata = Base.metadata

@@ -6,15 +6,18 @@ from sqlalchemy import Select, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.database import utcnow
-from layerfleet.detection.models import PredictionFrame
-from layerfleet.detection.watching import prediction_record
+from layerfleet.detection.models import PredictionFrame, prediction_record
+from layerfleet.errors import Invalid
 from layerfleet.prints.models import Print, PrintShotFeedback
 from layerfleet.prints.rules import PrintChanges, PrintFilter, PrintSorting
 
 
-class UnknownFeedback(LookupError):
+class UnknownFeedback(Invalid):
+    """Feedback answers for shots the print does not have."""
+
     def __init__(self, feedback_ids: list[int]) -> None:
-        super().__init__(feedback_ids)
+        super().__init__("No such feedback on this print.",
+                         {"printshotfeedback_set": [f"No feedback with id {i} on this print." for i in feedback_ids]})
         self.feedback_ids = feedback_ids
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import enum
 
+from layerfleet.errors import DomainError
+
 
 class StatusCode(enum.IntEnum):
     OK = 200
@@ -37,7 +39,7 @@ _TITLES = {
 }
 
 
-class Refusal(Exception):
+class Refusal(DomainError):
     """A request answered with a custom code instead of a result; ``reason`` is for a person."""
 
     def __init__(self, code: StatusCode, reason: str) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 from layerfleet.detection.imaging import BadImage, open_image
 from layerfleet.detection.runtime import Detector, FrameResult
+from layerfleet.errors import Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n")
 _CHECK_SIZE = 64
 
 
-class InferenceFailed(RuntimeError):
+class InferenceFailed(Unavailable):
     """The detector could not score a readable picture (no model, a runtime error)."""
 
 

@@ -13,6 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.accounts.models import User
 from layerfleet.database import utcnow
+from layerfleet.errors import Conflict
 from layerfleet.printwatch.models import PrintWatchDevice, PrintWatchKey
 
 KEY_PREFIX = "pw_"
@@ -23,7 +24,7 @@ MAX_NAME_LENGTH = 100
 LAST_USED_GRANULARITY_SECONDS = 60
 
 
-class PrintWatchKeyError(ValueError):
+class PrintWatchKeyError(Conflict):
     """A key request that cannot be carried out; the message is for a person."""
 
 

@@ -20,9 +20,8 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from layerfleet.agents.pictures import store_media
 from layerfleet.detection.imaging import BadImage
-from layerfleet.media import organization_prefix
+from layerfleet.media import organization_prefix, store_media
 from layerfleet.printwatch import keys, payloads, scoring
 from layerfleet.printwatch.codes import Refusal, StatusCode
 from layerfleet.printwatch.inference import InferenceFailed, PrintWatchInference, decode_and_check

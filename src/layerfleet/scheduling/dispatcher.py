@@ -9,7 +9,7 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from layerfleet.agents.bus import CommandBus
+from layerfleet.commands.bus import CommandBus
 from layerfleet.fleet.actions import PrinterActions
 from layerfleet.fleet.models import Printer
 from layerfleet.scheduling import service as scheduling

@@ -19,10 +19,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from layerfleet.agents.models import PrinterEvent
 from layerfleet.database import utcnow
 from layerfleet.detection.models import PredictionFrame
-from layerfleet.fleet.models import Printer
+from layerfleet.fleet.models import Printer, PrinterEvent
 from layerfleet.media import media_root
 from layerfleet.prints.models import Print
 from layerfleet.scheduling.models import PrintedPart

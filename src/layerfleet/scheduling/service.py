@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.accounts.models import Organization, User
 from layerfleet.database import utcnow
+from layerfleet.errors import Conflict
 from layerfleet.fleet.actions import is_ready
 from layerfleet.fleet.models import Printer
 from layerfleet.library.models import Build
@@ -37,7 +38,7 @@ DISPATCH_TIMEOUT = timedelta(seconds=180)
 ACTIVE_STATES = (JobState.PRINTING.value, JobState.PAUSED.value)
 
 
-class ScheduleConflict(Exception):
+class ScheduleConflict(Conflict):
     """The request conflicts with the state of the printer or build (HTTP 409); nothing changed."""
 
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from layerfleet.accounts import service as accounts
-from layerfleet.api.deps import SESSION_KEY, Db, same_origin
+from layerfleet.api.deps import SESSION_KEY, Db, same_origin, services_of
 from layerfleet.ratelimit import RateLimiter
 from layerfleet.web.pages import templates
 
@@ -60,7 +60,7 @@ async def login(
     previous = request.session.get(SESSION_KEY)
     if isinstance(previous, str):
         await accounts.end_web_session(db, previous)
-    key = await accounts.start_web_session(db, user, request.app.state.settings.session_max_age_seconds)
+    key = await accounts.start_web_session(db, user, services_of(request).settings.session_max_age_seconds)
     await db.commit()
     request.session.clear()
     request.session[SESSION_KEY] = key

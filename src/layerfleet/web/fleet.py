@@ -16,17 +16,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from layerfleet.api.deps import Db, session_user
+from layerfleet.api.deps import Db, services_of, session_user
 from layerfleet.database import iso_z
 from layerfleet.detection.decisions import gauge_zone
 from layerfleet.detection.models import PredictionFrame
-from layerfleet.detection.watching import reported_temperatures
 from layerfleet.fleet import service as fleet
 from layerfleet.fleet.events import FleetEvents
 from layerfleet.fleet.models import FleetState, Printer, fleet_state, job_progress
 from layerfleet.fleet.rules import SENSITIVITY_MAX, SENSITIVITY_MIN
-from layerfleet.fleet.watching import not_watching_reason
+from layerfleet.fleet.watch_reasons import not_watching_reason
 from layerfleet.media import media_url
+from layerfleet.watching.frames import reported_temperatures
 from layerfleet.web.pages import page_user, render, session_ended, to_sign_in
 
 router = APIRouter(include_in_schema=False)
@@ -196,13 +196,13 @@ def _sse(event: str, data: object) -> str:
 @router.get("/events/fleet")
 async def fleet_stream(request: Request, printer: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> Response:
     """Server-sent events: ``printers`` with the changed cards (and ids no longer in the fleet)."""
-    sessionmaker = request.app.state.sessionmaker
+    sessionmaker = services_of(request).sessionmaker
     async with sessionmaker() as db:
         user = await session_user(request, db)
         if user is None:
             return session_ended()
         organization_id = user.organization_id
-    events: FleetEvents = request.app.state.fleet_events
+    events: FleetEvents = services_of(request).fleet_events
     feed: CardFeed = request.app.state.card_feed
 
     async def stream() -> AsyncIterator[str]:

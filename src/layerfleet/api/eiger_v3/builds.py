@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import ColumnElement, false, select, true, update
 
 from layerfleet.accounts.models import Role
-from layerfleet.api.deps import Db, ensure_role
+from layerfleet.api.deps import Db, ensure_role, services_of
 from layerfleet.api.eiger_v3.common import Caller, CallerDep, domain_errors, json_body, path_uuid
 from layerfleet.api.eiger_v3.errors import EigerError
 from layerfleet.api.eiger_v3.query import (
@@ -160,10 +160,10 @@ async def create_build(request: Request, db: Db, caller: CallerDep) -> dict[str,
                 db, caller.organization_id, parse_uuid("part_versions[].part_version", item.part_version))
             placements.append(library.Placement(version, item.x, item.y, item.theta))
         created = await library.create_build(db, caller.user, body.title, placements, preset,
-                                             request.app.state.settings.data_dir)
+                                             services_of(request).settings.data_dir)
         await db.commit()
     if created.job is not None:
-        await request.app.state.slicing.submit(created.job.uuid)
+        await services_of(request).slice_jobs.submit(created.job.uuid)
     build = await library.build_by_uuid(db, caller.organization_id, created.build.uuid)
     view = build_view_extended(build, approvals_enabled=caller.approvals_enabled)
     view["slice_job_id"] = created.job.uuid if created.job is not None else None

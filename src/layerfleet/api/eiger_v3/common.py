@@ -15,7 +15,7 @@ from layerfleet.api.deps import Db
 from layerfleet.api.eiger_v3.auth import eiger_user
 from layerfleet.api.eiger_v3.errors import EigerError, bad_request, validation_message
 from layerfleet.api.eiger_v3.query import parse_uuid
-from layerfleet.library.service import LibraryError, NotInLibrary
+from layerfleet.library.service import NotInLibrary
 
 
 @dataclass
@@ -53,10 +53,7 @@ def domain_errors(missing_status: int = 404) -> Iterator[None]:
     try:
         yield
     except NotInLibrary as exc:
-        what = str(exc)[:1].upper() + str(exc)[1:]
-        raise EigerError(missing_status, f"{what} not found") from None
-    except LibraryError as exc:
-        raise bad_request(str(exc)) from None
+        raise EigerError(missing_status, str(exc)) from None
 
 
 Body = TypeVar("Body", bound=BaseModel)

@@ -10,6 +10,9 @@ from typing import Any
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from layerfleet.api.errors import domain_error_status
+from layerfleet.errors import DomainError
+
 log = logging.getLogger("layerfleet.api.eiger_v3")
 
 PREFIX = "/api/v3"
@@ -45,6 +48,11 @@ def error_response(request: Request, status: int, message: str, headers: dict[st
             message, reference, exc_info=exc_info)
     return JSONResponse({"message": message}, status_code=status,
                         headers={**(headers or {}), "X-Reference-ID": str(reference)})
+
+
+def domain_error_response(request: Request, exc: DomainError) -> JSONResponse:
+    """A domain refusal in the Eiger dialect: ``{"message"}`` with the family's status."""
+    return error_response(request, domain_error_status(exc), str(exc))
 
 
 def validation_message(errors: list[Any]) -> str:

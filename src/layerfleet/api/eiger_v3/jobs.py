@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict
 from sqlalchemy import ColumnElement, select
 
 from layerfleet.accounts.models import Role
-from layerfleet.api.deps import Db, base_url, ensure_role
+from layerfleet.api.deps import Db, base_url, ensure_role, services_of
 from layerfleet.api.eiger_v3.common import Caller, CallerDep, domain_errors, json_body, path_uuid
 from layerfleet.api.eiger_v3.devices import device_context, printer_by_uuid
 from layerfleet.api.eiger_v3.errors import EigerError, not_found
@@ -53,13 +53,13 @@ class DueDate(BaseModel):
 
 
 def _report_url(request: Request, part: PrintedPart) -> str | None:
-    return report_url(part, request.app.state.settings.effective_secret_key, base_url(request))
+    return report_url(part, services_of(request).settings.effective_secret_key, base_url(request))
 
 
 def _check_link(request: Request) -> None:
     """A signed link (no credentials): refused unless the signature holds and it has not expired."""
     query = request.query_params
-    problem = link_problem(request.app.state.settings.effective_secret_key, request.url.path,
+    problem = link_problem(services_of(request).settings.effective_secret_key, request.url.path,
                            query.get("expires", ""), query.get("signature", ""))
     if problem is not None:
         raise EigerError(403, problem)
@@ -91,7 +91,7 @@ async def print_to_printer(device_id: str, request: Request, db: Db, caller: Cal
         await db.rollback()
         raise EigerError(409, str(exc)) from None
     await db.commit()
-    request.app.state.dispatcher.dispatch(job.id, base_url(request))
+    services_of(request).dispatcher.dispatch(job.id, base_url(request))
     return print_job_view(job)
 
 
@@ -103,7 +103,7 @@ async def print_job_gcode(job_file: str, request: Request, db: Db) -> FileRespon
         .unique().scalar_one_or_none()
     if job is None or job.build.gcode_path is None:
         raise not_found("Print job")
-    path = library.library_root(request.app.state.settings.data_dir) / job.build.gcode_path
+    path = library.library_root(services_of(request).settings.data_dir) / job.build.gcode_path
     return FileResponse(path, media_type="text/x.gcode", filename=job.remote_filename)
 
 
@@ -172,7 +172,7 @@ async def start_next_in_queue(device_id: str, request: Request, db: Db, caller: 
     if job is None:
         raise EigerError(409, f"The queue of {printer.name} is empty")
     await db.commit()
-    request.app.state.dispatcher.dispatch(job.id, base_url(request))
+    services_of(request).dispatcher.dispatch(job.id, base_url(request))
     return print_job_view(job)
 
 
@@ -335,7 +335,7 @@ async def printed_part_scan_report(printed_part_id: str, request: Request, db: D
     part = await _printed_part(db, caller, printed_part_id)
     url = _report_url(request, part)
     if url is None and part.state != PrintedPartState.PRINTING.value:
-        await request.app.state.reports.request(part.uuid)
+        await services_of(request).reports.request(part.uuid)
     return {"scan_report_url": url}
 
 
@@ -346,7 +346,7 @@ async def inspection_report(report_file: str, request: Request, db: Db) -> FileR
         .unique().scalar_one_or_none()
     if part is None or part.report_path is None or report_path_for(part.uuid) != request.url.path:
         raise not_found("Inspection report")
-    return FileResponse(request.app.state.settings.data_dir / part.report_path, media_type="text/html")
+    return FileResponse(services_of(request).settings.data_dir / part.report_path, media_type="text/html")
 
 
 __all__ = ["router"]

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
 from layerfleet.accounts.models import Role, User
-from layerfleet.api.deps import Db, base_url, ensure_role
+from layerfleet.api.deps import Db, base_url, ensure_role, services_of
 from layerfleet.api.eiger_v3.common import Caller, CallerDep, domain_errors, json_body, path_uuid
 from layerfleet.api.eiger_v3.errors import EigerError, bad_request
 from layerfleet.api.eiger_v3.query import parse_uuid
@@ -21,7 +21,7 @@ from layerfleet.api.eiger_v3.views import part_version_view, part_view
 from layerfleet.library import service as library
 from layerfleet.library.models import PartVersion, SliceStatus
 from layerfleet.signed_links import link_problem, signed_link
-from layerfleet.slicing import DEFAULT_MAX_BYTES
+from layerfleet.slicer import DEFAULT_MAX_BYTES
 
 router = APIRouter(tags=["Parts"])
 
@@ -34,7 +34,7 @@ FORM_OVERHEAD = 64 * 1024
 
 @router.post("/parts/upload_stl", status_code=201, operation_id="uploadStl")
 async def upload_stl(request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
-    settings = request.app.state.settings
+    settings = services_of(request).settings
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > DEFAULT_MAX_BYTES + FORM_OVERHEAD:
         raise bad_request(f"The STL file is larger than {DEFAULT_MAX_BYTES // (1024 * 1024)} MB; "
@@ -66,7 +66,7 @@ async def upload_stl(request: Request, db: Db, caller: CallerDep) -> dict[str, A
                 raise
     finally:
         await form.close()
-    await request.app.state.slicing.submit(created.job.uuid)
+    await services_of(request).slice_jobs.submit(created.job.uuid)
     return {"slice_job_id": created.job.uuid, "part_version_id": created.version.uuid}
 
 
@@ -168,7 +168,7 @@ async def part_version_download(part_version_id: str, request: Request, db: Db, 
         version = await library.part_version_by_uuid(
             db, caller.organization_id, path_uuid("part_version_id", part_version_id))
     path = f"/api/v3/files/part_versions/{version.uuid}.stl"
-    return {"url": signed_link(request.app.state.settings.effective_secret_key, base_url(request), path,
+    return {"url": signed_link(services_of(request).settings.effective_secret_key, base_url(request), path,
                                DOWNLOAD_SECONDS)}
 
 
@@ -176,7 +176,7 @@ async def part_version_download(part_version_id: str, request: Request, db: Db, 
 async def signed_stl(version_file: str, request: Request, db: Db) -> FileResponse:
     """The target of a signed download URL: no credentials, but a signature that expires."""
     query = request.query_params
-    problem = link_problem(request.app.state.settings.effective_secret_key, request.url.path,
+    problem = link_problem(services_of(request).settings.effective_secret_key, request.url.path,
                            query.get("expires", ""), query.get("signature", ""))
     if problem is not None:
         raise EigerError(403, problem)
@@ -184,5 +184,5 @@ async def signed_stl(version_file: str, request: Request, db: Db) -> FileRespons
     version = (await db.execute(select(PartVersion).where(PartVersion.uuid == version_uuid))).scalar_one_or_none()
     if version is None:
         raise EigerError(404, "Part version not found")
-    file = library.library_root(request.app.state.settings.data_dir) / version.stl_path
+    file = library.library_root(services_of(request).settings.data_dir) / version.stl_path
     return FileResponse(file, media_type="model/stl", filename=f"{version.title}.stl")

@@ -12,7 +12,7 @@ from layerfleet.accounts.models import Role
 from layerfleet.agents import linking
 from layerfleet.agents.gateway import AgentGateway
 from layerfleet.agents.models import OneTimeVerificationCode
-from layerfleet.api.deps import CurrentUser, Db, base_url, ensure_role
+from layerfleet.api.deps import CurrentUser, Db, base_url, ensure_role, services_of
 from layerfleet.api.errors import FieldErrors
 from layerfleet.api.obico_agent.bodies import client_address, read_body
 from layerfleet.api.obico_v1.schemas import PrinterOut, printer_out
@@ -84,7 +84,7 @@ def _printer_name(fields: dict[str, Any]) -> str | None:
 async def _verify(request: Request, db: Db, code: str | None) -> VerificationCodeOut:
     # Only wrong codes count: guessing is what the throttle stops, and a farm linking many
     # printers from one address with real codes must not be locked out.
-    limiter: RateLimiter = request.app.state.verify_throttle
+    limiter: RateLimiter = services_of(request).verify_throttle
     address = client_address(request)
     if limiter.blocked(address):
         raise HTTPException(429, detail="Request was throttled. Wait a few minutes and try again.")
@@ -100,7 +100,7 @@ async def _verify(request: Request, db: Db, code: str | None) -> VerificationCod
         raise HTTPException(404, detail=NOT_FOUND)
     await db.commit()
     if linked.relinked:
-        gateway: AgentGateway = request.app.state.agent_gateway
+        gateway: AgentGateway = services_of(request).agent_gateway
         await gateway.disconnect(linked.printer.id)
     return _code_out(linked.code, linked.printer, base_url(request))
 

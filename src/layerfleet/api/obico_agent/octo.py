@@ -12,26 +12,26 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from layerfleet.agents import pictures
-from layerfleet.agents.frames import FrameSink
+from layerfleet import media
 from layerfleet.agents.lifecycle import clean_text
-from layerfleet.agents.models import EventClass, PrinterEvent
-from layerfleet.api.deps import Db
+from layerfleet.api.deps import Db, services_of
 from layerfleet.api.errors import FieldErrors
 from layerfleet.api.obico_agent.auth import AgentPrinter
 from layerfleet.api.obico_agent.bodies import as_bool, client_address, read_body
 from layerfleet.database import utcnow
-from layerfleet.fleet.models import Printer
+from layerfleet.detection import imaging
+from layerfleet.fleet.models import EventClass, Printer, PrinterEvent
 from layerfleet.fleet.rules import PrinterChanges
 from layerfleet.prints.models import GCodeFile
 from layerfleet.ratelimit import RateLimiter
+from layerfleet.watching.sink import FrameSink
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/api/v1/octo", include_in_schema=False)
 
 MAX_FORM_BYTES = 64 * 1024
-MAX_PICTURE_REQUEST_BYTES = pictures.MAX_PICTURE_BYTES + 64 * 1024
+MAX_PICTURE_REQUEST_BYTES = imaging.MAX_PICTURE_BYTES + 64 * 1024
 MAX_EVENT_TEXT = 64 * 1024
 # What an agent may change on its printer; archiving stays with the members.
 AGENT_WRITABLE = frozenset(PrinterChanges.model_fields) - {"archived_at", "ignore_masks"}
@@ -83,7 +83,7 @@ async def update_printer(request: Request, db: Db, printer: AgentPrinter) -> dic
 
 
 def _sink(request: Request) -> FrameSink:
-    sink: FrameSink = request.app.state.frame_sink
+    sink: FrameSink = services_of(request).frame_sink
     return sink
 
 
@@ -94,8 +94,8 @@ async def post_picture(request: Request, db: Db, printer: AgentPrinter) -> dict[
     if data is None:
         raise FieldErrors({"pic": ["No picture was submitted."]})
     try:
-        await pictures.check_picture(data)
-    except pictures.BadImage as exc:
+        await imaging.check_picture(data)
+    except imaging.BadImage as exc:
         raise FieldErrors({"pic": [f"Not a usable picture: {exc}."]}) from None
     # Another camera's picture (a nozzle camera, a second view) is not the printer's picture.
     primary = as_bool(body.fields.get("is_primary_camera", "true")) is not False
@@ -103,16 +103,16 @@ async def post_picture(request: Request, db: Db, printer: AgentPrinter) -> dict[
     if not primary or nozzle:
         return {"result": "ok"}
     received_at = utcnow()
-    data_dir = request.app.state.settings.data_dir
-    path = pictures.picture_path(printer.organization_id, printer.id, "pics", received_at)
-    await pictures.store_media(data_dir, path, data)
+    data_dir = services_of(request).settings.data_dir
+    path = media.picture_path(printer.organization_id, printer.id, "pics", received_at)
+    await media.store_media(data_dir, path, data)
     previous = printer.pic_path
     printer.pic_path = path
     printer.pic_updated_at = received_at
     await db.commit()
-    request.app.state.fleet_events.publish(printer.organization_id, [printer.id])
+    services_of(request).fleet_events.publish(printer.organization_id, [printer.id])
     if previous and previous != path:
-        await pictures.remove_media(data_dir, previous)
+        await media.remove_media(data_dir, previous)
     if as_bool(body.fields.get("viewing_boost")) is not True:
         # Viewing-boost pictures are extra frames for a person watching; the detector skips them.
         try:
@@ -209,16 +209,16 @@ async def post_printer_event(request: Request, db: Db, printer: AgentPrinter) ->
     snapshot = body.files.get("snapshot")
     if snapshot is not None:
         try:
-            await pictures.check_picture(snapshot)
-        except pictures.BadImage as exc:
+            await imaging.check_picture(snapshot)
+        except imaging.BadImage as exc:
             errors["snapshot"] = [f"Not a usable picture: {exc}."]
     if errors:
         raise FieldErrors(errors)
     now = utcnow()
     image_path = None
     if snapshot is not None:
-        image_path = pictures.picture_path(printer.organization_id, printer.id, "events", now)
-        await pictures.store_media(request.app.state.settings.data_dir, image_path, snapshot)
+        image_path = media.picture_path(printer.organization_id, printer.id, "events", now)
+        await media.store_media(services_of(request).settings.data_dir, image_path, snapshot)
     db.add(PrinterEvent(
         organization_id=printer.organization_id,
         printer_id=printer.id,
@@ -240,7 +240,7 @@ async def post_printer_event(request: Request, db: Db, printer: AgentPrinter) ->
 async def unlinked(request: Request) -> dict[str, Any]:
     """LAN auto-discovery needs a relay to the web app, which this server does not have: the
     agent is acknowledged with no messages and keeps waiting to be linked by code."""
-    limiter: RateLimiter = request.app.state.discovery_throttle
+    limiter: RateLimiter = services_of(request).discovery_throttle
     if not limiter.allow(client_address(request)):
         raise HTTPException(429, detail="Request was throttled.")
     await read_body(request, MAX_FORM_BYTES, max_files=0)

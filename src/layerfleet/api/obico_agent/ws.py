@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, WebSocket
 
 from layerfleet.agents.gateway import AgentGateway
+from layerfleet.api.deps import services_of
 
 router = APIRouter()
 
@@ -12,5 +13,5 @@ router = APIRouter()
 @router.websocket("/ws/dev/")
 @router.websocket("/ws/dev")
 async def agent_socket(websocket: WebSocket) -> None:
-    gateway: AgentGateway = websocket.app.state.agent_gateway
+    gateway: AgentGateway = services_of(websocket).agent_gateway
     await gateway.serve(websocket)

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from layerfleet.accounts.models import User
 from layerfleet.fleet.models import ActionOnFailure, Printer, default_printer_settings
-from layerfleet.fleet.watching import not_watching_reason
+from layerfleet.fleet.watch_reasons import not_watching_reason
 from layerfleet.media import media_url
 from layerfleet.prints.models import AlertOverwrite, FeedbackAnswer, Print, PrintShotFeedback
 

@@ -60,7 +60,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from layerfleet.api.deps import Db
+from layerfleet.api.deps import Db, services_of
 from layerfleet.database import utcnow
 from layerfleet.printwatch import service
 from layerfleet.printwatch.codes import Refusal, StatusCode
@@ -78,7 +78,7 @@ PARSE_IN_THREAD_BYTES = 256 * 1024
 
 
 def get_inference(request: Request) -> PrintWatchInference:
-    inference: PrintWatchInference = request.app.state.printwatch_inference
+    inference: PrintWatchInference = services_of(request).printwatch_inference
     return inference
 
 
@@ -209,7 +209,7 @@ async def notify(request: Request, db: Db) -> JSONResponse:
 async def feedback(request: Request, db: Db) -> JSONResponse:
     async def work() -> dict[str, Any]:
         payload = await _payload(request, too_large=StatusCode.BAD_IMAGE)
-        await service.feedback(db, payload, utcnow(), data_dir=request.app.state.settings.data_dir)
+        await service.feedback(db, payload, utcnow(), data_dir=services_of(request).settings.data_dir)
         return {"message": "feedback recorded"}
 
     return await _serve(work)

@@ -5,7 +5,7 @@ profile (``DEFAULT_PROFILE`` unless the organization has its own) and reads the 
 PrusaSlicer writes into the G-code.
 """
 
-from layerfleet.slicing.prusaslicer import (
+from layerfleet.slicer.prusaslicer import (
     DEFAULT_PROFILE,
     GcodeSummary,
     SliceCanceled,
@@ -18,7 +18,7 @@ from layerfleet.slicing.prusaslicer import (
     parse_gcode_summary,
     slice_stl,
 )
-from layerfleet.slicing.stl import DEFAULT_MAX_BYTES, BadStl, StlInfo, inspect_stl
+from layerfleet.slicer.stl import DEFAULT_MAX_BYTES, BadStl, StlInfo, inspect_stl
 
 __all__ = [
     "DEFAULT_MAX_BYTES",

@@ -19,12 +19,12 @@ from pathlib import Path
 from sqlalchemy import or_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from layerfleet.agents.bus import CommandBus
+from layerfleet.commands.bus import CommandBus
 from layerfleet.detection.imaging import BadImage
 from layerfleet.detection.runtime import Detector, FrameResult
-from layerfleet.detection.watching import FrameOutcome, apply_frame, is_watched_now
 from layerfleet.fleet.events import FleetEvents
 from layerfleet.fleet.models import Printer
+from layerfleet.watching.frames import FrameOutcome, apply_frame, is_watched_now
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from layerfleet.agents.bus import AgentCommand, AgentMessage, Deliver, InProcessCommandBus, RemoteStatus
+from layerfleet.commands.bus import AgentCommand, AgentMessage, Deliver, InProcessCommandBus, RemoteStatus
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ from typing import BinaryIO, Literal
 import numpy as np
 import numpy.typing as npt
 
+from layerfleet.errors import Invalid
+
 DEFAULT_MAX_BYTES = 500 * 1024 * 1024
 
 _BINARY_HEADER_BYTES = 80
@@ -43,7 +45,7 @@ _OTHER_FORMATS: tuple[tuple[bytes, str], ...] = (
 _ASCII_VERTEX = re.compile(rb"vertex[ \t]+([^\r\n]*)")
 
 
-class BadStl(ValueError):
+class BadStl(Invalid):
     """The file is not an STL that can be printed; ``str(error)`` says why, for the uploader."""
 
 

@@ -23,16 +23,14 @@ from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.accounts.models import User
-from layerfleet.agents.bus import CommandBus
-from layerfleet.agents.pictures import store_media
-from layerfleet.database import iso_z
+from layerfleet.commands.bus import CommandBus
 from layerfleet.detection import decisions
 from layerfleet.detection.models import Alert, AlertKind, PredictionFrame
 from layerfleet.detection.runtime import FrameResult
 from layerfleet.fleet.actions import PrinterActions
 from layerfleet.fleet.models import ActionOnFailure, Printer
-from layerfleet.fleet.watching import is_paused, should_watch
-from layerfleet.media import organization_prefix
+from layerfleet.fleet.watch_reasons import is_paused, should_watch
+from layerfleet.media import organization_prefix, store_media
 from layerfleet.prints.models import Print, PrintShotFeedback
 
 log = logging.getLogger(__name__)
@@ -246,22 +244,6 @@ async def create_feedback_shots(session: AsyncSession, print_: Print) -> list[Pr
              for f in pick_feedback_frames(frames)]
     session.add_all(shots)
     return shots
-
-
-def prediction_record(frame: PredictionFrame) -> dict[str, object]:
-    """One frame of `GET /prints/{id}/prediction_json`."""
-    return {
-        "frame_number": frame.frame_number,
-        "time": iso_z(frame.taken_at),
-        "p": round(frame.p, 4),
-        "score": round(frame.score, 4),
-        "ewm_mean": round(frame.ewm_mean, 4),
-        "rolling_mean_short": round(frame.rolling_mean_short, 4),
-        "rolling_mean_long": round(frame.rolling_mean_long, 4),
-        "normalized_p": round(frame.normalized_p, 4),
-        "detections": [["failure", box[4], box[:4]] for box in frame.boxes],
-        "ignored_detections": frame.ignored_boxes,
-    }
 
 
 def reported_temperatures(status: dict[str, Any] | None) -> dict[str, list[float | None]] | None:

@@ -1,9 +1,9 @@
 """Imports every domain's tables so that the metadata (for Alembic) is complete."""
 
 from layerfleet.accounts.models import AccessKey, ApiToken, Organization, User, WebSession
-from layerfleet.agents.models import OneTimeVerificationCode, PrinterEvent
+from layerfleet.agents.models import OneTimeVerificationCode
 from layerfleet.detection.models import Alert, PredictionFrame
-from layerfleet.fleet.models import Printer
+from layerfleet.fleet.models import Printer, PrinterEvent
 from layerfleet.library.models import Build, BuildItem, Part, PartVersion, SettingsPreset, SliceJob
 from layerfleet.prints.models import GCodeFile, Print, PrintShotFeedback
 from layerfleet.printwatch.models import PrintWatchDevice, PrintWatchFeedback, PrintWatchKey, PrintWatchNotification

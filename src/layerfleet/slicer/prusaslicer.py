@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from layerfleet.errors import Conflict, DomainError
+
 ENVIRONMENT_VARIABLE = "LAYERFLEET_PRUSASLICER"
 DEFAULT_PROFILE = Path(__file__).resolve().parent / "profiles" / "default.ini"
 
@@ -58,7 +60,7 @@ _MAX_TAIL_BYTES = 16 * 1024 * 1024
 _SCAN_CHUNK_BYTES = 4 * 1024 * 1024
 
 
-class SlicerError(Exception):
+class SlicerError(DomainError):
     """Slicing failed. ``message`` is PrusaSlicer's own explanation, cleaned up for people."""
 
     def __init__(self, message: str, *, exit_code: int | None = None, output: str = "") -> None:
@@ -76,7 +78,7 @@ class SlicerTimeout(SlicerError):
     """PrusaSlicer took longer than the timeout and was killed."""
 
 
-class SliceCanceled(Exception):
+class SliceCanceled(Conflict):
     """The slice was canceled through its ``cancel`` event and PrusaSlicer was killed."""
 
 

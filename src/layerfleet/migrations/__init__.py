@@ -1,0 +1,1 @@
+"""Alembic migrations and the registry of every table they cover (`tables`)."""
