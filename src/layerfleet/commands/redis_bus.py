@@ -15,7 +15,8 @@ import contextlib
 import json
 import logging
 import uuid
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -126,8 +127,10 @@ class RedisCommandBus(InProcessCommandBus):
                     if future is not None and not future.done():
                         future.set_result(bool(envelope.get("ok")))
         finally:
+            # redis-py leaves PubSub.aclose untyped.
+            close = cast(Callable[[], Awaitable[None]], pubsub.aclose)
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await close()
 
     async def _deliver_for(self, envelope: dict[str, Any]) -> None:
         try:

@@ -66,7 +66,8 @@ def iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:
     inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
     area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (others[:, 2] - others[:, 0]) * (others[:, 3] - others[:, 1])
-    return inter / (area + areas - inter + 1e-9)
+    overlap: np.ndarray = inter / (area + areas - inter + 1e-9)
+    return overlap
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float = NMS_IOU) -> list[int]:
