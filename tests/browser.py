@@ -1,6 +1,6 @@
 """Debian's Chromium driven by Python Playwright, for the web pages' end-to-end tests.
 
-The browser is /usr/bin/chromium from the distribution (`.ci/install-chromium`), never one
+The browser is /usr/bin/chromium from the distribution (`scripts/install-chromium`), never one
 downloaded by `playwright install`. Without it the tests skip, except in CI, where they fail.
 """
 
@@ -21,7 +21,7 @@ def chromium_or_skip() -> Path:
     if CHROMIUM.is_file():
         return CHROMIUM
     if os.environ.get("CI"):
-        pytest.fail(f"Chromium is not at {CHROMIUM}; .ci/install-chromium installs Debian's package")
+        pytest.fail(f"Chromium is not at {CHROMIUM}; scripts/install-chromium installs Debian's package")
     pytest.skip(f"Chromium is not at {CHROMIUM} (apt-get install chromium)")
 
 

@@ -1,11 +1,18 @@
 """Test fixtures: every database test runs on SQLite and, when it answers (always in CI),
-on PostgreSQL at 127.0.0.1:5432, database ``test``. The schema comes from the migrations."""
+on PostgreSQL at 127.0.0.1:5432, in a database of this run's own (created at the start and
+dropped at the end, so two runs on one machine never meet), or the database
+``LAYERFLEET_TEST_POSTGRES_URL`` names. The schema comes from the migrations.
+
+The run ends with a summary of the real parts it exercised (PostgreSQL, Redis, OctoPrint,
+Moonraker, PrusaSlicer, Chromium) and, for each it skipped, why."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import socket
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +32,9 @@ from layerfleet.fleet import service as fleet
 from layerfleet.fleet.models import Printer
 from layerfleet.prints.models import Print, PrintShotFeedback
 
-POSTGRES_URL = os.environ.get("LAYERFLEET_TEST_POSTGRES_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
+POSTGRES_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
+_GIVEN_POSTGRES_URL = os.environ.get("LAYERFLEET_TEST_POSTGRES_URL")
+POSTGRES_URL = _GIVEN_POSTGRES_URL or f"{POSTGRES_SERVER}/layerfleet_test_{os.getpid()}_{secrets.token_hex(3)}"
 
 
 def local_port_answers(port: int) -> bool:
@@ -47,7 +56,25 @@ def _backends() -> list[str]:
 BACKENDS = _backends()
 
 
+async def _create_or_drop_own_database(create: bool) -> None:
+    admin = create_engine(f"{POSTGRES_SERVER}/postgres", pooled=False).execution_options(isolation_level="AUTOCOMMIT")
+    name = POSTGRES_URL.rsplit("/", 1)[1]
+    async with admin.connect() as conn:
+        await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        await conn.execute(text(f"DROP DATABASE IF EXISTS {name}_migrations WITH (FORCE)"))
+        if create:
+            await conn.execute(text(f"CREATE DATABASE {name}"))
+    await admin.dispose()
+
+
+_own_database_created = False
+
+
 async def _reset_postgres(url: str) -> None:
+    global _own_database_created
+    if _GIVEN_POSTGRES_URL is None and not _own_database_created:
+        await _create_or_drop_own_database(create=True)
+        _own_database_created = True
     engine = create_engine(url, pooled=False)
     async with engine.begin() as conn:
         await conn.execute(text("DROP SCHEMA IF EXISTS public CASCADE"))
@@ -217,3 +244,66 @@ def live_url(settings: Settings) -> Iterator[str]:
 
     with LiveServer(settings) as url:
         yield url
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _own_database_created:
+        asyncio.run(_create_or_drop_own_database(create=False))
+
+
+# --- Which real parts the run exercised -----------------------------------------------------------
+
+def _real_parts(item: pytest.Item) -> list[str]:
+    module = item.nodeid.split("::", 1)[0]
+    fixtures = set(getattr(item, "fixturenames", ()))
+    parts = []
+    if "postgresql" in item.nodeid:
+        parts.append("PostgreSQL")
+    if "redis" in item.nodeid.lower() or module.endswith(("test_redis_bus.py", "test_worker.py")):
+        parts.append("Redis")
+    if "octoprint" in module:
+        parts.append("OctoPrint")
+    if "moonraker" in module:
+        parts.append("Moonraker")
+    if item.get_closest_marker("skipif") is not None and any(
+            "PrusaSlicer" in str(m.kwargs.get("reason", "")) for m in item.iter_markers("skipif")):
+        parts.append("PrusaSlicer")
+    if fixtures & {"browser", "page"}:
+        parts.append("Chromium")
+    return parts
+
+
+_part_of: dict[str, list[str]] = {}
+_outcomes: Counter[tuple[str, str]] = Counter()
+_skip_reasons: dict[str, set[str]] = {}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        _part_of[item.nodeid] = _real_parts(item)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.when != "call" and not (report.skipped or report.failed):
+        return
+    outcome = "skipped" if report.skipped else "failed" if report.failed else "passed"
+    for part in _part_of.get(report.nodeid, []):
+        _outcomes[part, outcome] += 1
+        if report.skipped and isinstance(report.longrepr, tuple):
+            _skip_reasons.setdefault(part, set()).add(str(report.longrepr[2]).removeprefix("Skipped: "))
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    terminalreporter.section("real parts")
+    for part in ("PostgreSQL", "Redis", "OctoPrint", "Moonraker", "PrusaSlicer", "Chromium"):
+        passed, failed, skipped = (_outcomes[part, o] for o in ("passed", "failed", "skipped"))
+        if not passed + failed + skipped:
+            line = "not exercised by the tests selected"
+            if part == "PostgreSQL" and "postgresql" not in BACKENDS:
+                line = "skipped: PostgreSQL does not answer at 127.0.0.1:5432 (scripts/setup-real-parts starts it)"
+        else:
+            line = f"{passed} passed" + (f", {failed} failed" if failed else "")
+            line += f", {skipped} skipped" if skipped else ""
+            if skipped:
+                line += " — " + "; ".join(sorted(_skip_reasons.get(part, set())))
+        terminalreporter.write_line(f"{part:<12} {line}")

@@ -10,13 +10,14 @@ import uvicorn
 
 from layerfleet.app import create_app
 from layerfleet.config import Settings
+from layerfleet.serving import server_config
 
 
 class LiveServer:
     def __init__(self, settings: Settings, port: int = 0) -> None:
         """``port`` 0 takes a free one; a fixed port lets a test restart "the same" server."""
-        config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning",
-                                lifespan="on", timeout_graceful_shutdown=3)
+        config = server_config(create_app(settings), settings, host="127.0.0.1", port=port, log_level="warning",
+                               lifespan="on", timeout_graceful_shutdown=3)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

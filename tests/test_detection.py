@@ -110,6 +110,13 @@ def test_bad_input_raises_a_clear_error(detector: Detector, data: bytes, message
         detector.detect_one(data)
 
 
+def test_an_unreadable_picture_is_explained_without_the_servers_internals(detector: Detector) -> None:
+    with pytest.raises(BadImage) as refused:
+        detector.detect_one(b"GIF89a but not really" * 10)
+    assert "object at 0x" not in str(refused.value) and "BytesIO" not in str(refused.value)
+    assert "not a readable image" in str(refused.value)
+
+
 def test_other_formats_and_modes_are_read(detector: Detector) -> None:
     for mode in ("RGBA", "L", "P"):
         buffer = io.BytesIO()

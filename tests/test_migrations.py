@@ -22,8 +22,9 @@ def _run(coroutine):  # type: ignore[no-untyped-def]
 
 async def _own_postgres_database() -> str:
     """A database of this test's own, so the one the other tests hold stays untouched."""
-    name = "layerfleet_migrations_test"
-    admin = create_engine(POSTGRES_URL, pooled=False).execution_options(isolation_level="AUTOCOMMIT")
+    name = f"{make_url(POSTGRES_URL).database}_migrations"
+    server = make_url(POSTGRES_URL).set(database="postgres").render_as_string(hide_password=False)
+    admin = create_engine(server, pooled=False).execution_options(isolation_level="AUTOCOMMIT")
     async with admin.connect() as conn:
         await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
         await conn.execute(text(f"CREATE DATABASE {name}"))

@@ -24,7 +24,7 @@ from layerfleet.accounts.models import Role, User
 from layerfleet.api.printwatch import protocol
 from layerfleet.database import create_engine, create_sessionmaker
 from layerfleet.detection import ModelMissing
-from layerfleet.printwatch import keys
+from layerfleet.printwatch import api_keys as keys
 from layerfleet.printwatch.inference import PrintWatchInference
 from layerfleet.printwatch.models import PrintWatchDevice, PrintWatchFeedback, PrintWatchKey, PrintWatchNotification
 from layerfleet.simulator.render import Scene, render_frame

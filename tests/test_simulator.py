@@ -245,3 +245,31 @@ async def test_simulate_with_a_token_that_cannot_link_says_why(live_url: str, fa
     output, _ = process.communicate(timeout=60)
     assert process.returncode == 2
     assert "refused the API token (403)" in output
+
+
+def test_the_demo_hands_its_simulator_the_api_token_out_of_sight_of_ps(tmp_path: Path) -> None:
+    from layerfleet.cli import TOKEN_VARIABLE, demo_simulator_command
+    from layerfleet.config import Settings
+
+    command, environment = demo_simulator_command(Settings(data_dir=tmp_path), "secret-api-token")
+    assert not any("secret-api-token" in part for part in command)
+    assert environment[TOKEN_VARIABLE] == "secret-api-token"
+
+
+async def test_simulate_takes_its_token_from_a_file_or_the_environment(live_url: str, farm: Farm,
+                                                                       tmp_path: Path) -> None:
+    from layerfleet.accounts.models import Role
+
+    viewer = await farm.member(Role.VIEWER)  # refused at linking: proof that the token was read
+    base = [sys.executable, "-m", "layerfleet", "simulate", "--server", live_url, "--state", str(tmp_path / "s.json")]
+    environment = {k: v for k, v in os.environ.items() if k != "LAYERFLEET_TOKEN"}
+    missing = await asyncio.to_thread(subprocess.run, base, capture_output=True, text=True, timeout=60,
+                                      env=environment)
+    assert missing.returncode == 2 and "LAYERFLEET_TOKEN" in missing.stderr
+    token_file = tmp_path / "token"
+    token_file.write_text(viewer.token + "\n")
+    for extra, env in ((["--token-file", str(token_file)], environment),
+                       ([], {**environment, "LAYERFLEET_TOKEN": viewer.token})):
+        taken = await asyncio.to_thread(subprocess.run, base + extra, capture_output=True, text=True, timeout=60,
+                                        env=env)
+        assert taken.returncode == 2 and "refused the API token (403)" in taken.stdout + taken.stderr

@@ -2,7 +2,7 @@
 
 The STL files are made here: a 20 mm cube (binary and ASCII), the same cube with its top face
 missing (not manifold), models too big for the bed, and files that are no STL at all.
-PrusaSlicer comes from Debian (.ci/install-prusaslicer). Without it the tests that slice are
+PrusaSlicer comes from Debian (scripts/install-prusaslicer). Without it the tests that slice are
 skipped on a developer machine but fail in CI, like the PostgreSQL policy in conftest.py.
 """
 
@@ -11,7 +11,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import signal
 import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +42,7 @@ from layerfleet.slicer.prusaslicer import ENVIRONMENT_VARIABLE, slicer_message
 def _prusaslicer() -> Path | None:
     found = find_prusaslicer()
     if found is None and os.environ.get("CI"):
-        raise RuntimeError("PrusaSlicer is not installed; CI must slice with it (run .ci/install-prusaslicer)")
+        raise RuntimeError("PrusaSlicer is not installed; CI must slice with it (run scripts/install-prusaslicer)")
     return found
 
 
@@ -184,6 +188,12 @@ def _truncated_ascii(path: Path) -> None:
     path.write_text(text[: text.rindex("vertex")])
 
 
+def _ascii_cut_between_triangles(path: Path) -> None:
+    write_ascii_stl(path, cube_triangles())
+    text = path.read_text()
+    path.write_text(text[: text.rindex("facet normal")])
+
+
 def _nan_binary(path: Path) -> None:
     triangles = cube_triangles()
     triangles[5, 1, 2] = np.nan
@@ -206,6 +216,7 @@ BAD_FILES = {
     "zero triangles": (lambda p: p.write_bytes(b" " * 80 + struct.pack("<I", 0)), "no triangles"),
     "ascii without facets": (lambda p: p.write_text("solid nothing\nendsolid nothing\n"), "no triangles"),
     "truncated ascii": (_truncated_ascii, "truncated"),
+    "ascii cut between two triangles": (_ascii_cut_between_triangles, "no 'endsolid' line"),
     "ascii vertex with two numbers": (
         lambda p: p.write_text("solid x\nfacet normal 0 0 1\nouter loop\nvertex 1 2\nvertex 1 2 3\nvertex 3 2 1\n"
                                "endloop\nendfacet\nendsolid x\n"),
@@ -585,3 +596,56 @@ async def test_slice_canceled_before_it_starts_runs_nothing(tmp_path: Path) -> N
     with pytest.raises(SliceCanceled):
         await slice_stl(stl, DEFAULT_PROFILE, tmp_path / "cube.gcode", cancel=cancel, executable="/bin/false")
     assert files_in(tmp_path) == {"cube.stl"}
+
+
+def test_the_slicer_dies_with_the_process_that_started_it(tmp_path: Path) -> None:
+    """A worker killed with SIGKILL runs no cleanup: the kernel must stop its slicer."""
+    pid_file = tmp_path / "slicer.pid"
+    fake = tmp_path / "slow-slicer"
+    fake.write_text(f"#!/bin/sh\necho $$ > {pid_file}\nexec sleep 120\n")
+    fake.chmod(0o755)
+    worker = subprocess.Popen([sys.executable, "-c", (
+        "import asyncio\nfrom layerfleet.slicer.prusaslicer import _run\n"
+        f"asyncio.run(_run([{str(fake)!r}], time_limit=120, cancel=None))\n")])
+    try:
+        deadline = time.monotonic() + 30
+        while not (pid_file.exists() and pid_file.read_text().strip()):
+            assert time.monotonic() < deadline, "the fake slicer did not start"
+            time.sleep(0.05)
+        slicer_pid = int(pid_file.read_text())
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while _running(slicer_pid):
+            assert time.monotonic() < deadline, "the slicer outlived the process that started it"
+            time.sleep(0.05)
+    finally:
+        worker.kill()
+
+
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"  # a zombie is dead, only not yet collected by its new parent
+
+
+def test_what_a_killed_slice_left_behind_is_removed_at_start(tmp_path: Path) -> None:
+    from layerfleet.library.service import gcode_dir, stl_dir
+    from layerfleet.library.slice_jobs import remove_leftovers
+
+    work = gcode_dir(tmp_path) / ".slicing-abc123"
+    work.mkdir(parents=True)
+    (work / "output.gcode").write_text("G1 X1\n")
+    profile = gcode_dir(tmp_path) / ".profile-x1.ini"
+    profile.write_text("layer_height = 0.2\n")
+    upload = stl_dir(tmp_path) / ".upload-y2.stl"
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"solid")
+    kept = gcode_dir(tmp_path) / "1f0c.gcode"
+    kept.write_text("G1 X1\n")
+    # Beside other workers, a fresh leftover may be a slice running elsewhere: it stays.
+    assert remove_leftovers(tmp_path, older_than_seconds=3600) == 0
+    assert remove_leftovers(tmp_path, older_than_seconds=None) == 3
+    assert not work.exists() and not profile.exists() and not upload.exists() and kept.exists()

@@ -223,4 +223,4 @@ async def test_the_library_follows_printer_states_from_the_stream(
     async with httpx.AsyncClient(base_url=live_url, headers=live_farm.owner.headers, timeout=10) as api:
         paused = await api.post(f"/api/v1/printers/{live_farm.ids[0]}/pause_print/")
         assert paused.json()["succeeded"] is True
-    await expect(printer.locator(".badge")).to_have_text("Print Paused", timeout=15_000)
+    await expect(printer.locator(".badge")).to_have_text("Paused", timeout=15_000)

@@ -17,7 +17,9 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from layerfleet import __version__, web
 from layerfleet.agents.gateway import AgentGateway
-from layerfleet.api import access_keys, eiger_v3, media, obico_agent, obico_v1, printwatch
+from layerfleet.api import access_key_admin, eiger_v3, media, obico_agent, obico_v1, printwatch
+from layerfleet.api.body_limits import BodyLimits
+from layerfleet.api.deps import SESSION_COOKIE
 from layerfleet.api.error_handlers import install_error_handlers
 from layerfleet.api.services import Services
 from layerfleet.commands.bus import CommandBus, InProcessCommandBus
@@ -35,7 +37,6 @@ from layerfleet.watching.sink import FrameSink, NullFrameSink
 
 log = logging.getLogger(__name__)
 
-SESSION_COOKIE = "layerfleet_session"
 
 _DRF_ERROR_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -44,19 +45,47 @@ _DRF_ERROR_SCHEMA: dict[str, Any] = {
 }
 
 
+_EIGER_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["message"], "properties": {"message": {"type": "string"}},
+    "description": "With an X-Reference-ID header, also in the server's log line for the request",
+}
+PRINTWATCH_PATHS = ("/api/v2/", "/feedback")
+
+
 def _openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI documents validation errors as 422; our dialects answer 400."""
     if app.openapi_schema:
         return app.openapi_schema
-    schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description=app.description)
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes, description=app.description,
+                         tags=app.openapi_tags)
     def error(description: str) -> dict[str, Any]:
         return {"description": description, "content": {"application/json": {"schema": _DRF_ERROR_SCHEMA}}}
+
+    def eiger_error(description: str) -> dict[str, Any]:
+        return {"description": description, "content": {"application/json": {"schema": _EIGER_ERROR_SCHEMA}}}
 
     for path, path_item in schema.get("paths", {}).items():
         for method, operation in path_item.items():
             responses = operation.get("responses", {})
             if responses.pop("422", None) is not None:
-                responses["400"] = error("Invalid request; nothing was changed")
+                invalid = eiger_error if path.startswith("/api/v3/") else error
+                responses["400"] = invalid("Invalid request; nothing was changed")
+            if path.startswith(PRINTWATCH_PATHS):
+                # PrintWatch clients authenticate with the api_key inside the body; every answer is a 200.
+                operation["security"] = []
+                continue
+            if path.startswith("/api/v3/"):
+                operation["security"] = [{"basic": []}, {"session": []}]
+                # Any Eiger request may be invalid, name a missing object or (a change) meet a
+                # state that refuses it; each answer is the dialect's {"message"}.
+                for status, description in (("400", "Invalid request; nothing was changed"),
+                                            ("401", "Not authenticated"), ("404", "No such object"),
+                                            ("413", "The request body is too large")):
+                    responses.setdefault(status, eiger_error(description))
+                if method != "get":
+                    responses.setdefault("403", eiger_error("Your role does not allow this"))
+                    responses.setdefault("409", eiger_error("The state of things does not allow this now"))
+                continue
             if path.startswith("/api/"):
                 responses.setdefault("401", error("Not authenticated"))
                 if method != "get":
@@ -64,12 +93,49 @@ def _openapi(app: FastAPI) -> dict[str, Any]:
     schema.setdefault("components", {})["securitySchemes"] = {
         "token": {"type": "apiKey", "in": "header", "name": "Authorization",
                   "description": "`Token <key>` or `Bearer <key>`; create one with `layerfleet token create EMAIL`"},
+        "basic": {"type": "http", "scheme": "basic",
+                  "description": "Eiger v3: access key and secret key; create them with `layerfleet accesskey create`"},
         "session": {"type": "apiKey", "in": "cookie", "name": SESSION_COOKIE},
     }
     schema["security"] = [{"token": []}, {"session": []}]
     app.openapi_schema = schema
     return schema
 
+
+API_DESCRIPTION = """\
+A self-hosted print-farm server that speaks three API dialects, each with its own credentials
+and error shape:
+
+- **Obico v1** (`/api/v1/`): printers, prints, linking, and the Obico agents' protocol.
+  `Authorization: Token <key>`; errors as `{"detail": …}` or `{"field": ["…"]}`.
+- **PrintWatch** (`/api/v2/`, `/feedback`): failure detection for the PrintWatch OctoPrint
+  plugin and Klipper client; the API key travels in the body and every answer is HTTP 200
+  with the outcome's code inside.
+- **Eiger v3** (`/api/v3/`): the Markforged Eiger print-farm API (parts, builds, devices, print
+  jobs, users) with HTTP Basic access keys; errors as `{"message": …}` with `X-Reference-ID`.
+  Operations marked *Layerfleet extension* are ours, beyond the Eiger specification.
+
+The dashboard's signed-in session cookie is accepted by every dialect but PrintWatch.
+"""
+
+_OBICO = "Obico v1 dialect (`/api/v1/`)"
+_EIGER = "Eiger v3 dialect (`/api/v3/`)"
+API_TAGS: list[dict[str, Any]] = [
+    {"name": "Obico v1: printers", "description": f"{_OBICO}: printers, their settings and actions."},
+    {"name": "Obico v1: prints", "description": f"{_OBICO}: prints, verdicts and feedback frames."},
+    {"name": "Obico v1: linking printers", "description": f"{_OBICO}: one-time codes that link an agent."},
+    {"name": "Obico v1: users", "description": f"{_OBICO}: the signed-in member."},
+    {"name": "Layerfleet: alerts", "description": f"{_OBICO}, Layerfleet extension: failure alerts."},
+    {"name": "Layerfleet: access keys", "description": "Layerfleet extension: a member's Eiger access keys."},
+    {"name": "Layerfleet: PrintWatch keys", "description": "Layerfleet extension: the organization's PrintWatch keys."},
+    {"name": "PrintWatch API",
+     "description": "PrintWatch dialect (`/api/v2/`, `/feedback`): frames scored for failures."},
+    {"name": "Parts", "description": f"{_EIGER}: STL uploads, slicing, slicer profiles, part versions."},
+    {"name": "Builds", "description": f"{_EIGER}: plates of part versions, and build approvals."},
+    {"name": "Devices", "description": f"{_EIGER}: printers, their status and queues."},
+    {"name": "Print Jobs", "description": f"{_EIGER}: builds printing or printed on a device."},
+    {"name": "Users", "description": f"{_EIGER}: the organization's members."},
+]
 
 # Anonymous linking: a code has a million values, so guessing must stay slow.
 VERIFY_CALLS, VERIFY_WINDOW_SECONDS = 20, 600
@@ -143,7 +209,8 @@ def create_app(
     app = FastAPI(
         title="Layerfleet",
         version=__version__,
-        description="Print-farm server: Obico-compatible REST API v1 (printers, prints).",
+        description=API_DESCRIPTION,
+        openapi_tags=API_TAGS,
         docs_url=None,
         redoc_url=None,
         lifespan=lifespan,
@@ -167,12 +234,13 @@ def create_app(
         same_site="lax",
         https_only=settings.session_cookie_secure,
     )
+    app.add_middleware(BodyLimits)
     install_error_handlers(app)
     app.include_router(obico_v1.router)
     app.include_router(obico_agent.router)
     app.include_router(printwatch.router)
     app.include_router(eiger_v3.router)
-    app.include_router(access_keys.router)
+    app.include_router(access_key_admin.router)
     app.include_router(media.router)
     app.include_router(web.router)
     app.mount("/static/swagger-ui", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")

@@ -48,12 +48,17 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# Where `simulate` takes its API token from when no file names it (kept out of the command line).
+TOKEN_VARIABLE = "LAYERFLEET_TOKEN"
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from layerfleet.app import create_app
     from layerfleet.database import create_engine, create_sessionmaker, migrate
     from layerfleet.demo import demo_simulator_token, seed
+    from layerfleet.serving import server_config
 
     if args.host:
         settings.host = args.host
@@ -89,17 +94,33 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  Layerfleet {__version__} on http://{settings.host}:{settings.port}/  (API docs: /docs)\n", flush=True)
     simulator = _start_demo_simulator(settings, demo_token) if demo_token else None
     try:
-        uvicorn.run(
-            create_app(settings), host=settings.host, port=settings.port,
-            log_level=settings.log_level, proxy_headers=True,
+        uvicorn.Server(server_config(
+            create_app(settings), settings, host=settings.host, port=settings.port, log_level=settings.log_level,
             # Live pages hold their event streams open; they reconnect to the next server.
             timeout_graceful_shutdown=SHUTDOWN_GRACE_SECONDS,
-        )
+        )).run()
     finally:
         if simulator is not None:
             simulator.terminate()
             simulator.wait(timeout=15)
     return 0
+
+
+def demo_simulator_command(settings: Settings, token: str) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of the demo's simulator. The API token goes in the
+    environment: a command line is visible to every user of the machine (`ps`)."""
+    from layerfleet.demo import DEMO_DETECTION_INTERVAL, DEMO_FAIL_RATE, DEMO_PRINTERS
+
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
+    host = f"[{host}]" if ":" in host else host
+    command = [
+        sys.executable, "-m", "layerfleet", "simulate", "--server", f"http://{host}:{settings.port}",
+        "--printers", str(DEMO_PRINTERS), "--fail-rate", str(DEMO_FAIL_RATE),
+        "--fail-first", "1", "--picture-interval", str(DEMO_DETECTION_INTERVAL), "--preheated",
+        "--print-minutes", "10-30", "--name", "Demo printer",
+        "--state", str(settings.data_dir / "simulated-printers.json"), "--stop-with-pid", str(os.getpid()),
+    ]
+    return command, {**os.environ, "LAYERFLEET_LOG_LEVEL": "warning", TOKEN_VARIABLE: token}
 
 
 def _start_demo_simulator(settings: Settings, token: str) -> Any:
@@ -108,18 +129,9 @@ def _start_demo_simulator(settings: Settings, token: str) -> Any:
     server, and stops with it."""
     import subprocess
 
-    from layerfleet.demo import DEMO_DETECTION_INTERVAL, DEMO_FAIL_RATE, DEMO_PRINTERS
+    from layerfleet.demo import DEMO_PRINTERS
 
-    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "") else settings.host
-    host = f"[{host}]" if ":" in host else host
-    command = [
-        sys.executable, "-m", "layerfleet", "simulate", "--server", f"http://{host}:{settings.port}",
-        "--token", token, "--printers", str(DEMO_PRINTERS), "--fail-rate", str(DEMO_FAIL_RATE),
-        "--fail-first", "1", "--picture-interval", str(DEMO_DETECTION_INTERVAL),
-        "--print-minutes", "10-30", "--name", "Demo printer",
-        "--state", str(settings.data_dir / "simulated-printers.json"), "--stop-with-pid", str(os.getpid()),
-    ]
-    environment = {**os.environ, "LAYERFLEET_LOG_LEVEL": "warning"}
+    command, environment = demo_simulator_command(settings, token)
     print(f"  --demo: {DEMO_PRINTERS} simulated printers are linking (layerfleet simulate)\n", flush=True)
     return subprocess.Popen(command, env=environment)
 
@@ -227,12 +239,12 @@ def cmd_accesskey_create(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_printwatch_key_create(args: argparse.Namespace, settings: Settings) -> int:
-    from layerfleet.printwatch import keys
+    from layerfleet.printwatch import api_keys
 
     async def create(session: Any, user: Any) -> str:
-        return (await keys.issue_key(session, user, args.devices, args.name)).plain
+        return (await api_keys.issue_key(session, user, args.devices, args.name)).plain
 
-    return _print_for_user(settings, args.email, create, (keys.PrintWatchKeyError,))
+    return _print_for_user(settings, args.email, create, (api_keys.PrintWatchKeyError,))
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
@@ -456,20 +468,29 @@ def _fraction(text: str) -> float:
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     import httpx
 
-    from layerfleet.printer_agent.runner import Cadence
+    from layerfleet.printer_agent.runner import Cadence, Stopped
     from layerfleet.simulator.farm import LinkError, TokenStore, describe, link_printers, run_farm
     from layerfleet.simulator.printer import SimulationOptions
 
     low, high = args.print_minutes
     options = SimulationOptions(speed=args.speed, fail_rate=args.fail_rate, min_print_minutes=low,
-                                max_print_minutes=high)
+                                max_print_minutes=high, first_print_preheated=args.preheated)
     store = TokenStore(args.state or settings.data_dir / "simulated-printers.json")
+    try:
+        from_file = args.token_file.read_text().strip() if args.token_file else None
+        token = args.token or from_file or os.environ.get(TOKEN_VARIABLE)
+    except OSError as exc:
+        print(f"error: cannot read the token file: {exc}", file=sys.stderr)
+        return 2
+    if not token:
+        print(f"error: give an admin's API token: {TOKEN_VARIABLE}, --token-file or --token", file=sys.stderr)
+        return 2
 
     async def work(stop: asyncio.Event) -> int:
         watchers: set[asyncio.Task[None]] = set()  # held: a task nobody references may be collected
         if args.stop_with_pid is not None:
             watchers.add(asyncio.create_task(_stop_when_gone(args.stop_with_pid, stop)))
-        linking = asyncio.create_task(link_printers(args.server, args.token, args.printers, store,
+        linking = asyncio.create_task(link_printers(args.server, token, args.printers, store,
                                                     prefix=args.name))
         stopped = asyncio.create_task(stop.wait())
         await asyncio.wait({linking, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -486,7 +507,10 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         cadence = Cadence(watched_picture=args.picture_interval)
         results = await run_farm(args.server, links, options, cadence=cadence, seed=args.seed, stop=stop,
                                  failing_first=args.fail_first)
-        print(f"simulator stopped: {describe(results)}", flush=True)
+        if all(result is Stopped.REQUESTED for result in results):
+            print(f"  simulator stopped ({len(results)} printers)", flush=True)
+        else:
+            print(f"simulator stopped: {describe(results)}", flush=True)
         return 0
 
     return _run_until_signalled(work)
@@ -617,12 +641,17 @@ def build_parser() -> argparse.ArgumentParser:
         "so a second run brings back the same printers.",
     )
     simulate.add_argument("--server", required=True, help="server base URL, e.g. http://127.0.0.1:8000")
-    simulate.add_argument("--token", required=True, help="API token of an admin (`layerfleet token create`)")
+    simulate.add_argument("--token-file", type=Path, metavar="PATH",
+                          help="file holding the API token of an admin (`layerfleet token create`); "
+                          f"or set {TOKEN_VARIABLE}")
+    simulate.add_argument("--token", help="the API token itself (visible to other users in `ps`: prefer the above)")
     simulate.add_argument("--printers", type=int, default=3, help="how many printers (default 3)")
     simulate.add_argument("--fail-rate", type=_fraction, default=0.0, help="share of prints that fail, 0–1")
     simulate.add_argument("--fail-first", type=int, default=0, metavar="N",
                           help="the first print of the first N printers fails early (a demo of the detector)")
     simulate.add_argument("--speed", type=float, default=1.0, help="simulated seconds per second (default 1)")
+    simulate.add_argument("--preheated", action="store_true",
+                          help="each printer's first print starts at temperature, without heating up first")
     simulate.add_argument("--print-minutes", type=_minutes_range, default=(20.0, 60.0), metavar="MIN-MAX",
                           help="print length range in simulated minutes (default 20-60)")
     simulate.add_argument("--picture-interval", type=float, default=10.0, metavar="SECONDS",

@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         default=None, description="Public URL of the server, used in links it hands out"
     )
     session_cookie_secure: bool = False
+    trusted_proxies: str = Field(
+        default="", description="Comma-separated addresses or networks of reverse proxies whose X-Forwarded-For "
+        "and X-Forwarded-Proto are believed; empty: none, the connection's own address counts")
     session_max_age_seconds: int = 14 * 24 * 3600
     redis_url: str | None = Field(
         default=None, description="redis://… to deliver agent commands across server processes"

@@ -14,6 +14,8 @@ from sqlalchemy.orm import DeclarativeBase
 from sqlalchemy.pool import NullPool
 from sqlalchemy.types import TypeDecorator
 
+from layerfleet.errors import Invalid
+
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
     "uq": "uq_%(table_name)s_%(column_0_name)s",
@@ -79,7 +81,41 @@ def create_engine(url: str, *, echo: bool = False, pooled: bool = True) -> Async
     engine = create_async_engine(url, **kwargs)
     if url.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_on_connect)
+    event.listen(engine.sync_engine, "before_cursor_execute", _refuse_unstorable_text)
     return engine
+
+
+class UnstorableText(Invalid):
+    """Text PostgreSQL cannot store (NUL, or half of a UTF-16 surrogate pair), refused on every
+    database so that what is valid does not depend on the backend."""
+
+    def __init__(self) -> None:
+        super().__init__("Text must not contain NUL characters (\\u0000) or unpaired surrogates.")
+
+
+def _unstorable(value: object) -> bool:
+    if not isinstance(value, str):
+        return False
+    if "\x00" in value:
+        return True
+    if value.isascii():
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _refuse_unstorable_text(_conn: Any, _cursor: Any, _statement: str, parameters: Any, _context: Any,
+                            executemany: bool) -> None:
+    # Every value a client sent reaches the database as a statement parameter, whether it is
+    # stored or only searched for: checking here is one rule for all text input.
+    rows = parameters if executemany else [parameters]
+    for row in rows if isinstance(rows, list | tuple) else ():
+        values = row.values() if isinstance(row, dict) else row if isinstance(row, list | tuple) else (row,)
+        if any(_unstorable(value) for value in values):
+            raise UnstorableText()
 
 
 def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:

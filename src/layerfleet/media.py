@@ -7,7 +7,7 @@ import asyncio
 import os
 import tempfile
 from datetime import datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 
 def organization_prefix(organization_id: int) -> str:
@@ -22,7 +22,6 @@ def media_url(base_url: str, relative_path: str | None) -> str | None:
     if not relative_path:
         return None
     return f"{base_url.rstrip('/')}/media/{relative_path}"
-
 
 
 def picture_path(organization_id: int, printer_id: int, kind: str, taken_at: datetime) -> str:
@@ -53,3 +52,15 @@ async def remove_media(data_dir: Path, relative: str) -> None:
     target = (root / relative).resolve()
     if target.is_relative_to(root):
         await asyncio.to_thread(target.unlink, True)
+
+
+def member_file(data_dir: Path, organization_id: int, relative_path: str) -> Path | None:
+    """Where a member's request for ``relative_path`` leads, or None when it is not a file under
+    their organization's folder (another organization's, a parent folder, an absolute path)."""
+    relative = PurePosixPath(relative_path)
+    own = relative_path.startswith(organization_prefix(organization_id))
+    if ".." in relative.parts or relative.is_absolute() or not own:
+        return None
+    root = media_root(data_dir).resolve()
+    file = (root / relative).resolve()
+    return file if file.is_relative_to(root) else None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import unicodedata
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -19,6 +20,7 @@ from layerfleet.errors import Invalid
 API_TOKEN_PREFIX = "lf_"
 ACCESS_KEY_PREFIX = "LFAK"
 DEFAULT_ORGANIZATION_NAME = "My print farm"
+LABEL_MAX_LENGTH = 100  # ApiToken.name, AccessKey.name
 
 
 class AccountError(Invalid):
@@ -31,6 +33,12 @@ def normalize_email(email: str) -> str:
     if not sep or not local or not domain or " " in email or "." not in domain:
         raise AccountError(f"'{email}' is not a valid email address")
     return f"{local}@{domain.lower()}"
+
+
+def clean_label(value: str) -> str:
+    """A credential's label (an API token's, a PrintWatch key's name) as it is kept: free text,
+    but without control characters (NUL above all, which PostgreSQL refuses in text)."""
+    return "".join(ch for ch in value if unicodedata.category(ch) not in {"Cc", "Cs"}).strip()
 
 
 def _hash_key(key: str) -> str:

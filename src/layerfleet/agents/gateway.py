@@ -34,7 +34,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from layerfleet.agents import lifecycle
 from layerfleet.agents.linking import printer_for_token
 from layerfleet.agents.status_writer import StatusWriter
-from layerfleet.commands.bus import AgentMessage, RemoteStatus
+from layerfleet.commands.bus import AgentMessage, RemoteStatus, TokenRevoked
 from layerfleet.database import utcnow
 from layerfleet.errors import Unavailable
 from layerfleet.fleet.events import FleetEvents
@@ -139,6 +139,9 @@ class AgentConnection:
             await self.websocket.send_text(json.dumps(message))
 
     async def deliver(self, message: AgentMessage) -> None:
+        if isinstance(message, TokenRevoked):
+            await self.close(CLOSE_UNAUTHORIZED)
+            return
         await self.send(message.as_message())
 
     async def close(self, code: int) -> None:

@@ -119,3 +119,18 @@ async def printer_for_token(session: AsyncSession, token: str) -> Printer | None
         return None
     query = select(Printer).where(Printer.auth_token == token, Printer.archived_at.is_(None))
     return (await session.execute(query)).scalar_one_or_none()
+
+
+async def member_code(session: AsyncSession, user: User, code_id: int) -> OneTimeVerificationCode | None:
+    """One of the member's own codes (another member's is as missing as an unknown one)."""
+    code = await session.get(OneTimeVerificationCode, code_id)
+    if code is None or code.user_id != user.id:
+        return None
+    return code
+
+
+def seconds_left(code: OneTimeVerificationCode) -> int:
+    """How long the code can still be used: 0 once used or expired."""
+    if code.verified_at is not None:
+        return 0
+    return max(0, int((code.expired_at - utcnow()).total_seconds()))

@@ -25,6 +25,7 @@ from layerfleet.scheduling.reports import ReportService
 from layerfleet.watching.sink import FrameSink
 
 SESSION_KEY = "sid"
+SESSION_COOKIE = "layerfleet_session"
 UNSAFE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
 
 

@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from layerfleet.api.eiger_v3 import errors as eiger
 from layerfleet.api.errors import NON_FIELD_ERRORS, domain_error_response, field_errors_from_pydantic
@@ -20,6 +21,17 @@ log = logging.getLogger("layerfleet.api.errors")
 
 def _is_path_error(exc: RequestValidationError) -> bool:
     return any(error.get("loc", ("",))[0] == "path" for error in exc.errors())
+
+
+def allowed_methods(app: FastAPI, request: Request) -> list[str]:
+    """Every method some route answers at the request's path. The router names only the first
+    route whose path matched, though one path often has a route per method."""
+    allowed = []
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] == Match.FULL for route in app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -47,16 +59,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = ", ".join(allowed_methods(app, request))
         if eiger.is_eiger_request(request):
             message = {404: "No such endpoint in the Eiger v3 API", 405: f"Method {request.method} not allowed here"}
             text = message.get(exc.status_code, str(exc.detail))
-            return eiger.error_response(request, exc.status_code, text, dict(exc.headers or {}))
+            return eiger.error_response(request, exc.status_code, text, headers)
         detail = exc.detail
         if exc.status_code == 404 and detail == "Not Found":
             detail = "Not found."
         elif exc.status_code == 405 and detail == "Method Not Allowed":
             detail = f'Method "{request.method}" not allowed.'
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

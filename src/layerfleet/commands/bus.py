@@ -42,7 +42,13 @@ class RemoteStatus:
         return {"remote_status": {"viewing": self.viewing, "should_watch": self.should_watch}}
 
 
-AgentMessage = AgentCommand | RemoteStatus
+@dataclass(frozen=True)
+class TokenRevoked:
+    """The printer's token was replaced: whoever holds the old one is disconnected, wherever
+    its connection lives (it closes with 4401, the code for a refused token)."""
+
+
+AgentMessage = AgentCommand | RemoteStatus | TokenRevoked
 Deliver = Callable[[AgentMessage], Awaitable[None]]
 
 

@@ -20,7 +20,7 @@ from typing import Any, cast
 
 from redis.asyncio import Redis
 
-from layerfleet.commands.bus import AgentCommand, AgentMessage, Deliver, InProcessCommandBus, RemoteStatus
+from layerfleet.commands.bus import AgentCommand, AgentMessage, Deliver, InProcessCommandBus, RemoteStatus, TokenRevoked
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +33,16 @@ _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del
 def encode(message: AgentMessage) -> dict[str, Any]:
     if isinstance(message, AgentCommand):
         return {"type": "command", "cmd": message.cmd, "args": message.args, "initiator": message.initiator}
+    if isinstance(message, TokenRevoked):
+        return {"type": "token_revoked"}
     return {"type": "remote_status", "should_watch": message.should_watch, "viewing": message.viewing}
 
 
 def decode(data: dict[str, Any]) -> AgentMessage:
     if data["type"] == "command":
         return AgentCommand(data["cmd"], dict(data["args"]), data["initiator"])
+    if data["type"] == "token_revoked":
+        return TokenRevoked()
     return RemoteStatus(should_watch=bool(data["should_watch"]), viewing=bool(data["viewing"]))
 
 

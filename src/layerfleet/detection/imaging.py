@@ -72,8 +72,9 @@ def open_image(data: bytes, target: int) -> tuple[Image.Image, int, int]:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(f"the image is too large to decode safely: {exc}") from None
-    except UnidentifiedImageError as exc:
-        raise BadImage(f"not a readable image: {exc}") from None
+    except UnidentifiedImageError:
+        # Pillow's message names the in-memory file object, which means nothing to a client.
+        raise BadImage("not a readable image (JPEG, PNG or another common format)") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadImage(f"the image is damaged or truncated: {exc}") from None
     return image, width, height

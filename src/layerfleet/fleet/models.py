@@ -67,13 +67,37 @@ def job_progress(status: dict[str, Any] | None) -> JobProgress:
 
 
 class FleetState(enum.StrEnum):
-    """The five states an operator sorts a farm by."""
+    """The states an operator sorts a farm by: every page names a printer's state with these."""
 
     PRINTING = "Printing"
+    # Printing, but the print has not begun: the heaters are still coming up to temperature.
+    HEATING = "Heating"
     PAUSED = "Paused"
     IDLE = "Idle"
     OFFLINE = "Offline"
     ERROR = "Error"
+
+
+# A heater this far below its target is still warming up; closer, it is only regulating.
+HEATING_MARGIN_CELSIUS = 10.0
+
+
+def still_heating(status: dict[str, Any] | None) -> bool:
+    """The print has made no progress yet and a heater is well below its target: a printer that
+    reports "printing" at 0 % is warming up, and saying "Printing · 0 %" would mislead."""
+    completion = job_progress(status).completion
+    if completion is not None and completion > 0:
+        return False
+    heaters = (status or {}).get("temperatures")
+    if not isinstance(heaters, dict):
+        return False
+    for reading in heaters.values():
+        if not isinstance(reading, dict):
+            continue
+        actual, target = _number(reading.get("actual")), _number(reading.get("target"))
+        if actual is not None and target is not None and target > 0 and target - actual > HEATING_MARGIN_CELSIUS:
+            return True
+    return False
 
 
 def fleet_state(status: dict[str, Any] | None) -> FleetState:
@@ -84,12 +108,33 @@ def fleet_state(status: dict[str, Any] | None) -> FleetState:
         return FleetState.ERROR
     if flags.get("paused") or flags.get("pausing"):
         return FleetState.PAUSED
+    if flags.get("printing") and still_heating(status):
+        return FleetState.HEATING
     if flags.get("printing") or flags.get("resuming") or flags.get("cancelling") or flags.get("finishing"):
         return FleetState.PRINTING
     if flags.get("operational") or flags.get("ready"):
         return FleetState.IDLE
     # Agent online but its printer is not connected (OctoPrint "Offline", Klipper shut down).
     return FleetState.OFFLINE
+
+
+class PausedBy(enum.StrEnum):
+    DETECTOR = "detector"
+    PERSON = "person"
+
+
+# Who paused a print, as the pages say it ("Paused by …").
+PAUSER_WORDS = {PausedBy.DETECTOR: "the failure detector", PausedBy.PERSON: "a person"}
+
+
+def paused_by(printer: Printer | None, print_: Print | None) -> PausedBy | None:
+    """Who paused ``print_``, None when it is not paused right now: only the print its printer
+    is on can be, and only while the printer reports itself paused."""
+    if printer is None or print_ is None or print_.ended or printer.current_print_id != print_.id:
+        return None
+    if fleet_state(printer.status) is not FleetState.PAUSED:
+        return None
+    return PausedBy.DETECTOR if print_.detector_pause_stands else PausedBy.PERSON
 
 
 class ActionOnFailure(enum.StrEnum):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from datetime import datetime
+import re
+from datetime import UTC, datetime
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
@@ -14,6 +15,7 @@ SENSITIVITY_MIN = 0.8
 SENSITIVITY_MAX = 1.2
 MAX_PAUSE_DISTANCE_MM = 100.0
 NAME_MAX_LENGTH = 256
+ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 PauseDistance = Annotated[float, Field(ge=0.0, le=MAX_PAUSE_DISTANCE_MM, allow_inf_nan=False)]
 MAX_IGNORE_MASKS = 32
@@ -53,11 +55,25 @@ class PrinterChanges(BaseModel):
             raise ValueError("This field may not be blank.")
         return value
 
+    @field_validator("archived_at", mode="before")
+    @classmethod
+    def _iso_text(cls, value: object) -> object:
+        # Pydantic would read a number, or a string of digits ("2026"), as a Unix time.
+        if value is not None and not (isinstance(value, str) and ISO_DATE.match(value)):
+            raise ValueError("Datetime must be an ISO-8601 string with a time zone, e.g. 2024-01-31T12:00:00Z, "
+                             "or null.")
+        return value
+
     @field_validator("archived_at")
     @classmethod
     def _aware(cls, value: datetime | None) -> datetime | None:
         if value is not None and value.tzinfo is None:
             raise ValueError("Datetime must include a time zone, e.g. 2024-01-31T12:00:00Z.")
+        if value is not None:
+            try:
+                value.astimezone(UTC)
+            except OverflowError:
+                raise ValueError("Datetime is out of range.") from None
         return value
 
     @field_validator("retract_on_pause", "lift_z_on_pause", "detective_sensitivity", mode="before")

@@ -51,6 +51,13 @@ async def create_printer(session: AsyncSession, owner: User, name: str) -> Print
     return printer
 
 
+def rotate_agent_token(printer: Printer) -> str:
+    """Give the printer a new agent token; the agent holding the old one must be told
+    (``commands.bus.TokenRevoked``) once this is committed."""
+    printer.auth_token = new_printer_token()
+    return printer.auth_token
+
+
 def apply_changes(printer: Printer, changes: PrinterChanges) -> None:
     for field, value in changes.given().items():
         setattr(printer, field, value)
@@ -62,3 +69,13 @@ async def delete_printer(session: AsyncSession, printer: Printer) -> None:
     printer.current_print_id = None
     await session.flush()
     await session.delete(printer)
+
+
+async def printer_names(session: AsyncSession, organization_id: int, printer_ids: Iterable[int]) -> dict[int, str]:
+    """The names of these printers of the organization (archived ones too: history names them)."""
+    wanted = list(printer_ids)
+    if not wanted:
+        return {}
+    rows = await session.execute(select(Printer.id, Printer.name).where(
+        Printer.organization_id == organization_id, Printer.id.in_(wanted)))
+    return {printer_id: name for printer_id, name in rows}

@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from layerfleet.accounts.models import User
+from layerfleet.accounts.models import Organization, Role, User
 from layerfleet.database import utcnow
-from layerfleet.errors import Invalid, NotFound
+from layerfleet.errors import Conflict, Invalid, NotFound
 from layerfleet.library.models import Build, BuildItem, Part, PartVersion, SettingsPreset, SliceJob, SliceStatus
 from layerfleet.slicer import (
     DEFAULT_MAX_BYTES,
@@ -57,7 +57,7 @@ def library_root(data_dir: Path) -> Path:
     return data_dir / "library"
 
 
-def _stl_dir(data_dir: Path) -> Path:
+def stl_dir(data_dir: Path) -> Path:
     return library_root(data_dir) / "stl"
 
 
@@ -129,7 +129,7 @@ class ReceivedFile:
 async def receive_stl(chunks: AsyncIterator[bytes], filename: str, data_dir: Path,
                       max_bytes: int = DEFAULT_MAX_BYTES) -> ReceivedFile:
     """Write an uploaded STL to the library's spool, refusing it as soon as it is too large."""
-    directory = _stl_dir(data_dir)
+    directory = stl_dir(data_dir)
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     handle, name = await asyncio.to_thread(tempfile.mkstemp, ".stl", ".upload-", directory)
     path = Path(name)
@@ -188,7 +188,7 @@ async def create_part(session: AsyncSession, upload: ReceivedFile, *, owner: Use
     )
     session.add(version)
     await session.flush()
-    final = _stl_dir(data_dir) / f"{version.uuid}.stl"
+    final = stl_dir(data_dir) / f"{version.uuid}.stl"
     version.stl_path = str(final.relative_to(library_root(data_dir)))
     job = SliceJob(organization_id=owner.organization_id, part_version_id=version.id)
     session.add(job)
@@ -304,3 +304,142 @@ async def cancel_slice_job(session: AsyncSession, job: SliceJob) -> bool:
     job.status = SliceStatus.CANCELED.value
     job.finished_at = utcnow()
     return True
+
+
+async def slice_part_again(session: AsyncSession, part: Part) -> SliceJob:
+    """A new slice job (REQUESTED) for the part's latest version, whose last slice failed or was
+    cancelled. The caller commits, then enqueues the job."""
+    if not part.versions:
+        raise Conflict("The part has no version to slice")
+    version = part.versions[-1]
+    last = (await latest_version_slice_jobs(session, [version.id])).get(version.id)
+    if last is not None and not SliceStatus(last.status).finished:
+        raise Conflict("The part is being sliced already")
+    if version.sliced:
+        raise Conflict("The part is sliced already")
+    job = SliceJob(organization_id=part.organization_id, part_version_id=version.id)
+    session.add(job)
+    await session.flush()
+    return job
+
+
+@dataclass
+class DeletedPart:
+    """The files of a deleted part, to remove once the deletion is committed (before, a failed
+    commit would leave rows pointing at nothing)."""
+
+    files: list[Path]
+
+    def remove_files(self) -> None:
+        for file in self.files:
+            file.unlink(missing_ok=True)
+
+
+async def delete_part(session: AsyncSession, part: Part, data_dir: Path) -> DeletedPart:
+    """Delete the part with its versions and slice jobs; refused while a build places one of its
+    versions (the build's G-code and queue entries depend on it) or while it is being sliced."""
+    version_ids = [version.id for version in part.versions]
+    if version_ids:
+        in_builds = (await session.execute(select(Build.title).join(BuildItem, BuildItem.build_id == Build.id)
+                                           .where(BuildItem.part_version_id.in_(version_ids))
+                                           .order_by(Build.id).limit(3))).scalars().all()
+        if in_builds:
+            raise Conflict(f"The part is used by the build “{in_builds[0]}”; delete the build first")
+        running = (await session.execute(select(SliceJob.id).where(
+            SliceJob.part_version_id.in_(version_ids),
+            SliceJob.status.notin_([s.value for s in SliceStatus if s.finished])).limit(1))).first()
+        if running is not None:
+            raise Conflict("The part is being sliced; cancel the slice first")
+    root = library_root(data_dir)
+    files = [root / path for version in part.versions for path in (version.stl_path, version.gcode_path) if path]
+    # Bulk deletes, children first: the same on both databases whatever their foreign-key cascades.
+    if version_ids:
+        await session.execute(delete(SliceJob).where(SliceJob.part_version_id.in_(version_ids))
+                              .execution_options(synchronize_session=False))
+        await session.execute(delete(PartVersion).where(PartVersion.id.in_(version_ids))
+                              .execution_options(synchronize_session=False))
+    await session.execute(update(Part).where(Part.cloned_from_id == part.id).values(cloned_from_id=None)
+                          .execution_options(synchronize_session=False))
+    await session.execute(delete(Part).where(Part.id == part.id).execution_options(synchronize_session=False))
+    for version in part.versions:
+        session.expunge(version)
+    session.expunge(part)
+    return DeletedPart(files)
+
+
+# --- lookups without an organization --------------------------------------------------------------
+
+async def part_version_by_uuid_any(session: AsyncSession, version_uuid: str) -> PartVersion | None:
+    """For a signed download link, which stands in for the organization's credentials."""
+    return (await session.execute(select(PartVersion).where(PartVersion.uuid == version_uuid))).scalar_one_or_none()
+
+
+# --- owners ---------------------------------------------------------------------------------------
+
+async def part_owner(session: AsyncSession, uploader: User, owner_uuid: str | None) -> User | None:
+    """Who owns a new part: the member ``owner_uuid`` names (None if it names no member of the
+    uploader's organization) or, by default, the organization's owner (the uploader when it has none)."""
+    if owner_uuid is None:
+        owner = (await session.execute(select(User).where(
+            User.organization_id == uploader.organization_id, User.role == Role.OWNER.value,
+        ).order_by(User.id).limit(1))).scalar_one_or_none()
+        return owner or uploader
+    return (await session.execute(select(User).where(
+        User.uuid == owner_uuid, User.organization_id == uploader.organization_id))).scalar_one_or_none()
+
+
+# --- build approvals ------------------------------------------------------------------------------
+
+async def approve_only(session: AsyncSession, organization: Organization, build_uuids: set[str]) -> None:
+    """Switch approvals on with exactly these builds approved (all others unapproved); the caller
+    commits. Refused, changing nothing, if any of them is not one of the organization's builds."""
+    found = set((await session.execute(select(Build.uuid).where(
+        Build.organization_id == organization.id, Build.uuid.in_(build_uuids)))).scalars()) if build_uuids else set()
+    missing = build_uuids - found
+    if missing:
+        raise NotFound(f"Build not found: {', '.join(sorted(missing)[:5])}")
+    await session.execute(update(Build).where(Build.organization_id == organization.id)
+                          .values(approved=Build.uuid.in_(build_uuids) if build_uuids else False)
+                          .execution_options(synchronize_session=False))
+    organization.build_approvals_enabled = True
+
+
+async def disable_approvals(session: AsyncSession, organization: Organization) -> None:
+    """Every build may be printed again, and none stays approved for a later switch-on; the caller commits."""
+    await session.execute(update(Build).where(Build.organization_id == organization.id).values(approved=False)
+                          .execution_options(synchronize_session=False))
+    organization.build_approvals_enabled = False
+
+
+# --- listings -----------------------------------------------------------------------------------
+
+async def recent_parts(session: AsyncSession, organization_id: int, limit: int) -> list[Part]:
+    """The organization's newest parts, newest first."""
+    query = (select(Part).where(Part.organization_id == organization_id)
+             .order_by(Part.created_at.desc(), Part.id.desc()).limit(limit))
+    return list((await session.execute(query)).scalars())
+
+
+async def recent_builds(session: AsyncSession, organization_id: int, limit: int) -> list[Build]:
+    """The organization's newest builds, newest first."""
+    query = (select(Build).where(Build.organization_id == organization_id)
+             .order_by(Build.created_at.desc(), Build.id.desc()).limit(limit))
+    return list((await session.execute(query)).scalars())
+
+
+async def latest_version_slice_jobs(session: AsyncSession, version_ids: Sequence[int]) -> dict[int, SliceJob]:
+    """The newest slice job of each of these part versions that has one."""
+    if not version_ids:
+        return {}
+    query = select(SliceJob).where(SliceJob.part_version_id.in_(version_ids)).order_by(SliceJob.id)
+    jobs = (await session.execute(query)).scalars()
+    return {job.part_version_id: job for job in jobs if job.part_version_id is not None}  # later ids win
+
+
+async def latest_build_slice_jobs(session: AsyncSession, build_ids: Sequence[int]) -> dict[int, SliceJob]:
+    """The newest slice job of each of these builds that has one."""
+    if not build_ids:
+        return {}
+    query = select(SliceJob).where(SliceJob.build_id.in_(build_ids)).order_by(SliceJob.id)
+    jobs = (await session.execute(query)).scalars()
+    return {job.build_id: job for job in jobs if job.build_id is not None}  # later ids win

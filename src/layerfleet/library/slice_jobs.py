@@ -5,9 +5,12 @@ database at start (nothing requested before a crash or restart is lost), and run
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +33,30 @@ from layerfleet.slicer import (
 log = logging.getLogger(__name__)
 
 
+# Names of what a slice or an upload writes aside until it is complete (see slicer.prusaslicer
+# and library.service): the work folder, the profile, the spooled upload.
+LEFTOVER_PATTERNS = (".slicing-*", ".profile-*.ini", ".upload-*.stl")
+
+
+def remove_leftovers(data_dir: Path, older_than_seconds: float | None) -> int:
+    """Remove work files of slices and uploads that a killed process left behind; with other
+    workers about (``older_than_seconds``), only those older than any slice can run."""
+    now = time.time()
+    removed = 0
+    for directory in (gcode_dir(data_dir), library.stl_dir(data_dir)):
+        for pattern in LEFTOVER_PATTERNS:
+            for path in directory.glob(pattern):
+                with contextlib.suppress(OSError):
+                    if older_than_seconds is not None and now - path.lstat().st_mtime < older_than_seconds:
+                        continue
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+                    removed += 1
+    return removed
+
+
 class SliceJobs:
     def __init__(self, sessionmaker: async_sessionmaker[AsyncSession], queue: JobQueue, data_dir: Path, *,
                  workers: int, sole_worker: bool, timeout: float = library.SLICE_TIMEOUT_SECONDS) -> None:
@@ -40,6 +67,7 @@ class SliceJobs:
         self.workers = workers
         self.sole_worker = sole_worker
         self.timeout = timeout
+        self.data_dir = data_dir
         self.runner = SliceRunner(sessionmaker, data_dir, timeout=timeout)
 
     async def start(self) -> None:
@@ -47,6 +75,11 @@ class SliceJobs:
             log.warning("LAYERFLEET_JOB_WORKERS=0 without LAYERFLEET_REDIS_URL: nothing will slice uploaded "
                         "parts (a `layerfleet worker` needs Redis to take jobs from)")
         if self.workers > 0:
+            # Before this process slices anything: what a killed worker left is not in use.
+            removed = await asyncio.to_thread(
+                remove_leftovers, self.data_dir, None if self.sole_worker else self.timeout + STALE_MARGIN.seconds)
+            if removed:
+                log.info("removed %d file(s) a stopped slice left behind", removed)
             await self._queue.start({library.SLICE_JOB_KIND: self.runner}, concurrency=self.workers)
         async with self._sessionmaker() as session:
             if self.sole_worker:

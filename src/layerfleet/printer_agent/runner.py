@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 AGENT_NAME = "layerfleet_agent"
 CLOSE_DUPLICATE = 4321  # the server says another agent uses this token: stop for good
 CLOSE_UNAUTHORIZED = 4401  # the token was reset (printer relinked) or is unknown
+# The server going away or restarting is routine: the agent reconnects without alarming anyone.
+CLOSE_SERVER_STOPPING = {1001, 1012}
 NOT_PRINTING = -1
 MAX_OUTBOX = 1000
 MAX_FRAME_BYTES = 1024 * 1024
@@ -389,7 +391,10 @@ class AgentRunner:
                     log.error("%s: %s", self.label, Stopped.UNAUTHORIZED.value)
                     self._stopped_because = Stopped.UNAUTHORIZED
                     return
-                log.warning("%s: connection closed (%s); reconnecting", self.label, code)
+                if code in CLOSE_SERVER_STOPPING:
+                    log.info("%s: the server is stopping or restarting (%s); reconnecting", self.label, code)
+                else:
+                    log.warning("%s: connection closed (%s); reconnecting", self.label, code)
             except InvalidStatus as refused:
                 if refused.response.status_code in (401, 403):
                     self._stopped_because = Stopped.UNAUTHORIZED

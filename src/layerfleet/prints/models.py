@@ -60,6 +60,17 @@ class Print(Base):
         cascade="all, delete-orphan", passive_deletes=True,
     )
 
+    @property
+    def ended(self) -> bool:
+        return self.finished_at is not None or self.cancelled_at is not None
+
+    @property
+    def detector_pause_stands(self) -> bool:
+        """The detector paused this print and nobody has resumed it or answered the alert since
+        (a resume acknowledges the alert; ``paused_at`` is only ever set by the detector)."""
+        return self.paused_at is not None and (
+            self.alert_acknowledged_at is None or self.alert_acknowledged_at < self.paused_at)
+
 
 class PrintShotFeedback(Base):
     __tablename__ = "print_shot_feedbacks"

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from sqlalchemy import Select, exists, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.database import utcnow
-from layerfleet.detection.models import PredictionFrame, prediction_record
+from layerfleet.detection import service as detection
+from layerfleet.detection.models import prediction_record
 from layerfleet.errors import Invalid
-from layerfleet.prints.models import Print, PrintShotFeedback
+from layerfleet.prints.models import GCodeFile, Print, PrintShotFeedback
 from layerfleet.prints.rules import PrintChanges, PrintFilter, PrintSorting
 
 
@@ -88,7 +91,38 @@ async def delete_print(session: AsyncSession, print_: Print) -> None:
 
 async def prediction_records(session: AsyncSession, print_: Print) -> list[dict[str, object]]:
     """The detector's frame-by-frame record of a print, in frame order; empty until a frame was scored."""
-    frames = (await session.execute(
-        select(PredictionFrame).where(PredictionFrame.print_id == print_.id).order_by(PredictionFrame.frame_number)
-    )).scalars()
-    return [prediction_record(frame) for frame in frames]
+    return [prediction_record(frame) for frame in await detection.frames_of_print(session, print_.id)]
+
+
+def safe_filename(filename: str) -> str:
+    """The file name as the agents' reference server stores it beside the name they send."""
+    return re.sub(r"[^\w.]", "_", filename)
+
+
+async def record_gcode_file(
+    session: AsyncSession, *, organization_id: int, user_id: int, printer_id: int, filename: str,
+    safe_name: str | None, url: str | None, num_bytes: int | None, agent_signature: str | None,
+) -> tuple[GCodeFile, bool]:
+    """The G-code file a printer's agent announces, and whether it is new (then the caller commits).
+
+    An upsert, as the reference server does: the same file (signature and safe name) on the same
+    printer is one row. A file without a signature is always a new row."""
+    safe_name = safe_name or safe_filename(filename)
+    if agent_signature:
+        existing = (await session.execute(
+            select(GCodeFile).where(
+                GCodeFile.organization_id == organization_id,
+                GCodeFile.printer_id == printer_id,
+                GCodeFile.agent_signature == agent_signature,
+                GCodeFile.safe_filename == safe_name,
+            ).order_by(GCodeFile.id.desc()).limit(1)
+        )).scalar_one_or_none()
+        if existing is not None:
+            return existing, False
+    created = GCodeFile(
+        organization_id=organization_id, user_id=user_id, printer_id=printer_id, filename=filename,
+        safe_filename=safe_name, url=url, num_bytes=num_bytes, agent_signature=agent_signature,
+    )
+    session.add(created)
+    await session.flush()
+    return created, True

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.detection.imaging import BadImage
 from layerfleet.media import organization_prefix, store_media
-from layerfleet.printwatch import keys, payloads, scoring
+from layerfleet.printwatch import api_keys, payloads, scoring
 from layerfleet.printwatch.codes import Refusal, StatusCode
 from layerfleet.printwatch.inference import InferenceFailed, PrintWatchInference, decode_and_check
 from layerfleet.printwatch.models import PrintWatchDevice, PrintWatchFeedback, PrintWatchKey, PrintWatchNotification
@@ -64,7 +64,7 @@ class InferResult:
 
 async def authenticate(session: AsyncSession, payload: Payload, now: datetime) -> PrintWatchKey:
     plain = payloads.api_key(payload)
-    key = await keys.key_for_api_key(session, plain, now) if plain is not None else None
+    key = await api_keys.key_for_api_key(session, plain, now) if plain is not None else None
     if key is None:
         raise Refusal(StatusCode.INVALID_KEY, "the API key is missing, unknown or revoked")
     return key
@@ -97,7 +97,7 @@ async def claim_device(
     # Writing the key's row first locks it (PostgreSQL) or takes the write lock (SQLite), so two
     # new printers arriving together cannot both take the plan's last place.
     await session.execute(update(PrintWatchKey).where(PrintWatchKey.id == key.id).values(last_used_at=now))
-    if await keys.device_count(session, key.id) >= key.device_limit:
+    if await api_keys.device_count(session, key.id) >= key.device_limit:
         raise Refusal(StatusCode.SETTINGS_CHECK_FAILED,
                       f"the key's plan allows {key.device_limit} device(s) and all are in use; "
                       "release one or raise the key's device limit")

@@ -243,3 +243,58 @@ async def print_ended(session: AsyncSession, print_: Print, *, finished: bool, f
         part.printed_at = now
         if note is not None and part.notes is None:
             part.notes = note
+
+
+# --- printing now ---------------------------------------------------------------------------------
+
+async def print_now(session: AsyncSession, user: User, organization: Organization, printer: Printer,
+                    build: Build) -> PrintJob:
+    """``print_build``; a build waiting in the printer's queue is started from there (its entry
+    is then done), any other is printed directly."""
+    queued = next((entry for entry in await queue_of(session, printer) if entry.build_id == build.id), None)
+    return await print_build(session, user, organization, printer, build,
+                             origin=JobOrigin.QUEUE if queued else JobOrigin.DIRECT, from_queue=queued)
+
+
+# --- lookups --------------------------------------------------------------------------------------
+
+async def printer_by_uuid(session: AsyncSession, organization_id: int, printer_uuid: str) -> Printer | None:
+    """One of the organization's printers (an archived one is gone)."""
+    return (await session.execute(select(Printer).where(
+        Printer.uuid == printer_uuid, Printer.organization_id == organization_id,
+        Printer.archived_at.is_(None)))).scalar_one_or_none()
+
+
+async def printer_of(session: AsyncSession, job: PrintJob) -> Printer | None:
+    """The printer a job was sent to; None while it waits in the backlog."""
+    return await session.get(Printer, job.printer_id) if job.printer_id is not None else None
+
+
+async def queued_job_by_uuid(session: AsyncSession, printer: Printer, entry_uuid: str) -> QueuedJob | None:
+    """An entry of this printer's queue, in whatever state."""
+    return (await session.execute(select(QueuedJob).where(
+        QueuedJob.uuid == entry_uuid, QueuedJob.printer_id == printer.id,
+    ))).unique().scalar_one_or_none()
+
+
+async def print_job_by_uuid(session: AsyncSession, organization_id: int, job_uuid: str) -> PrintJob | None:
+    return (await session.execute(select(PrintJob).where(
+        PrintJob.uuid == job_uuid, PrintJob.organization_id == organization_id,
+    ))).unique().scalar_one_or_none()
+
+
+async def printed_part_by_uuid(session: AsyncSession, organization_id: int, part_uuid: str) -> PrintedPart | None:
+    return (await session.execute(select(PrintedPart).where(
+        PrintedPart.uuid == part_uuid, PrintedPart.organization_id == organization_id,
+    ))).unique().scalar_one_or_none()
+
+
+async def print_job_by_uuid_any(session: AsyncSession, job_uuid: str) -> PrintJob | None:
+    """For a signed G-code link, which stands in for the organization's credentials."""
+    return (await session.execute(select(PrintJob).where(PrintJob.uuid == job_uuid))).unique().scalar_one_or_none()
+
+
+async def printed_part_by_uuid_any(session: AsyncSession, part_uuid: str) -> PrintedPart | None:
+    """For a signed report link, which stands in for the organization's credentials."""
+    return (await session.execute(select(PrintedPart).where(PrintedPart.uuid == part_uuid))).unique() \
+        .scalar_one_or_none()

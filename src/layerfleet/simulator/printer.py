@@ -13,7 +13,7 @@ import io
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import httpx
 
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 TICK_SECONDS = 1.0
 AMBIENT = 24.0
 LAYER_HEIGHT = 0.2
+# Simulated seconds of printing before a preheated first print may fail: about the heating a
+# cold demo printer does, in which the detector sees its first 30 frames of a clean print.
+PREHEATED_FAILURE_AFTER_SECONDS = 90.0
 PART_NAMES = ("benchy", "bracket", "gear_40t", "phone_stand", "cable_clip", "enclosure_lid", "vase", "hinge")
 
 
@@ -59,6 +62,9 @@ class SimulationOptions:
     start_printing: bool = True  # start the first job soon (False: wait idle)
     # The first print fails early: a demo shows the detector at work within minutes.
     first_print_fails: bool = False
+    # The first print starts with the heaters at temperature: the pages rightly say "Heating" for
+    # the minute or two a cold printer takes, and a demo should show printing at once.
+    first_print_preheated: bool = False
 
 
 class SimulatedPrinter(Connector):
@@ -214,9 +220,10 @@ class SimulatedPrinter(Connector):
     def _new_job(self, file_name: str | None = None) -> Job:
         minutes = self.rng.uniform(self.options.min_print_minutes, self.options.max_print_minutes)
         first_fails = self.options.first_print_fails and not self._jobs_started
+        first_preheated = self.options.first_print_preheated and not self._jobs_started
         self._jobs_started += 1
         fails = first_fails or self.rng.random() < self.options.fail_rate
-        return Job(
+        job = Job(
             file_name=file_name or f"{self.rng.choice(PART_NAMES)}_{self.rng.randint(1, 99):02d}.gcode",
             duration=minutes * 60,
             layers=self.rng.randint(80, 400),
@@ -226,9 +233,16 @@ class SimulatedPrinter(Connector):
             fails_at=(self.rng.uniform(0.02, 0.04) if first_fails else self.rng.uniform(0.08, 0.3))
             if fails else None,
         )
+        if job.fails_at is not None and first_preheated:
+            # The detector learns the clean print from its first frames, which a cold printer
+            # takes while heating; a preheated one fails no sooner than heating would have ended.
+            job = replace(job, fails_at=max(job.fails_at, PREHEATED_FAILURE_AFTER_SECONDS / job.duration))
+        return job
 
     def _start_job(self, file_name: str | None = None) -> None:
         self.job = self._new_job(file_name)
+        if self.options.first_print_preheated and self._jobs_started == 1:
+            self.tool.actual, self.bed.actual = self.job.tool_target, self.job.bed_target
         self.printed_seconds = self.elapsed_seconds = 0.0
         self.heated = False
         self.frame_seed = self.rng.randint(0, 2**31)

@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import re
 import shutil
 import signal
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -253,6 +255,7 @@ async def _run(command: list[str], *, time_limit: float, cancel: asyncio.Event |
         # Its own process group, so a kill also reaches anything it started (e.g. a wrapper
         # script given as LAYERFLEET_PRUSASLICER, or xvfb-run).
         start_new_session=True,
+        preexec_fn=_die_with_parent,
     )
     finished = asyncio.ensure_future(process.communicate())
     canceled = asyncio.ensure_future(cancel.wait()) if cancel is not None else None
@@ -280,6 +283,17 @@ async def _run(command: list[str], *, time_limit: float, cancel: asyncio.Event |
             finished.cancel()
     assert process.returncode is not None
     return process.returncode, stdout.decode("utf-8", "replace"), stderr.decode("utf-8", "replace")
+
+
+def _die_with_parent() -> None:
+    """In the slicer, before it starts: when our process dies (even by ``kill -9``), the kernel
+    kills the slicer too, so no slice outlives its worker and runs again beside its retry."""
+    if sys.platform == "linux":
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _kill(process: asyncio.subprocess.Process) -> None:

@@ -190,6 +190,9 @@ def _read_ascii(stream: BinaryIO, file_bytes: int, not_binary: str) -> StlInfo:
             raise BadStl("The ASCII STL is truncated: it ends in the middle of a triangle.")
         raise BadStl(f"The ASCII STL is malformed: it has {facets} 'facet normal', {endfacets} 'endfacet' "
                      f"and {corners_read} 'vertex' lines.")
+    if not saw_endsolid:
+        # Cut off between two triangles: the model is missing whatever came after.
+        raise BadStl("The ASCII STL is truncated: it has no 'endsolid' line.")
     return measure.result("ascii", file_bytes)
 
 

@@ -118,8 +118,7 @@ def _cooling_down(print_: Print, now: datetime) -> bool:
 
 def _paused_by_detector(print_: Print) -> bool:
     """The detector paused this print and nobody has resumed or acknowledged since."""
-    return print_.paused_at is not None and (
-        print_.alert_acknowledged_at is None or print_.alert_acknowledged_at < print_.paused_at)
+    return print_.detector_pause_stands
 
 
 def _alert_pending(print_: Print) -> bool:

@@ -7,8 +7,8 @@ updates come over server-sent events from the fleet's event stream (:mod:`layerf
 
 from fastapi import APIRouter
 
-from layerfleet.web import auth, fleet, keys, library, prints
+from layerfleet.web import auth, credentials_page, fleet, library, linking_page, prints
 
 router = APIRouter(include_in_schema=False)
-for module in (auth, fleet, prints, library, keys):
+for module in (auth, fleet, prints, library, linking_page, credentials_page):
     router.include_router(module.router)

@@ -8,7 +8,8 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from layerfleet.accounts import service as accounts
-from layerfleet.api.deps import SESSION_KEY, Db, same_origin, services_of
+from layerfleet.api.deps import SESSION_KEY, AppSettings, Db, same_origin
+from layerfleet.errors import Invalid
 from layerfleet.ratelimit import RateLimiter
 from layerfleet.web.pages import templates
 
@@ -18,8 +19,23 @@ LOGIN_ATTEMPTS = 10
 LOGIN_WINDOW_SECONDS = 600
 
 
-# Failed sign-ins per client address.
+# Failed sign-ins, counted per client address and per account: guessing one account's password
+# from many addresses, or many accounts' from one address, is slowed down. A success forgives
+# only that account's own failures, so signing in to one's own account between guesses at
+# another's resets nothing.
 throttle = RateLimiter(LOGIN_ATTEMPTS, LOGIN_WINDOW_SECONDS)
+
+
+def _address_key(address: str) -> str:
+    return f"address {address}"
+
+
+def _account_key(email: str) -> str:
+    try:
+        email = accounts.normalize_email(email)
+    except accounts.AccountError:
+        email = email.strip()
+    return f"account {email.lower()}"
 
 
 def _safe_next(target: str | None) -> str:
@@ -38,6 +54,7 @@ async def login_page(request: Request, next: str | None = None) -> Response:
 async def login(
     request: Request,
     db: Db,
+    settings: AppSettings,
     email: Annotated[str, Form(max_length=254)],
     password: Annotated[str, Form(max_length=1024)],
     next: Annotated[str | None, Form()] = None,
@@ -48,19 +65,25 @@ async def login(
         # Another site must not sign a visitor in to an account of its choosing.
         context["error"] = "This sign-in form was sent from another site. Open the sign-in page and try again."
         return templates.TemplateResponse(request, "login.html", context, status_code=403)
-    if throttle.blocked(client):
-        context["error"] = "Too many failed sign-ins from your address. Wait a few minutes and try again."
+    address, account = _address_key(client), _account_key(email)
+    if throttle.blocked(address) or throttle.blocked(account):
+        context["error"] = "Too many failed sign-ins. Wait a few minutes and try again."
         return templates.TemplateResponse(request, "login.html", context, status_code=429)
-    user = await accounts.authenticate_password(db, email, password)
+    try:
+        user = await accounts.authenticate_password(db, email, password)
+    except Invalid:  # text no account can have (a NUL byte): a wrong email, as far as the user learns
+        user = None
     if user is None:
-        throttle.record(client)
+        throttle.record(address, tag=account)
+        throttle.record(account)
         context["error"] = "That email and password do not match an active account."
         return templates.TemplateResponse(request, "login.html", context, status_code=400)
-    throttle.clear(client)
+    throttle.forgive(address, account)
+    throttle.clear(account)
     previous = request.session.get(SESSION_KEY)
     if isinstance(previous, str):
         await accounts.end_web_session(db, previous)
-    key = await accounts.start_web_session(db, user, services_of(request).settings.session_max_age_seconds)
+    key = await accounts.start_web_session(db, user, settings.session_max_age_seconds)
     await db.commit()
     request.session.clear()
     request.session[SESSION_KEY] = key

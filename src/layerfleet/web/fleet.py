@@ -11,20 +11,28 @@ import json
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from layerfleet.api.deps import Db, services_of, session_user
+from layerfleet.accounts.models import Role
+from layerfleet.api.deps import AppServices, Db, FleetStream, session_user
 from layerfleet.database import iso_z
+from layerfleet.detection import service as detection
 from layerfleet.detection.decisions import gauge_zone
-from layerfleet.detection.models import PredictionFrame
 from layerfleet.fleet import service as fleet
 from layerfleet.fleet.events import FleetEvents
-from layerfleet.fleet.models import FleetState, Printer, fleet_state, job_progress
+from layerfleet.fleet.models import (
+    PAUSER_WORDS,
+    FleetState,
+    PausedBy,
+    Printer,
+    fleet_state,
+    job_progress,
+    paused_by,
+)
 from layerfleet.fleet.rules import SENSITIVITY_MAX, SENSITIVITY_MIN
-from layerfleet.fleet.watch_reasons import not_watching_reason
+from layerfleet.fleet.watch_reasons import REASON_NOT_PRINTING, not_watching_reason
 from layerfleet.media import media_url
 from layerfleet.watching.frames import reported_temperatures
 from layerfleet.web.pages import page_user, render, session_ended, to_sign_in
@@ -49,32 +57,46 @@ def _heater(temperatures: dict[str, list[float | None]] | None, *names: str) -> 
     return None
 
 
+# The states in which a printer is on a print: its card shows the file, progress and gauge.
+ON_A_PRINT = (FleetState.PRINTING, FleetState.HEATING, FleetState.PAUSED)
+
+
 def printer_card(printer: Printer) -> dict[str, Any]:
     """What a card (and the head of a printer's page) shows of a printer."""
     state = fleet_state(printer.status)
-    progress = job_progress(printer.status) if state in (FleetState.PRINTING, FleetState.PAUSED) else None
+    progress = job_progress(printer.status) if state in ON_A_PRINT else None
+    # The agent says "Printing" at 0 % while its heaters come up: neither is true yet.
+    warming = state is FleetState.HEATING
     temperatures = reported_temperatures(printer.status)
     current = printer.current_print
     alerting = bool(current is not None and current.alerted_at is not None and current.alert_acknowledged_at is None)
+    pause = paused_by(printer, current)
+    reason = not_watching_reason(printer)
+    # A paused print is not watched by design; saying so beside "Paused" only alarms.
+    paused_by_design = state is FleetState.PAUSED and reason == REASON_NOT_PRINTING
     return {
         "id": printer.id,
         "name": printer.name,
         "url": f"/printers/{printer.id}/",
         "state": state.value,
-        "state_text": printer.state_text or ("Agent not connected" if printer.status is None else ""),
+        "state_text": "Heating up for the print" if warming
+        else printer.state_text or ("Agent not connected" if printer.status is None else ""),
         "picture": media_url("", printer.pic_path),
         "picture_at": iso_z(printer.pic_updated_at),
         "file": (progress.file if progress else None) or (current.filename if current else None),
-        "completion": progress.completion if progress else None,
-        "seconds_left": progress.seconds_left if progress else None,
+        "completion": progress.completion if progress and not warming else None,
+        "seconds_left": progress.seconds_left if progress and not warming else None,
         "nozzle": _heater(temperatures, "tool0", "extruder"),
         "bed": _heater(temperatures, "bed", "heater_bed"),
         "normalized_p": round(printer.normalized_p, 3),
         "zone": gauge_zone(printer.normalized_p),
-        "not_watching_reason": not_watching_reason(printer),
+        "not_watching_reason": None if paused_by_design else reason,
+        "watch_note": "Watching resumes with the print." if paused_by_design and printer.watching_enabled else None,
         "print_id": current.id if current else None,
         "alerting": alerting,
-        "paused_by_detector": bool(current and current.paused_at and state is FleetState.PAUSED),
+        "paused_by": pause.value if pause else None,
+        "paused_by_text": f"Paused by {PAUSER_WORDS[pause]}" if pause else None,
+        "paused_by_detector": pause is PausedBy.DETECTOR,
         "muted": bool(current is not None and current.alert_muted_at is not None),
         "updated_at": iso_z(printer.status_updated_at),
     }
@@ -110,9 +132,7 @@ async def _print_history(db: AsyncSession, printer: Printer) -> dict[str, Any]:
     current = printer.current_print
     if current is None:
         return {"frames": [], "boxes": None}
-    frames = list((await db.execute(
-        select(PredictionFrame).where(PredictionFrame.print_id == current.id).order_by(PredictionFrame.frame_number)
-    )).scalars())
+    frames = await detection.frames_of_print(db, current.id)
     latest = frames[-1] if frames else None
     boxes = None
     if latest is not None and printer.pic_updated_at is not None and \
@@ -140,6 +160,7 @@ async def printer_page(request: Request, db: Db, printer_id: PrinterId) -> Respo
         "active": "fleet", "printer": printer, "card": printer_card(printer),
         "settings": _printer_settings(printer), "history": await _print_history(db, printer),
         "sensitivity_min": SENSITIVITY_MIN, "sensitivity_max": SENSITIVITY_MAX,
+        "can_rotate_token": user.role_enum.allows(Role.ADMIN),
     })
 
 
@@ -189,21 +210,30 @@ class CardFeed:
             return {p.id: printer_card(p) for p in await fleet.list_printers(db, organization_id, ids=printer_ids)}
 
 
+def card_feed(request: Request) -> CardFeed:
+    """The one place the web layer reads the process's card feed (made by the app factory)."""
+    feed: CardFeed = request.app.state.card_feed
+    return feed
+
+
+Cards = Annotated[CardFeed, Depends(card_feed)]
+
+
 def _sse(event: str, data: object) -> str:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 @router.get("/events/fleet")
-async def fleet_stream(request: Request, printer: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> Response:
+async def fleet_stream(request: Request, services: AppServices, events: FleetStream, feed: Cards,
+                       printer: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None) -> Response:
     """Server-sent events: ``printers`` with the changed cards (and ids no longer in the fleet)."""
-    sessionmaker = services_of(request).sessionmaker
+    # Sessions of its own, not Db: the stream outlives the request's session by hours.
+    sessionmaker = services.sessionmaker
     async with sessionmaker() as db:
         user = await session_user(request, db)
         if user is None:
             return session_ended()
         organization_id = user.organization_id
-    events: FleetEvents = services_of(request).fleet_events
-    feed: CardFeed = request.app.state.card_feed
 
     async def stream() -> AsyncIterator[str]:
         async with events.subscribe(organization_id) as subscription:

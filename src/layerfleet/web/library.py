@@ -8,21 +8,17 @@ its queue) are rendered here from the domains' read queries, whole or one sectio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.accounts.models import Role, User
 from layerfleet.api.deps import Db
-from layerfleet.api.eiger_v3.views import printer_state
 from layerfleet.fleet import service as fleet
 from layerfleet.fleet.actions import is_ready
-from layerfleet.fleet.models import Printer
+from layerfleet.fleet.models import PAUSER_WORDS, FleetState, Printer, fleet_state, paused_by
 from layerfleet.library import service as library
 from layerfleet.library.models import Build, Part, PartVersion, SliceJob, SliceStatus
 from layerfleet.scheduling import service as scheduling
@@ -41,12 +37,6 @@ SLICE_WORDS = {
     SliceStatus.COMPLETED: "Sliced",
     SliceStatus.ERROR: "Error",
     SliceStatus.CANCELED: "Cancelled",
-}
-# The printer states of the API (views.printer_state) in the stylesheet's badge colours.
-STATE_BADGES = {
-    "Ready": "Idle", "Print Finished": "Idle", "Printing": "Printing", "Print Paused": "Paused",
-    "Pausing": "Paused", "Resuming Print": "Printing", "Canceling": "Paused", "Offline": "Offline",
-    "User Action Required": "Error", "Print Failure Detected": "Error",
 }
 
 
@@ -72,6 +62,11 @@ class Sliced:
     @property
     def running(self) -> bool:
         return self.status is not None and not self.status.finished
+
+    @property
+    def failed(self) -> bool:
+        """Ended without G-code: the slice may be tried again, or the part deleted."""
+        return self.status in (SliceStatus.ERROR, SliceStatus.CANCELED)
 
 
 def _sliced(job: SliceJob | None, done: bool) -> Sliced:
@@ -114,13 +109,21 @@ class BuildRow:
 @dataclass(frozen=True)
 class PrinterRow:
     printer: Printer
-    state: str
+    # The fleet page's words for the printer's state, not the Eiger API's enum: one vocabulary
+    # on every page.
+    state: FleetState
     active: PrintJob | None
     queue: list[QueuedJob]
 
     @property
     def badge(self) -> str:
-        return STATE_BADGES.get(self.state, "")
+        return self.state.value
+
+    @property
+    def paused_by(self) -> str:
+        """Who paused the printer's print ("the failure detector"), "" unless it is paused."""
+        cause = paused_by(self.printer, self.printer.current_print)
+        return PAUSER_WORDS[cause] if cause is not None else ""
 
     @property
     def ready(self) -> bool:
@@ -136,26 +139,16 @@ class PrinterRow:
         return duration_text(sum(e.build.estimated_print_seconds or 0.0 for e in self.queue))
 
 
-async def _latest_jobs(db: AsyncSession, column: Any, ids: Sequence[int]) -> dict[int, SliceJob]:
-    """The newest slice job of each of these part versions (or builds)."""
-    if not ids:
-        return {}
-    jobs = (await db.execute(select(SliceJob).where(column.in_(ids)).order_by(SliceJob.id))).scalars()
-    return {getattr(job, column.key): job for job in jobs}  # later ids win
-
-
 async def part_rows(db: AsyncSession, organization_id: int) -> list[PartRow]:
-    parts = list((await db.execute(select(Part).where(Part.organization_id == organization_id)
-                                   .order_by(Part.created_at.desc(), Part.id.desc()).limit(LIST_LIMIT))).scalars())
+    parts = await library.recent_parts(db, organization_id, LIST_LIMIT)
     latest = [part.versions[-1] for part in parts if part.versions]
-    jobs = await _latest_jobs(db, SliceJob.part_version_id, [v.id for v in latest])
+    jobs = await library.latest_version_slice_jobs(db, [v.id for v in latest])
     return [PartRow(v.part, v, _sliced(jobs.get(v.id), v.sliced)) for v in latest]
 
 
 async def build_rows(db: AsyncSession, organization_id: int) -> list[BuildRow]:
-    builds = list((await db.execute(select(Build).where(Build.organization_id == organization_id)
-                                    .order_by(Build.created_at.desc(), Build.id.desc()).limit(LIST_LIMIT))).scalars())
-    jobs = await _latest_jobs(db, SliceJob.build_id, [b.id for b in builds])
+    builds = await library.recent_builds(db, organization_id, LIST_LIMIT)
+    jobs = await library.latest_build_slice_jobs(db, [b.id for b in builds])
     return [BuildRow(b, _sliced(jobs.get(b.id), b.sliced)) for b in builds]
 
 
@@ -163,7 +156,7 @@ async def printer_rows(db: AsyncSession, organization_id: int) -> list[PrinterRo
     printers = sorted(await fleet.list_printers(db, organization_id), key=lambda p: (p.name.casefold(), p.id))
     ids = [p.id for p in printers]
     queues, active = await scheduling.queues_of(db, ids), await scheduling.active_jobs(db, ids)
-    return [PrinterRow(p, printer_state(p, active.get(p.id)), active.get(p.id), queues[p.id]) for p in printers]
+    return [PrinterRow(p, fleet_state(p.status), active.get(p.id), queues[p.id]) for p in printers]
 
 
 def _can_operate(user: User) -> bool:

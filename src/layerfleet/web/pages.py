@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
-from fastapi import Request
+from fastapi import Depends, HTTPException, Request
 from fastapi.responses import JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.accounts.models import User
-from layerfleet.api.deps import session_user
+from layerfleet.api.deps import UNSAFE_METHODS, Db, same_origin, session_user
 
 templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 
@@ -20,6 +20,20 @@ templates = Jinja2Templates(directory=str(Path(__file__).parent / "templates"))
 async def page_user(request: Request, db: AsyncSession) -> User | None:
     """The signed-in user of a page request, or None (then answer with :func:`to_sign_in`)."""
     return await session_user(request, db)
+
+
+async def signed_in(request: Request, db: Db) -> User:
+    """The member behind a page's own JSON call: the session cookie only, never an API token,
+    so that a leaked token cannot mint more tokens."""
+    user = await session_user(request, db)
+    if user is None:
+        raise HTTPException(401, detail="Your session has ended. Sign in again to continue.")
+    if request.method in UNSAFE_METHODS and not same_origin(request):
+        raise HTTPException(403, detail="Cross-site request refused.")
+    return user
+
+
+SignedIn = Annotated[User, Depends(signed_in)]
 
 
 def to_sign_in(request: Request) -> Response:

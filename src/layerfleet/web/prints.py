@@ -13,15 +13,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.accounts.models import Role, User
 from layerfleet.api.deps import Db
 from layerfleet.database import utcnow
+from layerfleet.detection import service as detection
 from layerfleet.detection.decisions import gauge_zone
 from layerfleet.detection.models import Alert, AlertKind, PredictionFrame
-from layerfleet.fleet.models import Printer
+from layerfleet.fleet import service as fleet
+from layerfleet.fleet.models import PAUSER_WORDS, Printer, paused_by
 from layerfleet.media import media_url
 from layerfleet.prints import service as prints
 from layerfleet.prints.models import AlertOverwrite, FeedbackAnswer, Print
@@ -72,15 +72,24 @@ def ended_at(print_: Print) -> datetime | None:
     return print_.finished_at or print_.cancelled_at
 
 
-def outcome(print_: Print) -> str:
+def outcome(print_: Print, printer: Printer | None) -> str:
+    """How the print stands: finished, cancelled, paused (its printer says so) or printing."""
     if print_.finished_at is not None:
         return "finished"
     if print_.cancelled_at is not None:
         return "cancelled"
+    if paused_by(printer, print_) is not None:
+        return "paused"
     return "printing"
 
 
-OUTCOME_TEXT = {"finished": "Finished", "cancelled": "Cancelled", "printing": "Printing…"}
+def pauser_text(print_: Print, printer: Printer | None) -> str:
+    """Who paused the print ("the failure detector"), "" when it is not paused."""
+    cause = paused_by(printer, print_)
+    return PAUSER_WORDS[cause] if cause is not None else ""
+
+
+OUTCOME_TEXT = {"finished": "Finished", "cancelled": "Cancelled", "paused": "Paused", "printing": "Printing…"}
 
 
 def elapsed(print_: Print) -> str:
@@ -117,7 +126,8 @@ class PrintRow:
     printer: str  # its name, "" once it is deleted
     started: Moment
     duration: str
-    outcome: str  # finished, cancelled or printing
+    outcome: str  # finished, cancelled, paused or printing
+    paused_by: str  # who paused it ("a person"), while it is paused
     detector: str
     feedback_pending: int
 
@@ -149,14 +159,6 @@ def _page_link(choice: Choice, start: int, limit: int) -> str:
     return "/prints/" + ("?" + "&".join(query) if query else "")
 
 
-async def _printer_names(db: AsyncSession, organization_id: int, printer_ids: set[int]) -> dict[int, str]:
-    if not printer_ids:
-        return {}
-    rows = await db.execute(select(Printer.id, Printer.name).where(
-        Printer.organization_id == organization_id, Printer.id.in_(printer_ids)))
-    return {printer_id: name for printer_id, name in rows}
-
-
 @router.get("/prints/", response_class=HTMLResponse)
 async def print_history(
     request: Request, db: Db, filter: str | None = None, start: str | None = None, limit: str | None = None,
@@ -185,11 +187,16 @@ async def print_history(
     # One more than a page tells whether an older page exists without counting them all.
     found = await prints.list_prints(db, user.organization_id, print_filter=print_filter,
                                      sorting=PrintSorting.DATE_DESC, start=first, limit=size + 1)
-    names = await _printer_names(db, user.organization_id, {p.printer_id for p in found})
+    names = await fleet.printer_names(db, user.organization_id, {p.printer_id for p in found})
+    # Only a print still running may be paused, and only its printer's status tells.
+    running = {p.printer_id for p in found[:size] if not p.ended}
+    printers = {printer.id: printer for printer in await fleet.list_printers(db, user.organization_id, ids=running)} \
+        if running else {}
     rows = [
         PrintRow(id=p.id, filename=p.filename or "(no file name)", printer_id=p.printer_id,
                  printer=names.get(p.printer_id, ""),
-                 started=moment(p.started_at), duration=elapsed(p), outcome=outcome(p),
+                 started=moment(p.started_at), duration=elapsed(p), outcome=outcome(p, printers.get(p.printer_id)),
+                 paused_by=pauser_text(p, printers.get(p.printer_id)),
                  detector=detector_note(p), feedback_pending=pending_feedback(p))
         for p in found[:size]
     ]
@@ -310,24 +317,23 @@ async def print_page(request: Request, db: Db, print_id: str) -> Response:
     if print_ is None:
         return _not_found(request, user)
 
-    printer = await db.get(Printer, print_.printer_id)
-    alerts = list((await db.execute(
-        select(Alert).where(Alert.print_id == print_.id).order_by(Alert.created_at, Alert.id))).scalars())
-    frames = list((await db.execute(
-        select(PredictionFrame).where(PredictionFrame.print_id == print_.id)
-        .order_by(PredictionFrame.frame_number))).scalars())
+    printer = await fleet.get_printer(db, user.organization_id, print_.printer_id)
+    alerts = await detection.alerts_of_print(db, print_.id)
+    frames = await detection.frames_of_print(db, print_.id)
     feedbacks = [
         FeedbackFrame(id=f.id, number=n, image_url=media_url("", f.image_path), answer=f.answer,
                       answer_text=ANSWER_TEXT.get(f.answer, "Not answered yet"))
         for n, f in enumerate(print_.feedbacks, start=1)
     ]
     end = ended_at(print_)
+    standing = outcome(print_, printer)
     return render(request, "print.html", user, {
         "active": "prints",
         "p": print_,
         "printer_name": printer.name if printer is not None else "",
-        "outcome": outcome(print_),
-        "outcome_text": OUTCOME_TEXT[outcome(print_)],
+        "outcome": standing,
+        "outcome_text": OUTCOME_TEXT[standing],
+        "paused_by": pauser_text(print_, printer),
         "started": moment(print_.started_at),
         "ended": moment(end) if end is not None else None,
         "duration": elapsed(print_),

@@ -1,13 +1,15 @@
-"""What every Eiger route needs: the caller's organization, id parsing, domain errors."""
+"""What every Eiger route needs: its route class, the caller's organization, id parsing,
+request bodies, and the domain errors whose status the dialect changes."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, Request
+from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
 from layerfleet.accounts.models import Organization, User
@@ -16,6 +18,14 @@ from layerfleet.api.eiger_v3.auth import eiger_user
 from layerfleet.api.eiger_v3.errors import EigerError, bad_request, validation_message
 from layerfleet.api.eiger_v3.query import parse_uuid
 from layerfleet.library.service import NotInLibrary
+
+
+class EigerRoute(APIRoute):
+    """A v3 route: its response leaves out the fields a view did not set (the spec's optional
+    ones, see ``schemas``) rather than sending them as null."""
+
+    def __init__(self, path: str, endpoint: Any, **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **{**kwargs, "response_model_exclude_unset": True})
 
 
 @dataclass
@@ -46,14 +56,13 @@ def path_uuid(name: str, raw: str) -> str:
 
 
 @contextmanager
-def domain_errors(missing_status: int = 404) -> Iterator[None]:
-    """Library refusals in the dialect's words. ``missing_status``: what an unknown id answers;
-    400 where the spec documents no 404 for the operation (an id in the request that names
-    nothing is then invalid input)."""
+def unknown_ids_are_invalid() -> Iterator[None]:
+    """Around ids from a request body or form, where the spec documents no 404 for the operation:
+    one that names nothing is invalid input (400). Elsewhere ``NotFound`` answers 404 by itself."""
     try:
         yield
     except NotInLibrary as exc:
-        raise EigerError(missing_status, str(exc)) from None
+        raise EigerError(400, str(exc)) from None
 
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -70,4 +79,4 @@ async def json_body(request: Request, model: type[Body]) -> Body:
         raise bad_request(validation_message(exc.errors())) from None
 
 
-__all__ = ["Caller", "CallerDep", "EigerError", "domain_errors", "json_body", "path_uuid"]
+__all__ = ["Caller", "CallerDep", "EigerError", "EigerRoute", "json_body", "path_uuid", "unknown_ids_are_invalid"]

@@ -2,33 +2,31 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.accounts.models import Role
 from layerfleet.api.deps import Db, ensure_role
-from layerfleet.api.eiger_v3.common import Caller, CallerDep, json_body, path_uuid
-from layerfleet.api.eiger_v3.errors import EigerError
-from layerfleet.api.eiger_v3.query import COMPARISONS, Filter, Kind, ListSpec, fetch_page, parse_list_query
+from layerfleet.api.eiger_v3.common import Caller, CallerDep, EigerRoute, json_body, path_uuid
+from layerfleet.api.eiger_v3.errors import not_found
+from layerfleet.api.eiger_v3.query import DATES, Filter, Kind, ListSpec, parse_list_query
+from layerfleet.api.eiger_v3.schemas import DeviceViewExtended, ListDevicesResponse
 from layerfleet.api.eiger_v3.views import DEVICE_SERIES, PRINTER_TYPES, device_view_extended
 from layerfleet.fleet.models import Printer
+from layerfleet.scheduling import queries
 from layerfleet.scheduling import service as scheduling
 from layerfleet.scheduling.models import PrintJob, QueuedJob
 
-router = APIRouter(tags=["Devices"])
+router = APIRouter(tags=["Devices"], route_class=EigerRoute)
 
-DATES = tuple(op for op in COMPARISONS if op not in ("eq", "ne"))
 DEVICES = ListSpec(
     filters={
-        "name": Filter(Printer.name, Kind.TEXT, ("eq",)),
-        "created_at": Filter(Printer.created_at, Kind.DATETIME, DATES),
-        "updated_at": Filter(Printer.updated_at, Kind.DATETIME, DATES),
+        "name": Filter(Kind.TEXT, ("eq",)),
+        "created_at": Filter(Kind.DATETIME, DATES),
+        "updated_at": Filter(Kind.DATETIME, DATES),
     },
-    sorts={"name": Printer.name, "created_at": Printer.created_at, "updated_at": Printer.updated_at},
+    sorts=("name", "created_at", "updated_at"),
     default_sort="name",
     default_order="asc",
 )
@@ -40,30 +38,27 @@ async def device_context(db: AsyncSession, printer_ids: list[int]) -> tuple[
     return await scheduling.queues_of(db, printer_ids), await scheduling.active_jobs(db, printer_ids)
 
 
-async def printer_by_uuid(db: AsyncSession, caller: Caller, device_uuid: str, *,
-                          missing_status: int = 404) -> Printer:
-    printer = (await db.execute(select(Printer).where(
-        Printer.uuid == device_uuid, Printer.organization_id == caller.organization_id,
-        Printer.archived_at.is_(None)))).scalar_one_or_none()
+async def device_by_id(db: AsyncSession, caller: Caller, device_id: str) -> Printer:
+    """The printer path parameter ``device_id`` names."""
+    device_uuid = path_uuid("device_id", device_id)
+    printer = await scheduling.printer_by_uuid(db, caller.organization_id, device_uuid)
     if printer is None:
-        raise EigerError(missing_status, f"Device {device_uuid} not found")
+        raise not_found(f"Device {device_uuid}")
     return printer
 
 
 @router.get("/devices", operation_id="listDevices")
-async def list_devices(request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
-    query = parse_list_query(request.query_params, DEVICES)
-    page = await fetch_page(db, select(Printer).where(
-        Printer.organization_id == caller.organization_id, Printer.archived_at.is_(None)), query, Printer.id)
+async def list_devices(request: Request, db: Db, caller: CallerDep) -> ListDevicesResponse:
+    page = await queries.printers(db, caller.organization_id, parse_list_query(request.query_params, DEVICES))
     queues, active = await device_context(db, [p.id for p in page.items])
-    return {"has_more_items": page.has_more_items, "items": [
+    return ListDevicesResponse(has_more_items=page.has_more_items, items=[
         device_view_extended(p, queue=queues[p.id], active_job=active.get(p.id),
-                             approvals_enabled=caller.approvals_enabled) for p in page.items]}
+                             approvals_enabled=caller.approvals_enabled) for p in page.items])
 
 
 @router.get("/devices/{device_id}", operation_id="readDevice")
-async def read_device(device_id: str, db: Db, caller: CallerDep) -> dict[str, Any]:
-    printer = await printer_by_uuid(db, caller, path_uuid("device_id", device_id))
+async def read_device(device_id: str, db: Db, caller: CallerDep) -> DeviceViewExtended:
+    printer = await device_by_id(db, caller, device_id)
     queues, active = await device_context(db, [printer.id])
     return device_view_extended(printer, queue=queues[printer.id], active_job=active.get(printer.id),
                                 approvals_enabled=caller.approvals_enabled)
@@ -97,10 +92,10 @@ class DeviceChanges(BaseModel):
 
 
 @router.patch("/devices/{device_id}", operation_id="updateDevice")
-async def update_device(device_id: str, request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
+async def update_device(device_id: str, request: Request, db: Db, caller: CallerDep) -> DeviceViewExtended:
     """Set the device type and series, and the materials loaded (with what is left of them)."""
     ensure_role(caller.user, Role.OPERATOR)
-    printer = await printer_by_uuid(db, caller, path_uuid("device_id", device_id))
+    printer = await device_by_id(db, caller, device_id)
     changes = await json_body(request, DeviceChanges)
     for name in changes.model_fields_set:
         value = getattr(changes, name)

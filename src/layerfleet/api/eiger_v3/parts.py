@@ -4,26 +4,32 @@ version reads, and 30-second signed download URLs for a version's STL."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy import select
 from starlette.datastructures import UploadFile
 
 from layerfleet.accounts.models import Role, User
-from layerfleet.api.deps import Db, base_url, ensure_role, services_of
-from layerfleet.api.eiger_v3.common import Caller, CallerDep, domain_errors, json_body, path_uuid
+from layerfleet.api.deps import AppSettings, Db, SliceQueue, base_url, ensure_role
+from layerfleet.api.eiger_v3.common import Caller, CallerDep, EigerRoute, json_body, path_uuid, unknown_ids_are_invalid
 from layerfleet.api.eiger_v3.errors import EigerError, bad_request
 from layerfleet.api.eiger_v3.query import parse_uuid
-from layerfleet.api.eiger_v3.views import part_version_view, part_view
+from layerfleet.api.eiger_v3.schemas import (
+    PartVersionView,
+    PartView,
+    ReadSignedURLResponse,
+    SettingsPresetView,
+    SliceStatusResponse,
+    UploadStlResponse,
+)
+from layerfleet.api.eiger_v3.views import part_version_view, part_view, settings_preset_view
 from layerfleet.library import service as library
-from layerfleet.library.models import PartVersion, SliceStatus
+from layerfleet.library.models import SliceStatus
 from layerfleet.signed_links import link_problem, signed_link
 from layerfleet.slicer import DEFAULT_MAX_BYTES
 
-router = APIRouter(tags=["Parts"])
+router = APIRouter(tags=["Parts"], route_class=EigerRoute)
 
 DOWNLOAD_SECONDS = 30
 CHUNK = 1024 * 1024
@@ -33,8 +39,9 @@ FORM_OVERHEAD = 64 * 1024
 
 
 @router.post("/parts/upload_stl", status_code=201, operation_id="uploadStl")
-async def upload_stl(request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
-    settings = services_of(request).settings
+async def upload_stl(request: Request, db: Db, caller: CallerDep, settings: AppSettings,
+                     slice_jobs: SliceQueue) -> UploadStlResponse:
+    ensure_role(caller.user, Role.OPERATOR)  # an upload starts a slice: a change, as in v1
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > DEFAULT_MAX_BYTES + FORM_OVERHEAD:
         raise bad_request(f"The STL file is larger than {DEFAULT_MAX_BYTES // (1024 * 1024)} MB; "
@@ -52,7 +59,7 @@ async def upload_stl(request: Request, db: Db, caller: CallerDep) -> dict[str, A
         folder = _optional_uuid(form.get("folderId"), "folderId")
         preset_id = _optional_uuid(form.get("settingsPresetId"), "settingsPresetId")
         owner_id = _optional_uuid(form.get("userId"), "userId")
-        with domain_errors(400):  # ids in the form, not the path: invalid input
+        with unknown_ids_are_invalid():
             preset = await library.preset_by_uuid(db, caller.organization_id, preset_id)
             owner = await _owner(db, caller, owner_id)
             upload = await library.receive_stl(_chunks(stl), stl.filename or "part.stl", settings.data_dir)
@@ -66,8 +73,8 @@ async def upload_stl(request: Request, db: Db, caller: CallerDep) -> dict[str, A
                 raise
     finally:
         await form.close()
-    await services_of(request).slice_jobs.submit(created.job.uuid)
-    return {"slice_job_id": created.job.uuid, "part_version_id": created.version.uuid}
+    await slice_jobs.submit(created.job.uuid)
+    return UploadStlResponse(slice_job_id=created.job.uuid, part_version_id=created.version.uuid)
 
 
 async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
@@ -84,41 +91,29 @@ def _optional_uuid(value: object, name: str) -> str | None:
 
 
 async def _owner(db: Db, caller: Caller, owner_uuid: str | None) -> User:
-    if owner_uuid is None:
-        # The spec's default: the organization's owner (the caller when no owner is found).
-        owner = (await db.execute(select(User).where(
-            User.organization_id == caller.organization_id, User.role == Role.OWNER.value,
-        ).order_by(User.id).limit(1))).scalar_one_or_none()
-        return owner or caller.user
-    owner = (await db.execute(select(User).where(
-        User.uuid == owner_uuid, User.organization_id == caller.organization_id))).scalar_one_or_none()
+    owner = await library.part_owner(db, caller.user, owner_uuid)
     if owner is None:
         raise bad_request(f"userId {owner_uuid} is not a member of your organization")
     return owner
 
 
 @router.get("/parts/slice_status/{slice_job_id}", operation_id="getSliceStatus")
-async def slice_status(slice_job_id: str, db: Db, caller: CallerDep) -> dict[str, Any]:
-    job_uuid = path_uuid("slice_job_id", slice_job_id)
-    with domain_errors():
-        job = await library.slice_job_by_uuid(db, caller.organization_id, job_uuid)
-    body: dict[str, Any] = {"status": job.status}
+async def slice_status(slice_job_id: str, db: Db, caller: CallerDep) -> SliceStatusResponse:
+    job = await library.slice_job_by_uuid(db, caller.organization_id, path_uuid("slice_job_id", slice_job_id))
     if job.status == SliceStatus.ERROR.value and job.error:
-        body["message"] = job.error
-    return body
+        return SliceStatusResponse(status=job.status, message=job.error)
+    return SliceStatusResponse(status=job.status)
 
 
 @router.post("/parts/slice_status/{slice_job_id}/cancel", operation_id="cancelSliceJob")
-async def cancel_slice(slice_job_id: str, db: Db, caller: CallerDep) -> dict[str, Any]:
+async def cancel_slice(slice_job_id: str, db: Db, caller: CallerDep) -> SliceStatusResponse:
     """Layerfleet extension: stop a slice job (a running slicer is killed within a second)."""
     ensure_role(caller.user, Role.OPERATOR)
-    job_uuid = path_uuid("slice_job_id", slice_job_id)
-    with domain_errors():
-        job = await library.slice_job_by_uuid(db, caller.organization_id, job_uuid)
+    job = await library.slice_job_by_uuid(db, caller.organization_id, path_uuid("slice_job_id", slice_job_id))
     if not await library.cancel_slice_job(db, job):
         raise EigerError(409, f"The slice job is already {job.status}")
     await db.commit()
-    return {"status": job.status}
+    return SliceStatusResponse(status=job.status)
 
 
 class NewPreset(BaseModel):
@@ -130,59 +125,79 @@ class NewPreset(BaseModel):
 
 
 @router.post("/parts/settings_presets", status_code=201, operation_id="createSettingsPreset")
-async def create_settings_preset(request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
+async def create_settings_preset(request: Request, db: Db, caller: CallerDep) -> SettingsPresetView:
     """Layerfleet extension: an organization's own slicer profile (``.ini``)."""
     ensure_role(caller.user, Role.ADMIN)
     body = await json_body(request, NewPreset)
-    with domain_errors():
-        preset = await library.create_preset(db, caller.organization_id, body.title, body.ini, body.material)
+    preset = await library.create_preset(db, caller.organization_id, body.title, body.ini, body.material)
     await db.commit()
-    return {"id": preset.uuid, "title": preset.title}
+    return settings_preset_view(preset)
 
 
 @router.get("/parts/settings_presets", operation_id="getOrgSettingsPresets")
-async def settings_presets(db: Db, caller: CallerDep) -> list[dict[str, Any]]:
+async def settings_presets(db: Db, caller: CallerDep) -> list[SettingsPresetView]:
     presets = await library.presets_for(db, caller.organization_id)
     await db.commit()  # the built-in preset is created on first use
-    return [{"id": preset.uuid, "title": preset.title} for preset in presets]
+    return [settings_preset_view(preset) for preset in presets]
 
 
 @router.get("/parts/{part_id}", operation_id="readPart")
-async def read_part(part_id: str, db: Db, caller: CallerDep) -> dict[str, Any]:
-    with domain_errors():
-        part = await library.part_by_uuid(db, caller.organization_id, path_uuid("part_id", part_id))
-    return part_view(part)
+async def read_part(part_id: str, db: Db, caller: CallerDep) -> PartView:
+    return part_view(await library.part_by_uuid(db, caller.organization_id, path_uuid("part_id", part_id)))
+
+
+@router.post("/parts/{part_id}/slice", status_code=201, operation_id="slicePartAgain")
+async def slice_part_again(part_id: str, db: Db, caller: CallerDep, slice_jobs: SliceQueue) -> UploadStlResponse:
+    """Layerfleet extension: slice the part's latest version again, after its slice failed or was
+    cancelled. Poll the new job with getSliceStatus. 404 for a part not in your organization; 409
+    when it is sliced already or being sliced."""
+    part = await library.part_by_uuid(db, caller.organization_id, path_uuid("part_id", part_id))
+    ensure_role(caller.user, Role.OPERATOR)
+    job = await library.slice_part_again(db, part)
+    await db.commit()
+    await slice_jobs.submit(job.uuid)
+    return UploadStlResponse(slice_job_id=job.uuid, part_version_id=part.versions[-1].uuid)
+
+
+@router.delete("/parts/{part_id}", status_code=204, response_class=Response, operation_id="deletePart")
+async def delete_part(part_id: str, db: Db, caller: CallerDep, settings: AppSettings) -> Response:
+    """Layerfleet extension: delete a part with every version, its STL and G-code files. 404 for
+    a part not in your organization; 409 while a build places the part or it is being sliced."""
+    part = await library.part_by_uuid(db, caller.organization_id, path_uuid("part_id", part_id))
+    ensure_role(caller.user, Role.OPERATOR)
+    deleted = await library.delete_part(db, part, settings.data_dir)
+    await db.commit()
+    deleted.remove_files()
+    return Response(status_code=204)
 
 
 @router.get("/part_versions/{part_version_id}", operation_id="readPartVersion")
-async def read_part_version(part_version_id: str, db: Db, caller: CallerDep) -> dict[str, Any]:
-    with domain_errors():
-        version = await library.part_version_by_uuid(
-            db, caller.organization_id, path_uuid("part_version_id", part_version_id))
+async def read_part_version(part_version_id: str, db: Db, caller: CallerDep) -> PartVersionView:
+    version = await library.part_version_by_uuid(db, caller.organization_id,
+                                                 path_uuid("part_version_id", part_version_id))
     return part_version_view(version)
 
 
 @router.get("/part_versions/{part_version_id}/download", operation_id="readSignedURL")
-async def part_version_download(part_version_id: str, request: Request, db: Db, caller: CallerDep) -> dict[str, Any]:
-    with domain_errors():
-        version = await library.part_version_by_uuid(
-            db, caller.organization_id, path_uuid("part_version_id", part_version_id))
+async def part_version_download(part_version_id: str, request: Request, db: Db, caller: CallerDep,
+                                settings: AppSettings) -> ReadSignedURLResponse:
+    version = await library.part_version_by_uuid(db, caller.organization_id,
+                                                 path_uuid("part_version_id", part_version_id))
     path = f"/api/v3/files/part_versions/{version.uuid}.stl"
-    return {"url": signed_link(services_of(request).settings.effective_secret_key, base_url(request), path,
-                               DOWNLOAD_SECONDS)}
+    return ReadSignedURLResponse(url=signed_link(settings.effective_secret_key, base_url(request), path,
+                                                 DOWNLOAD_SECONDS))
 
 
 @router.get("/files/part_versions/{version_file}", include_in_schema=False)
-async def signed_stl(version_file: str, request: Request, db: Db) -> FileResponse:
+async def signed_stl(version_file: str, request: Request, db: Db, settings: AppSettings) -> FileResponse:
     """The target of a signed download URL: no credentials, but a signature that expires."""
     query = request.query_params
-    problem = link_problem(services_of(request).settings.effective_secret_key, request.url.path,
-                           query.get("expires", ""), query.get("signature", ""))
+    problem = link_problem(settings.effective_secret_key, request.url.path, query.get("expires", ""),
+                           query.get("signature", ""))
     if problem is not None:
         raise EigerError(403, problem)
-    version_uuid = version_file.removesuffix(".stl")
-    version = (await db.execute(select(PartVersion).where(PartVersion.uuid == version_uuid))).scalar_one_or_none()
+    version = await library.part_version_by_uuid_any(db, version_file.removesuffix(".stl"))
     if version is None:
         raise EigerError(404, "Part version not found")
-    file = library.library_root(services_of(request).settings.data_dir) / version.stl_path
+    file = library.library_root(settings.data_dir) / version.stl_path
     return FileResponse(file, media_type="model/stl", filename=f"{version.title}.stl")

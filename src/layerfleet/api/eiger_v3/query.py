@@ -1,29 +1,28 @@
 """List parameters of the Eiger dialect: ``page[size]``/``page[number]``, ``filter[field][op]``
 and ``sort[by]``/``sort[order]``. Each list declares what it accepts; any other parameter, and
-any value that does not parse, answers 400 (a typo must not silently list everything)."""
+any value that does not parse, answers 400 (a typo must not silently list everything). What
+parses becomes the domain's ``ListCriteria``; the lists themselves are the domain's."""
 
 from __future__ import annotations
 
 import enum
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, func, select
-from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.datastructures import QueryParams
 
 from layerfleet.api.eiger_v3.errors import bad_request
+from layerfleet.scheduling.queries import Criterion, ListCriteria
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
-# Pages beyond this offset are empty without asking the database (OFFSET is a 64-bit integer).
-MAX_OFFSET = 2**62
 INT32_MAX = 2**31 - 1
 COMPARISONS = ("eq", "ne", "lt", "le", "gt", "ge")
+DATES = tuple(op for op in COMPARISONS if op not in ("eq", "ne"))
 
 
 class Kind(enum.Enum):
@@ -37,43 +36,25 @@ class Kind(enum.Enum):
 
 @dataclass(frozen=True)
 class Filter:
-    """A filterable field: the SQL expression, the type of its values and the operators allowed.
+    """A filter parameter: the type of its values, the operators allowed, and the domain's name
+    for the field when it is not the parameter's (``field``)."""
 
-    ``condition`` replaces the plain comparison where the field is not a column (a boolean that
-    a setting overrides, an id that is a join)."""
-
-    column: Any
     kind: Kind
     ops: tuple[str, ...]
     choices: tuple[str, ...] = ()
     minimum: int | None = None
     max_length: int | None = None
     nullable: bool = False
-    condition: Callable[[str, Any], ColumnElement[bool]] | None = None
+    field: str | None = None
 
 
 @dataclass(frozen=True)
 class ListSpec:
     filters: Mapping[str, Filter]
-    sorts: Mapping[str, Any]
+    sorts: tuple[str, ...]  # the domain's sort fields, by the same names
     default_sort: str
     default_order: str  # "asc" or "desc"
     paged: bool = True
-
-
-@dataclass
-class ListQuery:
-    page_size: int = DEFAULT_PAGE_SIZE
-    page_number: int = 1
-    conditions: list[ColumnElement[bool]] = field(default_factory=list)
-    order_by: list[Any] = field(default_factory=list)
-
-    def apply(self, query: Select[Any], tiebreak: Any) -> Select[Any]:
-        """Filters, order and one page (plus one row, to tell whether more follow)."""
-        if self.conditions:
-            query = query.where(and_(*self.conditions))
-        return (query.order_by(*self.order_by, tiebreak).offset((self.page_number - 1) * self.page_size)
-                .limit(self.page_size + 1))
 
 
 def _single(params: QueryParams, name: str) -> str:
@@ -102,9 +83,12 @@ def parse_datetime(name: str, raw: str) -> datetime:
         text = text[:-6] + "+" + text[-5:]
     try:
         value = datetime.fromisoformat(text)
+        # Near year 1 or 9999 the conversion to UTC leaves the calendar.
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
     except ValueError:
         raise bad_request(f"{name} must be an ISO 8601 date-time such as 2026-01-31T12:00:00Z, not {raw!r}") from None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        raise bad_request(f"{name} is out of the range of dates this server handles: {raw!r}") from None
 
 
 def _boolean(name: str, raw: str, nullable: bool) -> bool | None:
@@ -147,18 +131,6 @@ def _value(name: str, spec: Filter, raw: str) -> Any:
     raise AssertionError(spec.kind)
 
 
-def _compare(column: Any, op: str, value: Any) -> ColumnElement[bool]:
-    if value is None:
-        return column.is_(None) if op == "eq" else column.is_not(None)
-    comparisons: dict[str, Callable[[Any, Any], ColumnElement[bool]]] = {
-        "eq": lambda c, v: c == v, "ne": lambda c, v: c != v, "lt": lambda c, v: c < v,
-        "le": lambda c, v: c <= v, "gt": lambda c, v: c > v, "ge": lambda c, v: c >= v,
-    }
-    condition = comparisons[op](column, value)
-    # "not equal" keeps rows without a value, as a person reading "state ≠ X" expects.
-    return condition | column.is_(None) if op == "ne" else condition
-
-
 def _bracketed(name: str) -> list[str] | None:
     """``filter[a][b]`` → ``["filter", "a", "b"]``; None when the name has no brackets."""
     head, bracket, rest = name.partition("[")
@@ -174,17 +146,17 @@ def _bracketed(name: str) -> list[str] | None:
     return parts
 
 
-def parse_list_query(params: QueryParams, spec: ListSpec) -> ListQuery:
-    query = ListQuery()
+def parse_list_query(params: QueryParams, spec: ListSpec) -> ListCriteria:
+    criteria = ListCriteria(page_size=DEFAULT_PAGE_SIZE)
     sort_by, order = spec.default_sort, spec.default_order
     for name in dict.fromkeys(params.keys()):
         parts = _bracketed(name) or [name]
         raw = _single(params, name)
         if parts[0] == "page" and len(parts) == 2 and parts[1] in ("size", "number") and spec.paged:
             if parts[1] == "size":
-                query.page_size = _integer(name, raw, 1, MAX_PAGE_SIZE)
+                criteria.page_size = _integer(name, raw, 1, MAX_PAGE_SIZE)
             else:
-                query.page_number = _integer(name, raw, 1)
+                criteria.page_number = _integer(name, raw, 1)
         elif parts[0] == "sort" and len(parts) == 2 and parts[1] == "by" and spec.sorts:
             if raw not in spec.sorts:
                 raise bad_request(f"sort[by] must be one of {', '.join(spec.sorts)}; not {raw!r}")
@@ -196,18 +168,12 @@ def parse_list_query(params: QueryParams, spec: ListSpec) -> ListQuery:
         elif parts[0] == "filter" and len(parts) == 3 and parts[1] in spec.filters \
                 and parts[2] in spec.filters[parts[1]].ops:
             filter_ = spec.filters[parts[1]]
-            value = _value(name, filter_, raw)
-            if filter_.condition is not None:
-                query.conditions.append(filter_.condition(parts[2], value))
-            else:
-                query.conditions.append(_compare(filter_.column, parts[2], value))
+            criteria.where.append(Criterion(filter_.field or parts[1], parts[2], _value(name, filter_, raw)))
         else:
             raise bad_request(f"{name} is not a parameter of this list{_known(spec)}")
     if spec.sorts:
-        column = spec.sorts[sort_by]
-        # Rows without a value (a job not started yet) last either way, on every database.
-        query.order_by = [(column.asc() if order == "asc" else column.desc()).nulls_last()]
-    return query
+        criteria.sort, criteria.descending = sort_by, order == "desc"
+    return criteria
 
 
 def _known(spec: ListSpec) -> str:
@@ -217,21 +183,3 @@ def _known(spec: ListSpec) -> str:
     if spec.paged:
         names += ["page[size]", "page[number]"]
     return f"; it takes {', '.join(names)}" if names else ""
-
-
-@dataclass
-class Page:
-    items: Sequence[Any]
-    has_more_items: bool
-
-
-async def fetch_page(session: AsyncSession, query: Select[Any], list_query: ListQuery, tiebreak: Any) -> Page:
-    if (list_query.page_number - 1) * list_query.page_size > MAX_OFFSET:
-        return Page([], False)  # far beyond the last page of any list
-    rows = list((await session.execute(list_query.apply(query, tiebreak))).unique().scalars())
-    more = len(rows) > list_query.page_size
-    return Page(rows[: list_query.page_size], more)
-
-
-async def count(session: AsyncSession, query: Select[Any]) -> int:
-    return int((await session.execute(select(func.count()).select_from(query.subquery()))).scalar_one())

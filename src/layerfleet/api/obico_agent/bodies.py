@@ -12,8 +12,6 @@ from starlette.datastructures import UploadFile
 from starlette.types import Message
 
 MAX_FIELDS = 50
-TRUE_WORDS = {"true", "t", "1", "yes", "on"}
-FALSE_WORDS = {"false", "f", "0", "no", "off", ""}
 
 
 @dataclass
@@ -82,14 +80,6 @@ async def read_body(request: Request, limit: int, *, max_files: int = 1) -> Body
     finally:
         await form.close()
     return result
-
-
-def as_bool(value: object) -> bool | None:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.strip().lower() in TRUE_WORDS | FALSE_WORDS:
-        return value.strip().lower() in TRUE_WORDS
-    return None
 
 
 def client_address(request: Request) -> str:

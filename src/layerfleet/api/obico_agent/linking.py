@@ -12,7 +12,7 @@ from layerfleet.accounts.models import Role
 from layerfleet.agents import linking
 from layerfleet.agents.gateway import AgentGateway
 from layerfleet.agents.models import OneTimeVerificationCode
-from layerfleet.api.deps import CurrentUser, Db, base_url, ensure_role, services_of
+from layerfleet.api.deps import AppServices, CurrentUser, Db, Gateway, base_url, ensure_role
 from layerfleet.api.errors import FieldErrors
 from layerfleet.api.obico_agent.bodies import client_address, read_body
 from layerfleet.api.obico_v1.schemas import PrinterOut, printer_out
@@ -43,7 +43,7 @@ def _code_out(code: OneTimeVerificationCode, printer: Printer | None, url: str) 
         expired_at=code.expired_at,
         verified_at=code.verified_at,
         printer_id=code.printer_id,
-        printer=printer_out(printer, url) if printer is not None else None,
+        printer=printer_out(printer, url, with_token=True) if printer is not None else None,
     )
 
 
@@ -81,10 +81,10 @@ def _printer_name(fields: dict[str, Any]) -> str | None:
     return name.replace("\x00", "").strip() or None
 
 
-async def _verify(request: Request, db: Db, code: str | None) -> VerificationCodeOut:
+async def _verify(request: Request, db: Db, limiter: RateLimiter, gateway: AgentGateway, code: str | None
+                  ) -> VerificationCodeOut:
     # Only wrong codes count: guessing is what the throttle stops, and a farm linking many
     # printers from one address with real codes must not be locked out.
-    limiter: RateLimiter = services_of(request).verify_throttle
     address = client_address(request)
     if limiter.blocked(address):
         raise HTTPException(429, detail="Request was throttled. Wait a few minutes and try again.")
@@ -100,19 +100,18 @@ async def _verify(request: Request, db: Db, code: str | None) -> VerificationCod
         raise HTTPException(404, detail=NOT_FOUND)
     await db.commit()
     if linked.relinked:
-        gateway: AgentGateway = services_of(request).agent_gateway
         await gateway.disconnect(linked.printer.id)
     return _code_out(linked.code, linked.printer, base_url(request))
 
 
 @router.post("/octo/verify/", response_model=VerificationCodeOut, include_in_schema=False)
-async def verify_code(request: Request, db: Db, code: Annotated[str | None, Query(max_length=32)] = None
-                      ) -> VerificationCodeOut:
-    return await _verify(request, db, code)
+async def verify_code(request: Request, db: Db, services: AppServices, gateway: Gateway,
+                      code: Annotated[str | None, Query(max_length=32)] = None) -> VerificationCodeOut:
+    return await _verify(request, db, services.verify_throttle, gateway, code)
 
 
 # Some agents (and old OctoPrint-Obico versions) send the code with GET.
 @router.get("/octo/verify/", response_model=VerificationCodeOut, include_in_schema=False)
-async def verify_code_get(request: Request, db: Db, code: Annotated[str | None, Query(max_length=32)] = None
-                          ) -> VerificationCodeOut:
-    return await _verify(request, db, code)
+async def verify_code_get(request: Request, db: Db, services: AppServices, gateway: Gateway,
+                          code: Annotated[str | None, Query(max_length=32)] = None) -> VerificationCodeOut:
+    return await _verify(request, db, services.verify_throttle, gateway, code)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter, WebSocket
 
-from layerfleet.agents.gateway import AgentGateway
-from layerfleet.api.deps import services_of
+from layerfleet.api.deps import Gateway
 
 router = APIRouter()
 
 
 @router.websocket("/ws/dev/")
 @router.websocket("/ws/dev")
-async def agent_socket(websocket: WebSocket) -> None:
-    gateway: AgentGateway = services_of(websocket).agent_gateway
+async def agent_socket(websocket: WebSocket, gateway: Gateway) -> None:
     await gateway.serve(websocket)

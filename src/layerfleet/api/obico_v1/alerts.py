@@ -8,10 +8,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel
-from sqlalchemy import select
 
 from layerfleet.api.deps import CurrentUser, Db
-from layerfleet.detection.models import Alert, AlertKind
+from layerfleet.detection import service as detection
+from layerfleet.detection.models import AlertKind
 
 router = APIRouter(tags=["Layerfleet: alerts"])
 MAX_ALERTS = 1000
@@ -35,11 +35,7 @@ async def list_alerts(
     print_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_ALERTS)] = 100,
 ) -> list[AlertOut]:
-    query = select(Alert).where(Alert.organization_id == user.organization_id)
-    if printer_id is not None:
-        query = query.where(Alert.printer_id == printer_id)
-    if print_id is not None:
-        query = query.where(Alert.print_id == print_id)
-    found = (await db.execute(query.order_by(Alert.created_at.desc(), Alert.id.desc()).limit(limit))).scalars()
+    found = await detection.list_alerts(db, user.organization_id, printer_id=printer_id, print_id=print_id,
+                                        limit=limit)
     return [AlertOut(id=a.id, printer_id=a.printer_id, print_id=a.print_id, kind=AlertKind(a.kind),
                      normalized_p=a.normalized_p, paused=a.paused, created_at=a.created_at) for a in found]

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool
 from layerfleet.accounts.models import Role, User
 from layerfleet.api.deps import Bus, CurrentUser, Db, base_url, ensure_role, printer_changed
 from layerfleet.api.obico_v1.schemas import CommandResult, PrinterOut, printer_out
+from layerfleet.commands.bus import TokenRevoked
 from layerfleet.fleet import service as fleet
 from layerfleet.fleet.actions import PrinterActions
 from layerfleet.fleet.models import Printer
@@ -34,6 +35,11 @@ class AcknowledgeRequest(BaseModel):
     alert_overwrite: AlertOverwrite | None = None
 
 
+def _is_admin(user: User) -> bool:
+    # A printer's token is its agent's credential: with it anyone could stand in for the agent.
+    return user.role_enum.allows(Role.ADMIN)
+
+
 async def _printer_or_404(db: Db, user: User, printer_id: int) -> Printer:
     printer = await fleet.get_printer(db, user.organization_id, printer_id)
     if printer is None:
@@ -47,12 +53,13 @@ async def list_printers(
 ) -> list[PrinterOut]:
     printers = await fleet.list_printers(db, user.organization_id, with_archived=with_archived)
     url = base_url(request)
-    return [printer_out(p, url) for p in printers]
+    return [printer_out(p, url, with_token=_is_admin(user)) for p in printers]
 
 
 @router.get("/printers/{printer_id}/", response_model=PrinterOut, responses=NOT_FOUND)
 async def get_printer(request: Request, db: Db, user: CurrentUser, printer_id: PrinterId) -> PrinterOut:
-    return printer_out(await _printer_or_404(db, user, printer_id), base_url(request))
+    printer = await _printer_or_404(db, user, printer_id)
+    return printer_out(printer, base_url(request), with_token=_is_admin(user))
 
 
 @router.patch("/printers/{printer_id}/", response_model=PrinterOut, responses=NOT_FOUND)
@@ -69,7 +76,7 @@ async def update_printer(
         fleet.apply_changes(printer, changes)
         await db.commit()
         printer_changed(request, printer.organization_id, printer.id)
-    return printer_out(printer, base_url(request))
+    return printer_out(printer, base_url(request), with_token=True)
 
 
 @router.delete("/printers/{printer_id}/", response_class=Response, responses={200: {"content": {}}, **NOT_FOUND})
@@ -89,12 +96,13 @@ class Control:
 
     printer: Printer
     actions: PrinterActions
+    user: User
 
 
 async def _control(db: Db, bus: Bus, user: CurrentUser, printer_id: PrinterId) -> Control:
     printer = await _printer_or_404(db, user, printer_id)
     ensure_role(user, Role.OPERATOR)
-    return Control(printer, PrinterActions(db, bus))
+    return Control(printer, PrinterActions(db, bus), user)
 
 
 Controlled = Annotated[Control, Depends(_control)]
@@ -105,7 +113,8 @@ async def _result(request: Request, db: Db, control: Control, succeeded: bool) -
     if succeeded:
         await db.commit()
         printer_changed(request, control.printer.organization_id, control.printer.id)
-    return CommandResult(succeeded=succeeded, printer=printer_out(control.printer, base_url(request)))
+    printer = printer_out(control.printer, base_url(request), with_token=_is_admin(control.user))
+    return CommandResult(succeeded=succeeded, printer=printer)
 
 
 Endpoint = TypeVar("Endpoint", bound=Callable[..., Any])
@@ -152,3 +161,16 @@ async def acknowledge_alert(
 ) -> CommandResult:
     overwrite = body.alert_overwrite if body is not None else None
     return await _result(request, db, control, await control.actions.acknowledge_alert(control.printer, overwrite))
+
+
+@router.post("/printers/{printer_id}/rotate_token/", response_model=CommandResult, responses=NOT_FOUND,
+             summary="Layerfleet extension: give the printer a new agent token (admins)")
+async def rotate_token(request: Request, db: Db, bus: Bus, user: CurrentUser, printer_id: PrinterId) -> CommandResult:
+    """The agent holding the old token is disconnected (4401) and must be given the new one."""
+    printer = await _printer_or_404(db, user, printer_id)
+    ensure_role(user, Role.ADMIN)
+    fleet.rotate_agent_token(printer)
+    await db.commit()
+    await bus.send(printer.id, TokenRevoked())
+    printer_changed(request, printer.organization_id, printer.id)
+    return CommandResult(succeeded=True, printer=printer_out(printer, base_url(request), with_token=True))

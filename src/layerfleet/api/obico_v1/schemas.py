@@ -75,7 +75,9 @@ class PrinterOut(BaseModel):
     settings: PrinterSettings
     current_print: PrintOut | None
     normalized_p: float
-    auth_token: str
+    auth_token: str | None = Field(
+        description="The agent's credential: shown to admins only (null for other roles); "
+        "POST /api/v1/printers/{id}/rotate_token/ replaces it")
     archived_at: datetime | None
     ignore_masks: list[list[float]] = Field(
         description="Layerfleet extension: rectangles [x0, y0, x1, y1] (0–1) where detections are ignored")
@@ -128,7 +130,9 @@ def print_out(print_: Print, base_url: str) -> PrintOut:
     )
 
 
-def printer_out(printer: Printer, base_url: str) -> PrinterOut:
+def printer_out(printer: Printer, base_url: str, *, with_token: bool) -> PrinterOut:
+    """``with_token``: whether the reader may see the agent's credential (admins, and the agent
+    that just linked)."""
     pic_url = media_url(base_url, printer.pic_path)
     return PrinterOut(
         id=printer.id,
@@ -147,7 +151,7 @@ def printer_out(printer: Printer, base_url: str) -> PrinterOut:
         settings=PrinterSettings(**{**default_printer_settings(), **(printer.settings or {})}),
         current_print=print_out(printer.current_print, base_url) if printer.current_print else None,
         normalized_p=printer.normalized_p,
-        auth_token=printer.auth_token,
+        auth_token=printer.auth_token if with_token else None,
         archived_at=printer.archived_at,
         ignore_masks=printer.ignore_masks or [],
     )

@@ -55,16 +55,16 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from layerfleet.api.deps import Db, services_of
+from layerfleet.api.deps import AppSettings, Db, Inference
 from layerfleet.database import utcnow
+from layerfleet.errors import Invalid
 from layerfleet.printwatch import service
 from layerfleet.printwatch.codes import Refusal, StatusCode
-from layerfleet.printwatch.inference import PrintWatchInference
 from layerfleet.printwatch.payloads import Payload
 
 log = logging.getLogger(__name__)
@@ -75,14 +75,6 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 BOX_SPACE = 640  # the clients' picture space for boxes
 # Parsing a body this large takes milliseconds: done in a worker thread, not on the event loop.
 PARSE_IN_THREAD_BYTES = 256 * 1024
-
-
-def get_inference(request: Request) -> PrintWatchInference:
-    inference: PrintWatchInference = services_of(request).printwatch_inference
-    return inference
-
-
-Inference = Annotated[PrintWatchInference, Depends(get_inference)]
 
 
 def _answer(code: StatusCode, **fields: Any) -> JSONResponse:
@@ -122,6 +114,8 @@ async def _serve(work: Callable[[], Awaitable[dict[str, Any]]]) -> JSONResponse:
         fields = await work()
     except Refusal as refusal:
         return _answer(refusal.code, message=f"{refusal.code.title}: {refusal.reason}")
+    except Invalid as invalid:  # the rest of the error family: a value no record may hold (NUL, …)
+        return _answer(StatusCode.BAD_PAYLOAD, message=f"{StatusCode.BAD_PAYLOAD.title}: {invalid}")
     except Exception:
         # The clients read only the body: a JSON 211 lets them back off as for any failure.
         reference = uuid.uuid4().hex[:12]
@@ -206,10 +200,10 @@ async def notify(request: Request, db: Db) -> JSONResponse:
 
 
 @_route("/feedback", "Send feedback on a detection (was it a real failure?)")
-async def feedback(request: Request, db: Db) -> JSONResponse:
+async def feedback(request: Request, db: Db, settings: AppSettings) -> JSONResponse:
     async def work() -> dict[str, Any]:
         payload = await _payload(request, too_large=StatusCode.BAD_IMAGE)
-        await service.feedback(db, payload, utcnow(), data_dir=services_of(request).settings.data_dir)
+        await service.feedback(db, payload, utcnow(), data_dir=settings.data_dir)
         return {"message": "feedback recorded"}
 
     return await _serve(work)

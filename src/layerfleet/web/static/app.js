@@ -96,6 +96,21 @@ const lf = (() => {
     return node;
   }
 
+  // Round steps (1, 2 or 5 times a power of ten) from low to at least high, about `count`
+  // of them: an axis reads 0, 50, 100…, never 0, 116, 231.
+  function niceTicks(low, high, count = 5) {
+    const span = Math.max(high - low, 1e-9);
+    const magnitude = 10 ** Math.floor(Math.log10(span / count));
+    const step = [1, 2, 2.5, 5, 10].map((f) => f * magnitude).find((s) => span / s <= count) || 10 * magnitude;
+    const ticks = [];
+    for (let i = 0; ; i++) {
+      const value = Number((low + i * step).toPrecision(12));
+      ticks.push(value);
+      if (value >= high - step * 1e-9) break;
+    }
+    return ticks;
+  }
+
   // series: [{label, color, points: [[x, y], ...]}]; x in seconds or any number.
   function lineChart(target, series, { yMin = 0, yMax = null, bands = [], xLabel = (x) => x, yLabel = (y) => y } = {}) {
     const W = 600, H = 180, L = 40, R = 8, T = 8, B = 22;
@@ -110,7 +125,8 @@ const lf = (() => {
       return;
     }
     const x0 = Math.min(...xs), x1 = Math.max(...xs, x0 + 1);
-    const top = yMax !== null ? yMax : Math.max(...ys, yMin + 1) * 1.1;
+    const ticks = niceTicks(yMin, yMax !== null ? yMax : Math.max(...ys, yMin + 1));
+    const top = yMax !== null ? yMax : ticks[ticks.length - 1];
     const px = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
     const py = (y) => T + (1 - (y - yMin) / (top - yMin)) * (H - T - B);
     for (const band of bands) {
@@ -118,7 +134,7 @@ const lf = (() => {
     }
     target.append(svg("line", { class: "axis", x1: L, y1: H - B, x2: W - R, y2: H - B }));
     target.append(svg("line", { class: "axis", x1: L, y1: T, x2: L, y2: H - B }));
-    for (const y of [yMin, (yMin + top) / 2, top]) {
+    for (const y of ticks) {
       const t = svg("text", { x: L - 4, y: py(y) + 4, "text-anchor": "end" });
       t.textContent = yLabel(y);
       target.append(t);
@@ -159,5 +175,8 @@ const lf = (() => {
     { from: 2 / 3, to: 1, color: "#cf222e" },
   ];
 
-  return { api, toast, confirm: confirmAction, el, duration, temperature, when, lineChart, live, ZONE_WORDS, ZONE_BANDS };
+  // The fleet states (fleet.models.FleetState) in which a printer is on a print.
+  const ON_A_PRINT = ["Printing", "Heating", "Paused"];
+
+  return { api, toast, confirm: confirmAction, el, duration, temperature, when, lineChart, niceTicks, live, ZONE_WORDS, ZONE_BANDS, ON_A_PRINT };
 })();

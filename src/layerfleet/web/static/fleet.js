@@ -17,7 +17,7 @@
   }
 
   function actionButton(card) {
-    if (card.state === "Printing") return el("button", { class: "small secondary", "data-action": "pause", text: "Pause" });
+    if (card.state === "Printing" || card.state === "Heating") return el("button", { class: "small secondary", "data-action": "pause", text: "Pause" });
     if (card.state === "Paused") return el("button", { class: "small", "data-action": "resume", text: "Resume" });
     return null;
   }
@@ -26,7 +26,7 @@
     const picture = card.picture
       ? el("a", { href: card.url, tabindex: "-1", "aria-hidden": "true" }, el("img", { class: "pic", src: card.picture, alt: "", loading: "lazy", width: 640, height: 480 }))
       : el("div", { class: "nopic" }, "No picture yet");
-    const printing = card.state === "Printing" || card.state === "Paused";
+    const printing = lf.ON_A_PRINT.includes(card.state);
     const progress = printing && card.completion !== null
       ? [el("progress", { max: 100, value: card.completion, "aria-label": `Progress of ${card.name}` }),
          el("div", { class: "small", text: `${Math.floor(card.completion)} %${card.seconds_left !== null ? ` · ${lf.duration(card.seconds_left)} left` : ""}` })]
@@ -34,7 +34,8 @@
     const temps = card.nozzle || card.bed
       ? el("div", { class: "small", text: `Nozzle ${lf.temperature(card.nozzle)} · Bed ${lf.temperature(card.bed)}` }) : null;
     const alert = card.paused_by_detector
-      ? el("div", { class: "error small", text: "Paused by the failure detector" })
+      ? el("div", { class: "error small", text: card.paused_by_text })
+      : card.paused_by ? el("div", { class: "small paused-by", text: card.paused_by_text })
       : card.alerting ? el("div", { class: "error small", text: "The failure detector raised an alert" }) : null;
     const body = el("div", { class: "body" },
       el("h2", {}, el("a", { href: card.url, text: card.name }), el("span", { class: `badge ${card.state}`, text: card.state })),
@@ -44,6 +45,7 @@
       printing ? gauge(card) : null,
       alert,
       card.not_watching_reason && printing ? el("div", { class: "notwatched", text: `Not watched: ${card.not_watching_reason}` }) : null,
+      card.watch_note && printing ? el("div", { class: "small muted watch-note", text: card.watch_note }) : null,
       el("div", { class: "actions" }, actionButton(card)));
     const item = el("li", { class: `pcard${card.alerting || card.paused_by_detector ? " alerting" : ""}`, "data-id": card.id, "data-state": card.state, "aria-label": `${card.name}: ${card.state}` }, picture, body);
     return item;
@@ -87,7 +89,7 @@
   function summarize() {
     const all = [...cards.values()];
     const shown = all.filter(visible).length;
-    const printing = all.filter((c) => c.state === "Printing").length;
+    const printing = all.filter((c) => c.state === "Printing" || c.state === "Heating").length;
     count.textContent = `· ${all.length} printer${all.length === 1 ? "" : "s"}, ${printing} printing`;
     empty.classList.toggle("hidden", shown > 0);
     empty.textContent = all.length ? "No printer matches the search or the state filter." : "No printers yet. Link one on the “Link a printer” page.";

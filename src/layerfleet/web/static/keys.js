@@ -135,12 +135,32 @@
 
   // --- Keys -------------------------------------------------------------------------------------
 
+  // A credential used this recently is most likely in use right now (the demo's simulated
+  // printers, a script, an agent): revoking it breaks that program, so the confirmation warns.
+  const RECENT_USE_MINUTES = 10;
+
+  function minutesSinceUse(key) {
+    return key.last_used_at ? Math.max(0, (Date.now() - Date.parse(key.last_used_at)) / 60000) : null;
+  }
+
+  function agoText(minutes) {
+    if (minutes < 1) return "less than a minute ago";
+    if (minutes < 90) return `${Math.round(minutes)} min ago`;
+    if (minutes < 48 * 60) return `${Math.round(minutes / 60)} h ago`;
+    return `${Math.round(minutes / 1440)} days ago`;
+  }
+
+  function lastUse(key) {
+    const minutes = minutesSinceUse(key);
+    return minutes === null ? "never" : `${lf.when(key.last_used_at)} (${agoText(minutes)})`;
+  }
+
   const KINDS = {
     token: {
       noun: "API token",
       label: (k) => k.name || `${k.key_prefix}…`,
       facts: (k) => [["Token", lf.el("code", { text: `${k.key_prefix}…` })], ["Created", lf.when(k.created_at)],
-        ["Last used", k.last_used_at ? lf.when(k.last_used_at) : "never"]],
+        ["Last used", lastUse(k)]],
       body: (form) => ({ name: form.elements.namedItem("name").value }),
       secrets: (k) => [["Token", k.key]],
       example: (k, base) => `curl -H "Authorization: Token ${k.key}" ${base}/api/v1/printers/`,
@@ -150,7 +170,7 @@
       noun: "access key",
       label: (k) => k.name || k.access_key,
       facts: (k) => [["Access key", lf.el("code", { text: k.access_key })], ["Created", lf.when(k.created_at)],
-        ["Last used", k.last_used_at ? lf.when(k.last_used_at) : "never"]],
+        ["Last used", lastUse(k)]],
       body: (form) => ({ name: form.elements.namedItem("name").value }),
       secrets: (k) => [["Access key", k.access_key], ["Secret key", k.secret_key]],
       example: (k, base) => `curl -u ${k.access_key}:${k.secret_key} ${base}/api/v3/devices`,
@@ -161,7 +181,7 @@
       label: (k) => k.name || `${k.key_prefix}…`,
       facts: (k) => [["Key", lf.el("code", { text: `${k.key_prefix}…` })],
         ["Devices", `${k.devices.length} of ${k.device_limit} used`], ["Issued to", k.issued_to],
-        ["Created", lf.when(k.created_at)], ["Last used", k.last_used_at ? lf.when(k.last_used_at) : "never"]],
+        ["Created", lf.when(k.created_at)], ["Last used", lastUse(k)]],
       body: (form) => ({
         name: form.elements.namedItem("name").value,
         device_limit: Number(form.elements.namedItem("device_limit").value),
@@ -274,7 +294,11 @@
 
     async function revoke(key) {
       const label = kind.label(key);
-      if (!await lf.confirm(`Revoke the ${kind.noun} “${label}”?`, kind.effect, "Revoke")) return;
+      const minutes = minutesSinceUse(key);
+      const inUse = minutes !== null && minutes < RECENT_USE_MINUTES
+        ? `Warning: it was used ${agoText(minutes)}, so a program is probably using it right now (the demo's simulated printers, a script, an agent); it will stop working. `
+        : "";
+      if (!await lf.confirm(`Revoke the ${kind.noun} “${label}”?`, inUse + kind.effect, "Revoke")) return;
       try {
         await lf.api("DELETE", `${url}${key.id}/`);
       } catch (e) {

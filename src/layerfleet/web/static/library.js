@@ -296,8 +296,26 @@
     await refresh("printers");
   }
 
+  async function sliceAgain(button) {
+    const sliced = await lf.api("POST", `${V3}/parts/${button.dataset.part}/slice`);
+    lf.toast(`Slicing “${button.dataset.title}” again.`);
+    await refresh("parts");
+    follow(sliced.slice_job_id, "parts");
+  }
+
+  async function deletePart(button) {
+    const title = button.dataset.title;
+    const ok = await lf.confirm(`Delete “${title}”?`, "The part, every version of it and its files are deleted. This cannot be undone.", "Delete part");
+    if (!ok) return;
+    await lf.api("DELETE", `${V3}/parts/${button.dataset.part}`);
+    lf.toast(`“${title}” was deleted.`);
+    await refresh("parts");
+  }
+
   const ACTIONS = {
     "make-build": async (button) => openBuildDialog(button),
+    "slice-again": sliceAgain,
+    "delete-part": deletePart,
     "cancel-slice": (button) => cancelSlice(button.dataset.job, button),
     "print-now": printNow,
     queue: addToQueue,

@@ -12,6 +12,7 @@
 
   function showCard() {
     $("#p-name").textContent = card.name;
+    $("#crumb-name").textContent = card.name;
     const badge = $("#p-state");
     badge.textContent = card.state;
     badge.className = `badge ${card.state}`;
@@ -27,10 +28,14 @@
     alert.textContent = card.paused_by_detector ? "The failure detector paused this print. Look at the picture, then resume or cancel."
       : card.alerting ? "The failure detector raised an alert on this print." : "";
     alert.classList.toggle("hidden", !alert.textContent);
+    const pausedBy = $("#p-paused-by");
+    pausedBy.textContent = card.paused_by && !card.paused_by_detector ? `${card.paused_by_text}. Resume it when you are ready.` : "";
+    pausedBy.classList.toggle("hidden", !pausedBy.textContent);
     const watch = $("#p-watch");
-    watch.textContent = card.not_watching_reason ? `Not watched: ${card.not_watching_reason}` : "";
-    watch.classList.toggle("hidden", !card.not_watching_reason);
-    const printing = card.state === "Printing", paused = card.state === "Paused";
+    watch.textContent = card.not_watching_reason ? `Not watched: ${card.not_watching_reason}` : card.watch_note || "";
+    watch.className = card.not_watching_reason ? "notwatched" : "small muted";
+    watch.classList.toggle("hidden", !watch.textContent);
+    const printing = card.state === "Printing" || card.state === "Heating", paused = card.state === "Paused";
     $("#act-pause").classList.toggle("hidden", !printing);
     $("#act-resume").classList.toggle("hidden", !paused);
     $("#act-cancel").classList.toggle("hidden", !(printing || paused));
@@ -188,6 +193,44 @@
     done: card.muted ? "Alerts unmuted." : "Alerts muted for the rest of this print.", refused: "There is no current print to mute." }));
   $("#act-ack").addEventListener("click", () => act("acknowledge_alert", undefined, {
     done: "Alert acknowledged.", refused: "There is no alert to acknowledge." }));
+
+  // ---- agent token (admins) ----
+  const rotate = $("#rotate-token");
+  if (rotate) rotate.addEventListener("click", async () => {
+    const ok = await lf.confirm(`Rotate the agent token of ${card.name}?`,
+      "The agent is disconnected at once and cannot reconnect with its old token: it stops sending pictures and the printer is not watched until you enter the new token in the agent.",
+      "Rotate token");
+    if (!ok) return;
+    rotate.disabled = true;
+    try {
+      const result = await lf.api("POST", `/api/v1/printers/${id}/rotate_token/`);
+      const token = result && result.printer && result.printer.auth_token;
+      if (!result.succeeded || !token) { lf.toast("The token was not rotated.", "bad"); return; }
+      $("#new-token-value").textContent = token;
+      $("#new-token").classList.remove("hidden");
+      $("#copy-token").focus();
+      lf.toast("New agent token made; the old one no longer works.");
+    } catch (error) {
+      lf.toast(`The token was not rotated: ${error.message}`, "bad");
+    } finally {
+      rotate.disabled = false;
+    }
+  });
+  const copyToken = $("#copy-token");
+  if (copyToken) copyToken.addEventListener("click", async () => {
+    const text = $("#new-token-value").textContent;
+    try {
+      await navigator.clipboard.writeText(text);
+      lf.toast("Token copied.");
+    } catch (error) {
+      // Plain HTTP on a LAN has no clipboard API: select it for the person to copy.
+      const range = document.createRange();
+      range.selectNodeContents($("#new-token-value"));
+      getSelection().removeAllRanges();
+      getSelection().addRange(range);
+      lf.toast("Copying is not allowed here: the token is selected, copy it with Ctrl+C.", "bad");
+    }
+  });
 
   // ---- settings ----
   const form = $("#settings-form");

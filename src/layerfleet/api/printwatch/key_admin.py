@@ -5,7 +5,6 @@ Every member sees the organization's keys; issuing, changing, revoking and relea
 
 from __future__ import annotations
 
-import unicodedata
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -13,8 +12,9 @@ from fastapi import APIRouter, HTTPException, Path, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from layerfleet.accounts.models import Role, User
+from layerfleet.accounts.service import clean_label
 from layerfleet.api.deps import CurrentUser, Db, ensure_role
-from layerfleet.printwatch import keys
+from layerfleet.printwatch import api_keys
 from layerfleet.printwatch.models import PrintWatchDevice, PrintWatchKey
 
 router = APIRouter(prefix="/printwatch", tags=["Layerfleet: PrintWatch keys"])
@@ -22,9 +22,9 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such key 
 
 KeyId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 DeviceId = Annotated[int, Path(ge=1, le=2**31 - 1)]
-DeviceLimit = Annotated[int, Field(ge=1, le=keys.MAX_DEVICE_LIMIT,
+DeviceLimit = Annotated[int, Field(ge=1, le=api_keys.MAX_DEVICE_LIMIT,
                                    description="How many devices (printer_ids) the key serves")]
-Name = Annotated[str, Field(max_length=keys.MAX_NAME_LENGTH, description="A label to recognise the key by")]
+Name = Annotated[str, Field(max_length=api_keys.MAX_NAME_LENGTH, description="A label to recognise the key by")]
 
 
 def _count(value: object) -> object:
@@ -32,12 +32,6 @@ def _count(value: object) -> object:
     if isinstance(value, bool | str):
         raise ValueError("A valid integer is required.")
     return value
-
-
-def _label(value: str) -> str:
-    # A label is free text, but control characters (NUL above all, which PostgreSQL refuses in
-    # text) have no place in it: dropped rather than refused.
-    return "".join(ch for ch in value if unicodedata.category(ch) not in {"Cc", "Cs"}).strip()
 
 
 class KeyCreate(BaseModel):
@@ -49,7 +43,7 @@ class KeyCreate(BaseModel):
     @field_validator("name")
     @classmethod
     def _clean_name(cls, value: str) -> str:
-        return _label(value)
+        return clean_label(value)
 
     @field_validator("device_limit", mode="before")
     @classmethod
@@ -68,7 +62,7 @@ class KeyChange(BaseModel):
     @field_validator("name")
     @classmethod
     def _clean_name(cls, value: str | None) -> str | None:
-        return None if value is None else _label(value)
+        return None if value is None else clean_label(value)
 
     @field_validator("device_limit", mode="before")
     @classmethod
@@ -113,7 +107,7 @@ def _key_out(key: PrintWatchKey, devices: list[PrintWatchDevice]) -> dict[str, A
             DeviceOut(
                 id=d.id, printer_id=d.printer_id, first_seen_at=d.first_seen_at, last_call_at=d.last_call_at,
                 last_heartbeat_at=d.last_heartbeat_at, client_version=d.client_version,
-                frames_scored=d.frames_scored, last_score=d.last_score, within_plan=rank < key.device_limit,
+                frames_scored=d.frames_scored, last_score=d.last_score, within_plan=api_keys.within_plan(key, rank),
             )
             for rank, d in enumerate(devices)
         ],
@@ -121,28 +115,28 @@ def _key_out(key: PrintWatchKey, devices: list[PrintWatchDevice]) -> dict[str, A
 
 
 async def _key_or_404(db: Db, user: User, key_id: int) -> PrintWatchKey:
-    key = await keys.get_key(db, user.organization_id, key_id)
+    key = await api_keys.get_key(db, user.organization_id, key_id)
     if key is None:
         raise HTTPException(404, detail="Not found.")
     return key
 
 
 async def _present(db: Db, key: PrintWatchKey) -> KeyOut:
-    devices = (await keys.devices_of(db, [key.id]))[key.id]
+    devices = (await api_keys.devices_of(db, [key.id]))[key.id]
     return KeyOut(**_key_out(key, devices))
 
 
 @router.get("/keys/", response_model=list[KeyOut])
 async def list_keys(db: Db, user: CurrentUser) -> list[KeyOut]:
-    found = await keys.list_keys(db, user.organization_id)
-    devices = await keys.devices_of(db, [key.id for key in found])
+    found = await api_keys.list_keys(db, user.organization_id)
+    devices = await api_keys.devices_of(db, [key.id for key in found])
     return [KeyOut(**_key_out(key, devices[key.id])) for key in found]
 
 
 @router.post("/keys/", response_model=IssuedKeyOut, status_code=201)
 async def create_key(db: Db, user: CurrentUser, body: KeyCreate) -> IssuedKeyOut:
     ensure_role(user, Role.ADMIN)
-    issued = await keys.issue_key(db, user, body.device_limit, body.name)
+    issued = await api_keys.issue_key(db, user, body.device_limit, body.name)
     await db.commit()
     return IssuedKeyOut(**_key_out(issued.key, []), key=issued.plain)
 
@@ -158,8 +152,8 @@ async def change_key(db: Db, user: CurrentUser, key_id: KeyId, body: KeyChange) 
     key = await _key_or_404(db, user, key_id)
     ensure_role(user, Role.ADMIN)
     try:
-        keys.change_key(key, name=body.name, device_limit=body.device_limit)
-    except keys.PrintWatchKeyError as exc:
+        api_keys.change_key(key, name=body.name, device_limit=body.device_limit)
+    except api_keys.PrintWatchKeyError as exc:
         raise HTTPException(409, detail=str(exc)) from None
     await db.commit()
     return await _present(db, key)
@@ -170,7 +164,7 @@ async def revoke_key(db: Db, user: CurrentUser, key_id: KeyId) -> Response:
     """Revoke the key (it answers 217 from now on) and free its printers for another key."""
     key = await _key_or_404(db, user, key_id)
     ensure_role(user, Role.ADMIN)
-    await keys.revoke_key(db, key)
+    await api_keys.revoke_key(db, key)
     await db.commit()
     return Response(status_code=204)
 
@@ -181,7 +175,7 @@ async def release_device(db: Db, user: CurrentUser, key_id: KeyId, device_id: De
     """Free a device of the key (a replaced printer): its place in the plan goes to the next new one."""
     key = await _key_or_404(db, user, key_id)
     ensure_role(user, Role.ADMIN)
-    if not await keys.release_device(db, key, device_id):
+    if not await api_keys.release_device(db, key, device_id):
         raise HTTPException(404, detail="Not found.")
     await db.commit()
     return Response(status_code=204)

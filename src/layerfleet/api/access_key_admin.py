@@ -21,7 +21,7 @@ KeyId = Annotated[int, Path(ge=1, le=2**31 - 1)]
 class AccessKeyCreate(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
-    name: str = Field(default="", max_length=100, description="A label to recognise the key by")
+    name: str = Field(default="", max_length=accounts.LABEL_MAX_LENGTH, description="A label to recognise the key by")
 
 
 class AccessKeyOut(BaseModel):

@@ -91,6 +91,12 @@ async def devices_of(session: AsyncSession, key_ids: list[int]) -> dict[int, lis
     return found
 
 
+def within_plan(key: PrintWatchKey, rank: int) -> bool:
+    """Whether the key's plan serves its device registered ``rank``-th (from 0): after the limit
+    was lowered, only the first ``device_limit`` devices keep their place."""
+    return rank < key.device_limit
+
+
 async def device_count(session: AsyncSession, key_id: int) -> int:
     query = select(func.count()).select_from(PrintWatchDevice).where(PrintWatchDevice.key_id == key_id)
     return int((await session.execute(query)).scalar_one())
