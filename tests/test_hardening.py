@@ -103,18 +103,29 @@ async def test_a_chunked_body_is_cut_off_at_the_cap(client: httpx.AsyncClient, f
 
 async def test_a_chunked_stl_upload_is_cut_off_while_streaming(client: httpx.AsyncClient, farm: Farm,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    from test_eiger_api import assert_error, basic
+
     monkeypatch.setattr(body_limits, "LARGER_LIMITS", (("/api/v3/parts/upload_stl", 2 * body_limits.MiB),))
-    await farm.member()
+    headers = await basic(farm, await farm.member())
+    sent = 0
 
     async def body() -> AsyncIterator[bytes]:
-        yield b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.stl\"\r\n\r\n"
-        for _ in range(64):
+        nonlocal sent
+        yield b"--b\r\nContent-Disposition: form-data; name=\"stlFile\"; filename=\"a.stl\"\r\n\r\n"
+        for _ in range(64):  # 4 MiB of a model, twice the cap
+            sent += 65536
             yield b"\x00" * 65536
+        yield b"\r\n--b--\r\n"
 
-    response = await client.post("/api/v3/parts/upload_stl", content=body(), auth=("key", "secret"),
-                                 headers={"Content-Type": "multipart/form-data; boundary=b"})
-    assert response.status_code in (401, 413)  # unknown key: 401 from the read cap or the credentials check
-    assert response.status_code != 500
+    response = await client.post("/api/v3/parts/upload_stl", content=body(),
+                                 headers={**headers, "Content-Type": "multipart/form-data; boundary=b"})
+    assert_error(response, 413, "larger than 2 MiB")
+    from sqlalchemy import func, select
+
+    from layerfleet.library.models import Part
+
+    async with farm.sessionmaker() as session:
+        assert (await session.execute(select(func.count()).select_from(Part))).scalar_one() == 0
 
 
 # --- the sign-in throttle -------------------------------------------------------------------------

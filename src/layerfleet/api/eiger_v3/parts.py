@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
 from layerfleet.accounts.models import Role, User
 from layerfleet.api.deps import AppSettings, Db, SliceQueue, base_url, ensure_role
@@ -50,6 +51,8 @@ async def upload_stl(request: Request, db: Db, caller: CallerDep, settings: AppS
         raise bad_request("Send the STL as multipart/form-data with the file in the field stlFile")
     try:
         form = await request.form(max_files=1, max_fields=10)
+    except HTTPException:
+        raise  # the body's cap (413), refused while the form streamed in
     except Exception as exc:  # Starlette raises its own for malformed or oversized forms
         raise bad_request(f"The form could not be read: {exc}") from None
     try:
