@@ -1,0 +1,1 @@
+"""Notifications: events written to an outbox with what caused them, delivered to each organization's targets (Apprise channels and signed webhooks) off the request path."""
