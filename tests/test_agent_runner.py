@@ -4,6 +4,7 @@ configuration file and the command line."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import socket
 import subprocess
@@ -20,7 +21,7 @@ from conftest import Farm
 from layerfleet.config import Settings
 from layerfleet.printer_agent.camera import MjpegStreamCamera, SnapshotUrlCamera
 from layerfleet.printer_agent.config import AgentConfig, ConfigError
-from layerfleet.printer_agent.connector import Event
+from layerfleet.printer_agent.connector import Event, PauseOptions, PrinterState
 from layerfleet.printer_agent.runner import AgentRunner, Backoff, Cadence, Stopped, websocket_url
 from layerfleet.simulator.printer import SimulatedPrinter, SimulationOptions
 from live_server import LiveServer
@@ -217,3 +218,44 @@ async def test_stopping_while_the_server_is_away_ends_at_once(settings: Settings
     runner.stop()
     assert await asyncio.wait_for(task, 10) is Stopped.REQUESTED
     assert asyncio.get_running_loop().time() - started < 3
+
+
+async def test_pictures_resume_at_the_watched_cadence_once_a_resumed_print_has_reheated(
+        settings: Settings, farm: Farm) -> None:
+    """The server says "watch" while the printer is still resuming (reheating); nothing else
+    happens when it moves on to printing, so the agent itself must look again soon."""
+    owner = await farm.member()
+    record = await farm.printer(owner)
+    printer = SimulatedPrinter("sim", SimulationOptions(speed=10, min_print_minutes=60, max_print_minutes=60,
+                                                        idle_seconds=(0, 0), heating_rate=2,
+                                                        first_print_preheated=True), seed=3)
+    with LiveServer(settings) as url:
+        # Unwatched pictures far apart, so only the watched cadence can post within the test.
+        cadence = dataclasses.replace(FAST, unwatched_picture=60.0)
+        runner = AgentRunner(url, record.auth_token, printer, cadence=cadence)
+        posted: list[PrinterState] = []
+        original_post = runner.post_picture
+
+        async def post() -> None:
+            posted.append(printer.state)
+            await original_post()
+
+        runner.post_picture = post  # type: ignore[method-assign]
+        task = asyncio.create_task(runner.run())
+        try:
+            await until(lambda: _is(printer.state is PrinterState.PRINTING and len(posted) >= 2), within=30)
+            await printer.pause(PauseOptions(tools_off=True))
+            await until(lambda: _is(not runner.should_watch), within=15)
+            assert printer.tool.actual is not None
+            printer.tool.actual -= 80  # cooled down while paused: resuming reheats for seconds
+            await printer.resume()
+            await until(lambda: _is(runner.should_watch), within=15)
+            assert printer.state is PrinterState.RESUMING
+            await until(lambda: _is(printer.state is PrinterState.PRINTING), within=30)
+            before = len(posted)
+            await asyncio.sleep(2.5)
+            # Watched cadence 0.5 s; the unwatched one (60 s) would give none.
+            assert len(posted) - before >= 2, posted
+        finally:
+            runner.stop()
+            assert await asyncio.wait_for(task, 15) is Stopped.REQUESTED

@@ -20,7 +20,7 @@ from agent_helpers import prints_of, until
 from conftest import Farm
 from layerfleet.printer_agent.connector import Event, PauseOptions, PrinterState
 from layerfleet.printer_agent.runner import AgentRunner, Cadence, Stopped
-from layerfleet.simulator.farm import TokenStore, link_printers
+from layerfleet.simulator.farm import TokenStore, link_printers, wait_for_server
 from layerfleet.simulator.printer import SimulatedCamera, SimulatedPrinter, SimulationOptions
 
 FAST = Cadence(idle_status=1.0, active_status=0.3, watched_picture=0.5, unwatched_picture=5.0,
@@ -273,3 +273,16 @@ async def test_simulate_takes_its_token_from_a_file_or_the_environment(live_url:
         taken = await asyncio.to_thread(subprocess.run, base + extra, capture_output=True, text=True, timeout=60,
                                         env=env)
         assert taken.returncode == 2 and "refused the API token (403)" in taken.stdout + taken.stderr
+
+
+async def test_the_simulator_waits_while_a_proxy_answers_for_servers_not_up_yet() -> None:
+    answers = iter([502, 503, 504, 401])
+    asked: list[int] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(1)
+        return httpx.Response(next(answers))
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(answer), base_url="http://proxy") as client:
+        await wait_for_server(client, within=10)
+    assert len(asked) == 4  # returned at the first answer from a server itself (401: not linked yet)

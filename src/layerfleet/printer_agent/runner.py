@@ -352,9 +352,11 @@ class AgentRunner:
             self._wake_picture.clear()
             if self.connector.snapshot().state is PrinterState.PRINTING and self.connected:
                 await self.post_picture()
-            printing = self.connector.snapshot().state is PrinterState.PRINTING
+            # In a print but not printing (resuming while the nozzle reheats, heating up): look again at
+            # the watched cadence, as nothing else wakes this loop when the printer moves on to printing.
+            in_print = self.connector.snapshot().state.in_print
             watched = self.should_watch or self.viewing
-            delay = self.cadence.watched_picture if printing and watched else self.cadence.unwatched_picture
+            delay = self.cadence.watched_picture if in_print and watched else self.cadence.unwatched_picture
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake_picture.wait(), delay)
 

@@ -101,17 +101,23 @@ async def link_printer(client: httpx.AsyncClient, user_token: str, name: str) ->
     raise LinkError(f"linking with code {code} failed: {linked.status_code} {linked.text[:200]}")
 
 
+# Bad Gateway, Service Unavailable, Gateway Timeout: a proxy in front of servers not up yet.
+PROXY_WAITING = frozenset({502, 503, 504})
+
+
 async def wait_for_server(client: httpx.AsyncClient, within: float = 60.0) -> None:
-    """Wait for the server to answer at all (it may be starting beside the simulator)."""
+    """Wait for the server to answer at all (it may be starting beside the simulator, or behind a
+    reverse proxy that answers 502–504 until its servers are up)."""
     deadline = asyncio.get_running_loop().time() + within
     while True:
         try:
-            await client.get("/api/v1/octo/printer/")
-            return
+            answer = await client.get("/api/v1/octo/printer/")
+            if answer.status_code not in PROXY_WAITING or asyncio.get_running_loop().time() > deadline:
+                return
         except httpx.TransportError:
             if asyncio.get_running_loop().time() > deadline:
                 raise
-            await asyncio.sleep(0.5)
+        await asyncio.sleep(0.5)
 
 
 async def link_printers(server: str, user_token: str, count: int, store: TokenStore,
