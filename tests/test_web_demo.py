@@ -54,7 +54,12 @@ async def test_the_demo_is_alive_at_once_and_the_detector_pauses_the_failing_pri
         await expect(failing.locator(".badge")).to_have_text("Paused")
         await expect(failing.locator(".gauge span").first).to_have_text("Failing")
         paused_after = time.monotonic() - started
-        await expect(cards.filter(has=page.locator(".badge", has_text="Printing"))).to_have_count(2)
+        # The others print on; by now one of them may have turned to spaghetti by chance (one print
+        # in three does) and been paused by the detector too — never offline, never by a person.
+        for other in ("Demo printer 2", "Demo printer 3"):
+            card = cards.filter(has_text=other)
+            await expect(card.locator(".badge")).to_have_text(re.compile(r"^(Printing|Heating|Paused)$"))
+            await expect(card.get_by_text("Paused by a person")).to_have_count(0)
         print(f"demo: 3 printers printing {alive_after:.0f} s after start, printer 1 paused after {paused_after:.0f} s")
 
         await failing.get_by_role("link", name="Demo printer 1").click()
