@@ -148,3 +148,29 @@ async def test_pages_of_one_organization_share_one_read_per_change(app: Any, far
     # A printer gone (or never of this organization) is "removed" for its pages.
     events.publish(organization, [printer.id + 999])
     assert await feed.cards(organization, {printer.id + 999}) == ([], [printer.id + 999])
+
+
+@pytest.mark.skipif(not local_port_answers(6379), reason="Redis is not running on 127.0.0.1:6379")
+async def test_changes_cross_processes_again_after_the_redis_subscription_is_cut() -> None:
+    from test_redis_bus import _cut_subscriptions
+
+    namespace = f"test-{uuid.uuid4().hex[:8]}"
+    name = f"lf-{namespace}"
+    url = f"{REDIS_URL}?client_name={name}"
+    first, second = RedisFleetEvents(url, namespace=namespace), RedisFleetEvents(url, namespace=namespace)
+    await first.start()
+    await second.start()
+    try:
+        async with second.subscribe(1) as there:
+            assert await _cut_subscriptions(name) == 2
+            received: set[int] = set()
+            for printer_id in range(1, 50):
+                # Published while the subscription may still be down: some are lost, later ones arrive.
+                first.publish(1, [printer_id])
+                received |= await there.changes(0.3)
+                if received:
+                    break
+            assert received, "the subscription never came back"
+    finally:
+        await first.close()
+        await second.close()

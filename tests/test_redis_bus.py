@@ -100,3 +100,47 @@ async def test_pause_through_one_server_reaches_the_agent_on_another(settings, f
         await api_side.close()
         await agent_side.close()
         await app.state.services.engine.dispose()
+
+
+async def _cut_subscriptions(client_name: str) -> int:
+    """Close, on the Redis side, the subscribed connections of clients called ``client_name`` —
+    what a Redis restart or a network blip does to them."""
+    from redis.asyncio import Redis
+
+    admin = Redis.from_url(REDIS_URL)
+    try:
+        cut = 0
+        for client in await admin.client_list():
+            if client.get("name") == client_name and int(client.get("sub", 0)) > 0:
+                await admin.client_kill_filter(_id=client["id"])
+                cut += 1
+        return cut
+    finally:
+        await admin.aclose()
+
+
+async def test_commands_cross_processes_again_after_the_redis_subscription_is_cut() -> None:
+    namespace = f"test-{uuid.uuid4().hex}"
+    name = f"lf-{namespace[-8:]}"
+    url = f"{REDIS_URL}?client_name={name}"
+    api_process = RedisCommandBus(url, namespace=namespace, delivery_timeout=1.0)
+    agent_process = RedisCommandBus(url, namespace=namespace, delivery_timeout=1.0)
+    await api_process.start()
+    await agent_process.start()
+    try:
+        agent = FakeAgent()
+        agent_process.register(7, agent)
+        await wait_until(lambda: api_process.is_connected(7))
+        command = AgentCommand("pause", {})
+        assert await api_process.send(7, command) is True
+        assert await _cut_subscriptions(name) == 2
+
+        async def delivered() -> bool:
+            return await api_process.send(7, command)
+
+        # Both listeners subscribe again by themselves; before, the holder stayed deaf for good.
+        await wait_until(delivered, seconds=10)
+        assert not api_process._listener.done() and not agent_process._listener.done()  # type: ignore[union-attr]
+    finally:
+        await api_process.close()
+        await agent_process.close()

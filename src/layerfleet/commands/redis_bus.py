@@ -15,11 +15,11 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
-from typing import Any, cast
+from typing import Any
 
 from redis.asyncio import Redis
 
+from layerfleet import pubsub
 from layerfleet.commands.bus import AgentCommand, AgentMessage, Deliver, InProcessCommandBus, RemoteStatus, TokenRevoked
 
 log = logging.getLogger(__name__)
@@ -112,29 +112,15 @@ class RedisCommandBus(InProcessCommandBus):
             self._pending.pop(request_id, None)
 
     async def _listen(self) -> None:
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(self._channel(self.process_id))
-        self._ready.set()
-        try:
-            async for item in pubsub.listen():
-                if item.get("type") != "message":
-                    continue
-                try:
-                    envelope = json.loads(item["data"])
-                except (TypeError, ValueError):
-                    log.warning("ignored a malformed bus message")
-                    continue
-                if envelope.get("kind") == "deliver":
-                    self._spawn(self._deliver_for(envelope))
-                elif envelope.get("kind") == "result":
-                    future = self._pending.get(envelope.get("id", ""))
-                    if future is not None and not future.done():
-                        future.set_result(bool(envelope.get("ok")))
-        finally:
-            # redis-py leaves PubSub.aclose untyped.
-            close = cast(Callable[[], Awaitable[None]], pubsub.aclose)
-            with contextlib.suppress(Exception):
-                await close()
+        await pubsub.listen(self.redis, self._channel(self.process_id), self._on_envelope, self._ready)
+
+    def _on_envelope(self, envelope: dict[str, Any]) -> None:
+        if envelope.get("kind") == "deliver":
+            self._spawn(self._deliver_for(envelope))
+        elif envelope.get("kind") == "result":
+            future = self._pending.get(envelope.get("id", ""))
+            if future is not None and not future.done():
+                future.set_result(bool(envelope.get("ok")))
 
     async def _deliver_for(self, envelope: dict[str, Any]) -> None:
         try:

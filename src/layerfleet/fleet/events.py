@@ -22,6 +22,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from layerfleet import pubsub
+
 log = logging.getLogger(__name__)
 
 FLUSH_SECONDS = 0.25
@@ -138,24 +140,16 @@ class RedisFleetEvents(FleetEvents):
                 log.warning("could not publish fleet changes to Redis", exc_info=True)
 
     async def _listen(self) -> None:
-        pubsub = self.redis.pubsub()
-        await pubsub.subscribe(self.channel)
-        self._ready.set()
+        await pubsub.listen(self.redis, self.channel, self._on_changes, self._ready)
+
+    def _on_changes(self, message: dict[str, Any]) -> None:
+        if message.get("from") == self.process_id:
+            return
         try:
-            async for item in pubsub.listen():
-                if item.get("type") != "message":
-                    continue
-                try:
-                    message = json.loads(item["data"])
-                    if message.get("from") == self.process_id:
-                        continue
-                    for organization, ids in message["changes"].items():
-                        self._fan_out(int(organization), (int(i) for i in ids))
-                except (KeyError, TypeError, ValueError, AttributeError):
-                    log.warning("ignored a malformed fleet change message")
-        finally:
-            with contextlib.suppress(Exception):
-                await pubsub.aclose()
+            for organization, ids in message["changes"].items():
+                self._fan_out(int(organization), (int(i) for i in ids))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            log.warning("ignored a malformed fleet change message")
 
     async def close(self) -> None:
         for task in self._tasks:
