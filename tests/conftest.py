@@ -4,7 +4,7 @@ dropped at the end, so two runs on one machine never meet), or the database
 ``LAYERFLEET_TEST_POSTGRES_URL`` names. The schema comes from the migrations.
 
 The run ends with a summary of the real parts it exercised (PostgreSQL, Redis, OctoPrint,
-Moonraker, PrusaSlicer, Chromium) and, for each it skipped, why."""
+Moonraker, PrusaSlicer, Chromium, nginx, Mosquitto, an SMTP server) and, for each it skipped, why."""
 
 from __future__ import annotations
 
@@ -259,7 +259,7 @@ def _real_parts(item: pytest.Item) -> list[str]:
     parts = []
     if "postgresql" in item.nodeid:
         parts.append("PostgreSQL")
-    if "redis" in item.nodeid.lower() or module.endswith(("test_redis_bus.py", "test_worker.py")):
+    if "redis" in item.nodeid.lower() or module.endswith(("test_redis_bus.py", "test_worker.py", "test_deployment.py")):
         parts.append("Redis")
     if "octoprint" in module:
         parts.append("OctoPrint")
@@ -270,6 +270,12 @@ def _real_parts(item: pytest.Item) -> list[str]:
         parts.append("PrusaSlicer")
     if fixtures & {"browser", "page"}:
         parts.append("Chromium")
+    if module.endswith("test_deployment.py"):
+        parts.append("nginx")
+    if "mqtt" in item.nodeid.lower():
+        parts.append("Mosquitto")
+    if "mailbox" in fixtures:
+        parts.append("SMTP server")
     return parts
 
 
@@ -295,7 +301,8 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     terminalreporter.section("real parts")
-    for part in ("PostgreSQL", "Redis", "OctoPrint", "Moonraker", "PrusaSlicer", "Chromium"):
+    for part in ("PostgreSQL", "Redis", "OctoPrint", "Moonraker", "PrusaSlicer", "Chromium", "nginx",
+                 "Mosquitto", "SMTP server"):
         passed, failed, skipped = (_outcomes[part, o] for o in ("passed", "failed", "skipped"))
         if not passed + failed + skipped:
             line = "not exercised by the tests selected"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,11 +13,12 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.middleware.sessions import SessionMiddleware
 
 from layerfleet import __version__, web
 from layerfleet.agents.gateway import AgentGateway
-from layerfleet.api import access_key_admin, eiger_v3, media, obico_agent, obico_v1, printwatch
+from layerfleet.api import access_key_admin, eiger_v3, media, metrics_endpoint, obico_agent, obico_v1, printwatch
 from layerfleet.api.body_limits import BodyLimits
 from layerfleet.api.deps import SESSION_COOKIE
 from layerfleet.api.error_handlers import install_error_handlers
@@ -25,13 +26,17 @@ from layerfleet.api.services import Services
 from layerfleet.commands.bus import CommandBus, InProcessCommandBus
 from layerfleet.config import Settings, load_settings
 from layerfleet.database import create_engine, create_sessionmaker
+from layerfleet.detection.runtime import Detector
 from layerfleet.fleet.events import FleetEvents, RedisFleetEvents
 from layerfleet.jobs import create_job_queue
 from layerfleet.library.slice_jobs import SliceJobs
+from layerfleet.notifications.delivery import Notifier
 from layerfleet.printwatch.inference import PrintWatchInference
 from layerfleet.ratelimit import RateLimiter
 from layerfleet.scheduling.dispatcher import Dispatcher
 from layerfleet.scheduling.reports import ReportService
+from layerfleet.timelapses.jobs import TimelapseJobs
+from layerfleet.timelapses.recording import FrameRecorder, RecordingSink
 from layerfleet.watching.pipeline import WatchingPipeline
 from layerfleet.watching.sink import FrameSink, NullFrameSink
 
@@ -126,6 +131,8 @@ API_TAGS: list[dict[str, Any]] = [
     {"name": "Obico v1: linking printers", "description": f"{_OBICO}: one-time codes that link an agent."},
     {"name": "Obico v1: users", "description": f"{_OBICO}: the signed-in member."},
     {"name": "Layerfleet: alerts", "description": f"{_OBICO}, Layerfleet extension: failure alerts."},
+    {"name": "Layerfleet: notifications",
+     "description": f"{_OBICO}, Layerfleet extension: where alerts and print events are sent."},
     {"name": "Layerfleet: access keys", "description": "Layerfleet extension: a member's Eiger access keys."},
     {"name": "Layerfleet: PrintWatch keys", "description": "Layerfleet extension: the organization's PrintWatch keys."},
     {"name": "PrintWatch API",
@@ -157,6 +164,15 @@ def _default_events(settings: Settings) -> FleetEvents:
     return FleetEvents()
 
 
+def timelapse_jobs(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], *, workers: int,
+                   sole_worker: bool, detector: Callable[[], Detector | None] = lambda: None) -> TimelapseJobs:
+    """Timelapse jobs on a queue of their own (in Redis, under their own keys): a process that
+    runs only slice jobs never takes, and drops, a timelapse job."""
+    queue = create_job_queue(settings, namespace=f"{settings.redis_namespace}:timelapses")
+    return TimelapseJobs(sessionmaker, queue, settings, workers=workers, sole_worker=sole_worker,
+                         detector=detector, stale_seconds=settings.timelapse_stale_seconds)
+
+
 def create_app(
     settings: Settings | None = None,
     *,
@@ -168,7 +184,8 @@ def create_app(
     bus = command_bus or _default_bus(settings)
     sessionmaker = create_sessionmaker(engine)
     events = _default_events(settings)
-    gateway = AgentGateway(sessionmaker, bus, events=events)
+    gateway = AgentGateway(sessionmaker, bus, events=events,
+                           offline_alert_seconds=settings.printer_offline_minutes * 60)
 
     pipeline: WatchingPipeline | None = None
     if frame_sink is None and settings.detection_enabled:
@@ -183,7 +200,16 @@ def create_app(
         sole_worker=settings.redis_url is None, timeout=settings.slice_timeout_seconds,
     )
     dispatcher = Dispatcher(sessionmaker, bus, settings.effective_secret_key)
+    timelapses = timelapse_jobs(settings, sessionmaker, workers=settings.timelapse_workers,
+                                sole_worker=settings.redis_url is None,
+                                detector=lambda: pipeline.detector if pipeline else None)
+    sink: FrameSink = frame_sink or pipeline or NullFrameSink()
+    if settings.timelapse_enabled:
+        sink = RecordingSink(FrameRecorder(sessionmaker, settings.data_dir,
+                                           interval_seconds=settings.timelapse_frame_interval_seconds,
+                                           min_free_bytes=settings.timelapse_min_free_bytes), sink)
     reports = ReportService(sessionmaker, settings.data_dir)
+    notifier = Notifier(sessionmaker, settings, sole_worker=settings.redis_url is None)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -192,13 +218,18 @@ def create_app(
         if pipeline is not None:
             await pipeline.start()
         await slicing.start()
+        await timelapses.start()
         await dispatcher.start()
+        if settings.notification_workers:
+            await notifier.start()
         try:
             yield
         finally:
+            await notifier.close()
             await dispatcher.close()
             await reports.close()
             await slicing.close()
+            await timelapses.close()
             await gateway.close_all()
             if pipeline is not None:
                 await pipeline.close()
@@ -217,10 +248,11 @@ def create_app(
     )
     app.state.services = Services(
         settings=settings, engine=engine, sessionmaker=sessionmaker, command_bus=bus, agent_gateway=gateway,
-        fleet_events=events, frame_sink=frame_sink or pipeline or NullFrameSink(), watching=pipeline,
-        slice_jobs=slicing, dispatcher=dispatcher, reports=reports,
+        fleet_events=events, frame_sink=sink, watching=pipeline,
+        slice_jobs=slicing, timelapses=timelapses, dispatcher=dispatcher, reports=reports,
         # The PrintWatch API borrows the pipeline's detector when there is one, else loads its own.
         printwatch_inference=PrintWatchInference(lambda: pipeline.detector if pipeline else None),
+        notifier=notifier,
         verify_throttle=RateLimiter(VERIFY_CALLS, VERIFY_WINDOW_SECONDS),
         discovery_throttle=RateLimiter(DISCOVERY_CALLS, DISCOVERY_WINDOW_SECONDS),
     )
@@ -242,6 +274,7 @@ def create_app(
     app.include_router(eiger_v3.router)
     app.include_router(access_key_admin.router)
     app.include_router(media.router)
+    app.include_router(metrics_endpoint.router)
     app.include_router(web.router)
     app.mount("/static/swagger-ui", StaticFiles(directory=swagger_ui_bundle.swagger_ui_path), name="swagger-ui")
     app.mount("/static", StaticFiles(packages=[("layerfleet.web", "static")]), name="static")

@@ -149,16 +149,31 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     migrate(settings.effective_database_url)
 
     async def work(stop: asyncio.Event) -> int:
+        from layerfleet.app import timelapse_jobs
+
         engine = create_engine(settings.effective_database_url)
         slicing = SliceJobs(create_sessionmaker(engine), create_job_queue(settings), settings.data_dir,
                                  workers=args.jobs, sole_worker=False, timeout=settings.slice_timeout_seconds)
+        # Timelapse videos and uploaded timelapses too, on their own queue.
+        videos = timelapse_jobs(settings, create_sessionmaker(engine), workers=args.jobs, sole_worker=False)
+        # Notifications too: deliveries are claimed row by row, so servers and workers share them.
+        from layerfleet.notifications.delivery import Notifier
+
+        notifier = Notifier(create_sessionmaker(engine), settings, sole_worker=False) \
+            if settings.notification_workers else None
         await slicing.start()
+        await videos.start()
+        if notifier is not None:
+            await notifier.start()
         print(f"  worker running {args.jobs} job(s) at a time from {settings.redis_url}; Ctrl-C stops it",
               flush=True)
         try:
             await stop.wait()
         finally:
+            if notifier is not None:
+                await notifier.close()
             await slicing.close()
+            await videos.close()
             await engine.dispose()
         return 0
 
@@ -522,7 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     worker = commands.add_parser(
-        "worker", help="run background jobs (slicing) taken from Redis, beside the servers",
+        "worker", help="run background jobs (slicing, timelapses) taken from Redis, beside the servers",
         description="Scale-out: with LAYERFLEET_REDIS_URL set, servers queue their jobs in Redis and any "
         "number of workers run them (set LAYERFLEET_JOB_WORKERS=0 on the servers to leave all jobs to the "
         "workers). A job whose worker dies is taken over by another. All processes need the same data "

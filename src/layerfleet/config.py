@@ -62,6 +62,56 @@ class Settings(BaseSettings):
         description="Background jobs (slicing) this process runs at once; 0 leaves them to `layerfleet worker`",
     )
     slice_timeout_seconds: float = Field(default=600.0, gt=0, description="A slice taking longer is stopped")
+    # --- notifications (layerfleet.notifications)
+    notification_retry_hours: float = Field(
+        default=24.0, gt=0, description="A delivery that keeps failing is retried (with backoff) this long")
+    notification_retry_base_seconds: float = Field(
+        default=30.0, gt=0, description="The first retry's wait; each next one doubles, up to an hour")
+    notification_digest_window_seconds: float = Field(
+        default=60.0, gt=0, description="Messages to one target within this window beyond the threshold "
+        "are held and sent as one digest")
+    notification_digest_threshold: int = Field(
+        default=3, ge=1, description="Messages to one target within the digest window before a digest")
+    notification_rate_per_minute: int = Field(
+        default=10, ge=1, description="At most this many messages per target per minute (failure alerts excepted)")
+    notification_send_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="A send taking longer is abandoned and retried later")
+    notification_concurrency: int = Field(default=8, ge=1, le=64, description="Targets sent to at once")
+    notification_poll_seconds: float = Field(
+        default=1.0, gt=0, description="How often the delivery loop looks for due deliveries")
+    notification_workers: bool = Field(
+        default=True, description="This process delivers notifications (a `layerfleet worker` also does)")
+    notification_keep_days: float = Field(
+        default=30.0, gt=0, description="Sent and failed notifications are kept this long (the delivery log)")
+    printer_offline_minutes: float = Field(
+        default=3.0, gt=0, description="An agent gone this long while printing raises PrinterOffline")
+    # --- Timelapses: videos of prints and uploaded timelapses (layerfleet.timelapses) ---
+    timelapse_enabled: bool = Field(default=True, description="Keep prints' frames and compile their timelapses")
+    timelapse_frame_interval_seconds: float = Field(
+        default=10.0, ge=0, description="At most one picture per print in this many seconds is kept for its video")
+    timelapse_min_finished_seconds: float = Field(
+        default=600.0, ge=0, description="A finished print shorter than this gets no video")
+    timelapse_min_cancelled_seconds: float = Field(
+        default=300.0, ge=0, description="A cancelled print shorter than this gets no video")
+    timelapse_fps: int = Field(default=30, ge=1, le=120, description="Frames per second of compiled videos")
+    timelapse_workers: int = Field(
+        default=1, ge=0, le=8, description="Videos this process compiles at once; 0 leaves them to `layerfleet worker`")
+    timelapse_stale_seconds: float = Field(
+        default=60.0, gt=0, description="A timelapse job whose worker gave no sign of life this long runs again")
+    timelapse_upload_max_bytes: int = Field(
+        default=2 * 1024**3, ge=1, description="Largest timelapse upload (refused by Content-Length before reading)")
+    timelapse_upload_max_side: int = Field(
+        default=4096, ge=16, description="Widest or tallest picture an uploaded timelapse may have")
+    timelapse_upload_print_seconds_per_frame: float = Field(
+        default=10.0, gt=0, description="An uploaded timelapse is scored at one frame per this many print seconds")
+    timelapse_keep_frames_days: float = Field(
+        default=0.0, ge=0, description="Days a print's raw frames stay once both its videos exist (0: removed then)")
+    timelapse_keep_videos_days: float = Field(
+        default=0.0, ge=0, description="Days a print's videos are kept (0: forever)")
+    timelapse_min_free_bytes: int = Field(
+        default=256 * 1024**2, ge=0, description="Frames stop being kept when the data disk has less free space")
+    timelapse_retention_interval_seconds: float = Field(
+        default=3600.0, gt=0, description="How often old frames and videos are looked for")
     db_echo: bool = False
     log_level: str = "info"
 

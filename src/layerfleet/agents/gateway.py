@@ -27,10 +27,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import update
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from layerfleet import metrics
 from layerfleet.agents import lifecycle
 from layerfleet.agents.linking import printer_for_token
 from layerfleet.agents.status_writer import StatusWriter
@@ -40,6 +41,8 @@ from layerfleet.errors import Unavailable
 from layerfleet.fleet.events import FleetEvents
 from layerfleet.fleet.models import Printer, status_flags
 from layerfleet.fleet.watch_reasons import should_watch
+from layerfleet.notifications import outbox
+from layerfleet.notifications.models import NotificationEvent
 
 log = logging.getLogger(__name__)
 
@@ -118,6 +121,8 @@ class AgentConnection:
     # What the last fully applied message said, to tell a plain status from a change.
     applied_flags: tuple[bool, bool, bool] | None = None
     applied_ts: int | None = None
+    # The status last received, so a heater crossing its target in a plain status is noticed.
+    last_status: dict[str, Any] | None = None
     status_written: asyncio.Future[None] | None = None
 
     def enqueue(self, frame: dict[str, Any]) -> None:
@@ -199,8 +204,12 @@ class AgentGateway:
         *,
         probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
         events: FleetEvents | None = None,
+        offline_alert_seconds: float = 180.0,
     ) -> None:
+        """``offline_alert_seconds``: an agent gone this long while printing raises PrinterOffline."""
         self._sessionmaker = sessionmaker
+        self.offline_alert_seconds = offline_alert_seconds
+        self._offline_watches: set[asyncio.Task[None]] = set()
         self.events = events or FleetEvents()
         self._registry = registry if isinstance(registry, AgentRegistry) else None
         if self._registry is None:
@@ -239,6 +248,8 @@ class AgentGateway:
             await connection.close(code)
 
     async def close_all(self) -> None:
+        for watch in list(self._offline_watches):
+            watch.cancel()
         for connection in list(self._connections.values()):
             self._forget(connection)
             await connection.close(CLOSE_GOING_AWAY)
@@ -265,6 +276,8 @@ class AgentGateway:
         connection.should_watch = should_watch(printer)
         previous = self._connections.get(printer.id)
         self._connections[printer.id] = connection
+        if previous is None:  # a reconnect replaces its printer's connection: still one agent
+            metrics.AGENTS_CONNECTED.inc()
         if self._registry is not None:
             self._registry.register(printer.id, connection.deliver)
         if previous is not None:
@@ -318,6 +331,7 @@ class AgentGateway:
         if self._connections.get(connection.printer_id) is not connection:
             return False
         del self._connections[connection.printer_id]
+        metrics.AGENTS_CONNECTED.dec()
         if self._registry is not None:
             self._registry.unregister(connection.printer_id, connection.deliver)
         return True
@@ -348,15 +362,42 @@ class AgentGateway:
             return  # the agent is back already
         try:
             async with self._sessionmaker() as session:
+                printing = (await session.execute(
+                    select(Printer.current_print_id).where(Printer.id == printer_id))).scalar_one_or_none()
                 await session.execute(
                     update(Printer).where(Printer.id == printer_id).values(status=None)
                     .execution_options(synchronize_session=False)
                 )
                 await session.commit()
+            if printing is not None:
+                watch = asyncio.ensure_future(self._offline_while_printing(printer_id, printing))
+                self._offline_watches.add(watch)
+                watch.add_done_callback(self._offline_watches.discard)
         except Exception:
             log.exception("could not mark printer %s offline", printer_id)
             return
         self.events.publish(organization_id, [printer_id])
+
+    async def _offline_while_printing(self, printer_id: int, print_id: int) -> None:
+        """PrinterOffline when the agent stays away while its print is still open."""
+        await asyncio.sleep(self.offline_alert_seconds)
+        if printer_id in self._connections:
+            return
+        try:
+            async with self._sessionmaker() as session:
+                printer = await session.get(Printer, printer_id)
+                if printer is None or printer.status is not None or printer.current_print_id != print_id:
+                    return  # back (through another server process) or the print ended
+                minutes = round(self.offline_alert_seconds / 60)
+                await outbox.record(
+                    session, organization_id=printer.organization_id, event=NotificationEvent.PRINTER_OFFLINE,
+                    printer_id=printer_id, print_id=print_id,
+                    payload={"printer_name": printer.name,
+                             "filename": printer.current_print.filename if printer.current_print else "",
+                             "text": f"The printer's agent has been gone for {minutes} min while printing."})
+                await session.commit()
+        except Exception:
+            log.exception("could not raise PrinterOffline for printer %s", printer_id)
 
     @staticmethod
     def _is_plain_status(connection: AgentConnection, update_: lifecycle.AgentUpdate) -> bool:
@@ -365,6 +406,8 @@ class AgentGateway:
             return False
         if connection.applied_flags is None or _watch_flags(update_.status) != connection.applied_flags:
             return False
+        if lifecycle.heater_events(connection.last_status, update_.status):
+            return False  # a notification to raise: the full path records it with its cause
         return update_.current_print_ts is None or update_.current_print_ts == connection.applied_ts
 
     async def _receive(self, connection: AgentConnection) -> None:
@@ -432,7 +475,10 @@ class AgentGateway:
             return
         if update_.empty:
             return
-        if self._is_plain_status(connection, update_):
+        plain = self._is_plain_status(connection, update_)
+        if update_.status is not None:
+            connection.last_status = update_.status
+        if plain:
             assert update_.status is not None
             connection.status_written = self.status_writer.submit(
                 connection.printer_id, connection.token, update_.status, utcnow())

@@ -15,15 +15,18 @@ import logging
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeGuard
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.errors import Invalid
 from layerfleet.fleet.models import EventClass, Printer, PrinterEvent, default_printer_settings
+from layerfleet.notifications import outbox
+from layerfleet.notifications.models import NotificationEvent
 from layerfleet.prints.models import GCodeFile, Print
 from layerfleet.scheduling import service as scheduling
+from layerfleet.timelapses import service as timelapses
 from layerfleet.watching.frames import create_feedback_shots
 
 log = logging.getLogger(__name__)
@@ -156,8 +159,11 @@ async def _end(session: AsyncSession, printer: Printer, print_: Print, now: date
             print_.finished_at = now
         else:
             print_.cancelled_at = now
+        await _notify(session, printer, print_,
+                      NotificationEvent.PRINT_DONE if finished else NotificationEvent.PRINT_CANCELLED)
         await create_feedback_shots(session, print_)
         await scheduling.print_ended(session, print_, finished=finished, failed=failed)
+        await timelapses.print_ended(session, print_)
     if printer.current_print_id == print_.id or printer.current_print is print_:
         printer.current_print = None
         printer.normalized_p = 0.0
@@ -250,7 +256,51 @@ async def _track_print(session: AsyncSession, printer: Printer, update: AgentUpd
         await session.flush()
         printer.normalized_p = 0.0  # a new print starts the gauge afresh (the long mean stays)
         await scheduling.print_started(session, printer, known)
+        await _notify(session, printer, known, NotificationEvent.PRINT_STARTED)
     printer.current_print = known
+
+
+async def _notify(session: AsyncSession, printer: Printer, print_: Print | None, event: NotificationEvent,
+                  **extra: object) -> None:
+    await outbox.record(session, organization_id=printer.organization_id, event=event, printer_id=printer.id,
+                        print_id=print_.id if print_ is not None else None,
+                        payload={"printer_name": printer.name,
+                                 "filename": print_.filename if print_ is not None else "", **extra})
+
+
+HEATER_REACHED_WITHIN = 3.0  # °C of the target
+HEATER_COOL = 35.0  # °C: a heater turned off and below this has cooled down
+
+
+def _finite(value: object) -> TypeGuard[float]:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _heaters(status: dict[str, Any] | None) -> dict[str, tuple[float, float]]:
+    temperatures = _dict(_dict(status).get("temperatures"))
+    heaters = {}
+    for name, values in list(temperatures.items())[:8]:
+        actual, target = _dict(values).get("actual"), _dict(values).get("target")
+        if _finite(actual) and _finite(target):
+            heaters[str(name)[:32]] = (float(actual), float(target))
+    return heaters
+
+
+def heater_events(before: dict[str, Any] | None, after: dict[str, Any] | None) -> list[tuple[NotificationEvent, str]]:
+    """HeaterTargetReached / HeaterCooledDown crossings between two statuses, by heater."""
+    old, new = _heaters(before), _heaters(after)
+    found = []
+    for name, (actual, target) in new.items():
+        if name not in old:
+            continue
+        was_actual, was_target = old[name]
+        reached = target > 0 and abs(actual - target) <= HEATER_REACHED_WITHIN
+        was_reached = was_target == target and abs(was_actual - was_target) <= HEATER_REACHED_WITHIN
+        if reached and not was_reached:
+            found.append((NotificationEvent.HEATER_TARGET_REACHED, name))
+        if target == 0 and actual < HEATER_COOL <= was_actual:
+            found.append((NotificationEvent.HEATER_COOLED_DOWN, name))
+    return found
 
 
 def _record_event(session: AsyncSession, printer: Printer, event_type: str) -> None:
@@ -270,6 +320,9 @@ def _record_event(session: AsyncSession, printer: Printer, event_type: str) -> N
 async def apply_update(session: AsyncSession, printer: Printer, update: AgentUpdate, now: datetime) -> None:
     """Apply one agent message to ``printer`` (loaded in ``session``); the caller commits."""
     if update.status is not None:
+        for event, heater in heater_events(printer.status, update.status):
+            await _notify(session, printer, printer.current_print, event, heater=heater,
+                          text=f"Heater {heater}: {_heaters(update.status)[heater][0]:.0f} °C")
         printer.status = update.status
         printer.status_updated_at = now
     if update.settings is not None:
@@ -293,5 +346,6 @@ async def apply_update(session: AsyncSession, printer: Printer, update: AgentUpd
         await _end(session, printer, current, now, finished=False, failed=event_type == "PrintFailed")
     elif event_type in RECORDED_EVENTS:
         _record_event(session, printer, event_type)
+        await _notify(session, printer, current, NotificationEvent(event_type))
         if event_type in ("PrintPaused", "PrintResumed"):
             await scheduling.print_paused(session, current, paused=event_type == "PrintPaused")

@@ -117,7 +117,9 @@ async def printer_for_token(session: AsyncSession, token: str) -> Printer | None
     """The linked, not archived printer whose agent holds ``token``."""
     if not token or len(token) > 64:
         return None
-    query = select(Printer).where(Printer.auth_token == token, Printer.archived_at.is_(None))
+    # Every agent call and every picture starts here: one SELECT with what the picture path needs.
+    query = select(Printer).where(Printer.auth_token == token, Printer.archived_at.is_(None)) \
+        .options(*fleet.HOT_PATH_LOAD)
     return (await session.execute(query)).scalar_one_or_none()
 
 

@@ -20,7 +20,7 @@ from layerfleet.fleet.models import Printer, PrinterEvent
 from layerfleet.fleet.rules import PrinterChanges
 from layerfleet.prints import service as prints
 from layerfleet.prints.models import GCodeFile
-from layerfleet.watching.sink import FrameSink
+from layerfleet.watching.sink import AfterCommit, ClaimingFrameSink, FrameSink
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,11 @@ class Picture:
 
 async def receive_picture(session: AsyncSession, printer: Printer, picture: Picture, *, data_dir: Path,
                           events: FleetEvents, sink: FrameSink) -> None:
-    """Make the picture the printer's picture and hand it to the failure detector; commits."""
+    """Make the picture the printer's picture and hand it to the failure detector; commits.
+
+    ``printer`` is read in ``session`` as ``printer_for_token`` reads it. With a claiming sink
+    the picture's row and the sinks' claims are one transaction; the sinks' own work follows
+    the commit."""
     if not picture.primary_camera or picture.nozzle_camera:
         # Another camera's picture (a nozzle camera, a second view) is not the printer's picture.
         return
@@ -85,17 +89,31 @@ async def receive_picture(session: AsyncSession, printer: Printer, picture: Pict
     previous = printer.pic_path
     printer.pic_path = path
     printer.pic_updated_at = received_at
+    # Viewing-boost pictures are extra frames for a person watching; the detector skips them.
+    hand_over = not picture.viewing_boost
+    then: AfterCommit | None = None
+    if hand_over and isinstance(sink, ClaimingFrameSink):
+        try:
+            then = await sink.claim(session, printer, picture.data, received_at)
+            hand_over = False
+        except Exception:
+            # The picture itself must not be lost with the claim: it is stored alone, and the
+            # sink takes it the long way (its own transactions) after.
+            log.exception("printer %s: the frame sink failed to claim a picture", printer.id)
+            await session.rollback()
+            await session.refresh(printer)
+            printer.pic_path, printer.pic_updated_at = path, received_at
     # Committed before the live pages hear of it and before the old file goes: nothing may
     # point at a picture that is not there.
     await session.commit()
     events.publish(printer.organization_id, [printer.id])
     if previous and previous != path:
         await media.remove_media(data_dir, previous)
-    if picture.viewing_boost:
-        # Viewing-boost pictures are extra frames for a person watching; the detector skips them.
-        return
     try:
-        await sink.submit(printer.id, printer.organization_id, picture.data, received_at)
+        if then is not None:
+            await then()
+        elif hand_over:
+            await sink.submit(printer.id, printer.organization_id, picture.data, received_at)
     except Exception:
         log.exception("printer %s: the frame sink failed", printer.id)
 

@@ -21,6 +21,9 @@ LARGER_LIMITS: tuple[tuple[str, int], ...] = (
     ("/api/v1/octo/", 16 * MiB),  # agents' webcam pictures and event snapshots (10 MB each)
     ("/api/v2/", 17 * MiB),  # PrintWatch pictures (16 MB)
     ("/feedback", 17 * MiB),
+    # Timelapse uploads: the route refuses what is over LAYERFLEET_TIMELAPSE_UPLOAD_MAX_BYTES
+    # (2 GB by default) by its Content-Length, in the v1 dialect's words; this is the ceiling.
+    ("/api/v1/prints/upload/", 64 * 1024 * MiB),
 )
 # API endpoints that take a body from a client without credentials: the agents' linking and LAN
 # discovery, and PrintWatch (its key is inside the body).

@@ -19,9 +19,11 @@ from layerfleet.commands.bus import CommandBus
 from layerfleet.config import Settings
 from layerfleet.fleet.events import FleetEvents
 from layerfleet.library.slice_jobs import SliceJobs
+from layerfleet.notifications.delivery import Notifier
 from layerfleet.printwatch.inference import PrintWatchInference
 from layerfleet.scheduling.dispatcher import Dispatcher
 from layerfleet.scheduling.reports import ReportService
+from layerfleet.timelapses.jobs import TimelapseJobs
 from layerfleet.watching.sink import FrameSink
 
 SESSION_KEY = "sid"
@@ -73,6 +75,13 @@ def _slice_jobs(services: AppServices) -> SliceJobs:
 SliceQueue = Annotated[SliceJobs, Depends(_slice_jobs)]
 
 
+def _timelapses(services: AppServices) -> TimelapseJobs:
+    return services.timelapses
+
+
+Timelapses = Annotated[TimelapseJobs, Depends(_timelapses)]
+
+
 def _dispatcher(services: AppServices) -> Dispatcher:
     return services.dispatcher
 
@@ -92,6 +101,13 @@ def _printwatch_inference(services: AppServices) -> PrintWatchInference:
 
 
 Inference = Annotated[PrintWatchInference, Depends(_printwatch_inference)]
+
+
+def _notifier(services: AppServices) -> Notifier:
+    return services.notifier
+
+
+Notifications = Annotated[Notifier, Depends(_notifier)]
 
 
 async def get_db(services: AppServices) -> AsyncIterator[AsyncSession]:

@@ -12,10 +12,12 @@ from layerfleet.commands.bus import CommandBus
 from layerfleet.config import Settings
 from layerfleet.fleet.events import FleetEvents
 from layerfleet.library.slice_jobs import SliceJobs
+from layerfleet.notifications.delivery import Notifier
 from layerfleet.printwatch.inference import PrintWatchInference
 from layerfleet.ratelimit import RateLimiter
 from layerfleet.scheduling.dispatcher import Dispatcher
 from layerfleet.scheduling.reports import ReportService
+from layerfleet.timelapses.jobs import TimelapseJobs
 from layerfleet.watching.pipeline import WatchingPipeline
 from layerfleet.watching.sink import FrameSink
 
@@ -32,9 +34,12 @@ class Services:  # not frozen: tests put their own parts in
     frame_sink: FrameSink
     watching: WatchingPipeline | None
     slice_jobs: SliceJobs
+    timelapses: TimelapseJobs
     dispatcher: Dispatcher
     reports: ReportService
     printwatch_inference: PrintWatchInference
+    # Sends the notification outbox (a loop started in the lifespan) and test messages.
+    notifier: Notifier
     # Anonymous linking and LAN discovery, throttled per address.
     verify_throttle: RateLimiter
     discovery_throttle: RateLimiter

@@ -11,10 +11,19 @@ from collections.abc import Iterable
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import joinedload
+from sqlalchemy.orm.interfaces import LoaderOption
 
 from layerfleet.accounts.models import User
 from layerfleet.fleet.models import Printer, default_printer_settings
 from layerfleet.fleet.rules import PrinterChanges
+from layerfleet.prints.models import Print
+
+# A printer read on the picture path (agents' calls, the detector's worker) is read in one
+# SELECT: its owner (joined by the model), its current print joined too, and not that print's
+# feedback shots, which nothing there reads (by default they cost two more SELECTs). Touching
+# them on such a printer raises rather than quietly querying.
+HOT_PATH_LOAD: tuple[LoaderOption, ...] = (joinedload(Printer.current_print).raiseload(Print.feedbacks),)
 
 
 def new_printer_token() -> str:

@@ -23,6 +23,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from layerfleet import metrics
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[str], Awaitable[None]]
@@ -166,6 +168,7 @@ class JobQueue(ABC):
             self._rerun.add(key)  # the running consumer runs it once more when done
         else:
             self._running.add(key)
+            metrics.JOBS_RUNNING.inc()
             try:
                 while True:
                     self._rerun.discard(key)
@@ -173,6 +176,7 @@ class JobQueue(ABC):
                     if key not in self._rerun:
                         break
             finally:
+                metrics.JOBS_RUNNING.dec()
                 self._running.discard(key)
                 self._rerun.discard(key)
         # Not reached when cancelled: the backend keeps the job of a cancelled handler.
@@ -198,6 +202,13 @@ class InProcessJobQueue(JobQueue):
 
     async def _push(self, kind: str, job_id: str) -> None:
         self._queue.put_nowait(Taken(kind, job_id))
+        _IN_PROCESS_BACKLOG.inc()
 
     async def _next(self) -> Taken | None:
-        return await self._queue.get()
+        job = await self._queue.get()
+        _IN_PROCESS_BACKLOG.dec()
+        return job
+
+
+# Every in-process queue of this process adds to one figure (a server has one: slicing).
+_IN_PROCESS_BACKLOG = metrics.JOB_QUEUE_BACKLOG.labels(queue="in-process")

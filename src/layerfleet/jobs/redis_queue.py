@@ -20,6 +20,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from layerfleet import metrics
 from layerfleet.jobs.queue import JobQueue, Taken
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,10 @@ class RedisJobQueue(JobQueue):
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(self._alive_key, "1", px=max(1, int(self.heartbeat_seconds * 1000)))
             pipe.sadd(self._consumers_key, self.consumer_id)
-            await pipe.execute()
+            pipe.llen(self._queue_key)
+            *_, waiting = await pipe.execute()
+        # The shared queue's backlog, as of this heartbeat: every process reports the same list.
+        metrics.JOB_QUEUE_BACKLOG.labels(queue="redis").set(int(waiting))
 
     async def _begin(self) -> None:
         await self._heartbeat()  # before taking any job, so none is taken by a consumer deemed dead

@@ -23,6 +23,8 @@ from layerfleet.jobs import JobQueue
 from layerfleet.library import service as library
 from layerfleet.library.models import Build, PartVersion, SettingsPreset, SliceJob, SliceStatus
 from layerfleet.library.service import SLICE_TIMEOUT_SECONDS, STALE_MARGIN, gcode_dir, library_root
+from layerfleet.notifications import outbox
+from layerfleet.notifications.models import NotificationEvent
 from layerfleet.slicer import (
     DEFAULT_PROFILE,
     SliceCanceled,
@@ -211,6 +213,10 @@ class SliceRunner:
             job.status = SliceStatus.COMPLETED.value
             job.finished_at = utcnow()
             job.error = None
+            await outbox.record(session, organization_id=job.organization_id, event=NotificationEvent.SLICE_FINISHED,
+                                payload={"subject": "Slicing", "filename": name, "job_uuid": job.uuid,
+                                         "text": f"Estimated print time {round(result.estimated_print_seconds / 60)}"
+                                                 " min."})
             await session.commit()
         log.info("slice job %s done in %.1f s", job_id, result.slicing_seconds)
 
@@ -225,9 +231,13 @@ class SliceRunner:
 
     async def _finish(self, job_id: int, status: SliceStatus, error: str | None) -> None:
         async with self._sessionmaker() as session:
-            await session.execute(update(SliceJob).where(
+            result = await session.execute(update(SliceJob).where(
                 SliceJob.id == job_id, SliceJob.status == SliceStatus.IN_PROGRESS.value,
             ).values(status=status.value, error=(error or "")[:2000] or None, finished_at=utcnow()))
+            job = await session.get(SliceJob, job_id)
+            if getattr(result, "rowcount", 0) == 1 and status is SliceStatus.ERROR and job is not None:
+                await outbox.record(session, organization_id=job.organization_id, event=NotificationEvent.SLICE_FAILED,
+                                    payload={"subject": "Slicing", "job_uuid": job.uuid, "text": error or ""})
             await session.commit()
 
 

@@ -5,19 +5,25 @@ from layerfleet.agents.models import OneTimeVerificationCode
 from layerfleet.detection.models import Alert, PredictionFrame
 from layerfleet.fleet.models import Printer, PrinterEvent
 from layerfleet.library.models import Build, BuildItem, Part, PartVersion, SettingsPreset, SliceJob
+from layerfleet.notifications.models import ActionLink, Delivery, NotificationTarget, OutboxEvent
 from layerfleet.prints.models import GCodeFile, Print, PrintShotFeedback
 from layerfleet.printwatch.models import PrintWatchDevice, PrintWatchFeedback, PrintWatchKey, PrintWatchNotification
 from layerfleet.scheduling.models import PrintedPart, PrintJob, QueuedJob
+from layerfleet.timelapses.models import TimelapseJob
 
 __all__ = [
     "AccessKey",
+    "ActionLink",
     "Alert",
     "ApiToken",
     "Build",
     "BuildItem",
+    "Delivery",
     "GCodeFile",
+    "NotificationTarget",
     "OneTimeVerificationCode",
     "Organization",
+    "OutboxEvent",
     "Part",
     "PartVersion",
     "PredictionFrame",
@@ -34,6 +40,7 @@ __all__ = [
     "QueuedJob",
     "SettingsPreset",
     "SliceJob",
+    "TimelapseJob",
     "User",
     "WebSession",
 ]

@@ -27,7 +27,9 @@ class Print(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     uuid: Mapped[str] = mapped_column(String(36), unique=True, default=new_uuid)
     organization_id: Mapped[int] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
-    printer_id: Mapped[int] = mapped_column(ForeignKey("printers.id", ondelete="CASCADE"), index=True)
+    # None only for an uploaded timelapse that names no printer.
+    printer_id: Mapped[int | None] = mapped_column(ForeignKey("printers.id", ondelete="CASCADE"), index=True,
+                                                   nullable=True)
     gcode_file_id: Mapped[int | None] = mapped_column(
         ForeignKey("gcode_files.id", ondelete="SET NULL"), nullable=True
     )
@@ -47,6 +49,10 @@ class Print(Base):
     tagged_video_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     poster_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     prediction_json_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    # Kept frames for the timelapse: the last one's time (a conditional UPDATE claims the next
+    # across processes), and when keeping stopped for want of disk space.
+    timelapse_frame_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    timelapse_stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # The detector's state for this print (reset at each print start).
     detection_frames: Mapped[int] = mapped_column(Integer, default=0)
     detection_p: Mapped[float] = mapped_column(Float, default=0.0)

@@ -22,6 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.detection.imaging import BadImage
 from layerfleet.media import organization_prefix, store_media
+from layerfleet.notifications import outbox
+from layerfleet.notifications.models import NotificationEvent
 from layerfleet.printwatch import api_keys, payloads, scoring
 from layerfleet.printwatch.codes import Refusal, StatusCode
 from layerfleet.printwatch.inference import InferenceFailed, PrintWatchInference, decode_and_check
@@ -225,8 +227,8 @@ def _notification_email(request: payloads.NotifyRequest, device: PrintWatchDevic
 
 
 async def notify(session: AsyncSession, payload: Payload, now: datetime) -> PrintWatchNotification:
-    """Record a request for an email notification. Nothing is sent yet (there is no mailer): the
-    request waits, undelivered, for the notifications work."""
+    """Record a request for a notification; the organization's targets that want PrintWatchNotify
+    get it (layerfleet.notifications)."""
     key = await authenticate(session, payload, now)
     request = payloads.read_notify(payload)
     device, created = await claim_device(session, key, request.printer_id, now)
@@ -238,6 +240,9 @@ async def notify(session: AsyncSession, payload: Payload, now: datetime) -> Prin
         email=_notification_email(request, device, key), created_at=now, details=request.details,
     )
     session.add(notification)
+    await outbox.record(session, organization_id=key.organization_id, event=NotificationEvent.PRINTWATCH_NOTIFY,
+                        payload={"printer_name": device.printer_id, "level": request.level,
+                                 "email": notification.email, "text": f"PrintWatch {request.level} notification"})
     await session.commit()
     return notification
 

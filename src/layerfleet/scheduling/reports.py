@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import html
 import logging
 import time
@@ -63,6 +64,9 @@ class ReportData:
     # heater → [(seconds into the print, actual °C)], from the temperatures kept with scored frames
     heat: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     frames: list[tuple[str, float, bytes]] = field(default_factory=list)  # (caption, p, JPEG), last
+    # The print's timelapse poster (JPEG), and its videos as (label, link for a signed-in member).
+    poster: bytes | None = None
+    videos: list[tuple[str, str]] = field(default_factory=list)
 
 
 class ReportService:
@@ -141,8 +145,22 @@ class ReportService:
         temperatures = _temperatures(printer.status if printer is not None else None)
         timeline.sort(key=lambda entry: entry[0])
         title = part.build_item.part_version.title if part.build_item is not None else job.build.title
+        poster, videos = await self._timelapse(print_)
         return ReportData(part.uuid, title, job.build.title, part.state, part.notes,
-                          printer.name if printer else None, timeline, temperatures, points, heat, frames)
+                          printer.name if printer else None, timeline, temperatures, points, heat, frames,
+                          poster, videos)
+
+    async def _timelapse(self, print_: Print | None) -> tuple[bytes | None, list[tuple[str, str]]]:
+        if print_ is None:
+            return None, []
+        poster = None
+        if print_.poster_path is not None:
+            with contextlib.suppress(OSError):
+                poster = await asyncio.to_thread((media_root(self._data_dir) / print_.poster_path).read_bytes)
+        videos = [(label, f"/media/{path}") for label, path in (
+            ("Timelapse", print_.video_path), ("Timelapse with the detector's boxes", print_.tagged_video_path))
+            if path is not None]
+        return poster, videos
 
     def _key_frames(self, predictions: list[PredictionFrame]) -> list[tuple[str, float, bytes]]:
         """The highest-scoring frames, and the last one, in print order."""
@@ -233,6 +251,13 @@ def render(data: ReportData) -> str:
         f'<figure><img alt="{esc(caption)}" src="data:image/jpeg;base64,{base64.b64encode(jpeg).decode()}">'
         f"<figcaption>{esc(caption)} — failure likelihood {p:.2f}</figcaption></figure>"
         for caption, p, jpeg in data.frames) or "<p>No webcam frames were kept for this print.</p>"
+    timelapse = "".join(f'<li><a href="{esc(link)}">{esc(label)}</a> (MP4; for members signed in to Layerfleet)</li>'
+                        for label, link in data.videos)
+    poster = (f'<figure><img alt="Poster of the print\'s timelapse" src="data:image/jpeg;base64,'
+              f'{base64.b64encode(data.poster).decode()}"><figcaption>The timelapse\'s poster</figcaption></figure>'
+              if data.poster else "")
+    video_section = (f"<h2>Timelapse</h2>{poster}<ul>{timelapse}</ul>" if poster or timelapse
+                     else "<h2>Timelapse</h2><p>No timelapse of this print.</p>")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>Inspection report: {esc(data.title)}</title>
@@ -248,5 +273,6 @@ on {esc(data.printer_name or "an unknown printer")}. State: <strong>{esc(data.st
 <table><caption>Last reported</caption><tr><th>Heater</th><th>Actual</th><th>Target</th></tr>{temps}</table>
 <h2>Failure detection</h2>{_graph(data.points)}
 <h2>Key frames</h2>{frames}
+{video_section}
 </body></html>
 """

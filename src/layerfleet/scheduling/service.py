@@ -18,6 +18,8 @@ from layerfleet.errors import Conflict
 from layerfleet.fleet.actions import is_ready
 from layerfleet.fleet.models import Printer
 from layerfleet.library.models import Build
+from layerfleet.notifications import outbox
+from layerfleet.notifications.models import NotificationEvent
 from layerfleet.prints.models import Print
 from layerfleet.scheduling.models import (
     JobOrigin,
@@ -238,6 +240,12 @@ async def print_ended(session: AsyncSession, print_: Print, *, finished: bool, f
         state, part_state, note = JobState.CANCELED, PrintedPartState.PRINT_FAILED, "Print canceled"
     job.state = state.value
     job.ended_at = now
+    if state in (JobState.COMPLETED, JobState.FAILED):
+        await outbox.record(
+            session, organization_id=job.organization_id, printer_id=job.printer_id, print_id=print_.id,
+            event=NotificationEvent.PRINT_JOB_COMPLETED if state is JobState.COMPLETED
+            else NotificationEvent.PRINT_JOB_FAILED,
+            payload={"filename": print_.filename, "build": job.build.title, "job_uuid": job.uuid})
     for part in job.printed_parts:
         part.state = part_state.value
         part.printed_at = now

@@ -1,1 +1,2 @@
-"""Video evidence: a print's kept frames compiled into a timelapse, a tagged timelapse and a poster; uploaded timelapses checked by the detector."""
+"""Video evidence: a print's kept frames compiled into a timelapse, a tagged timelapse and a
+poster; uploaded timelapses checked by the detector."""

@@ -21,6 +21,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm.attributes import set_committed_value
 
 from layerfleet.accounts.models import User
 from layerfleet.commands.bus import CommandBus
@@ -29,8 +30,11 @@ from layerfleet.detection.models import Alert, AlertKind, PredictionFrame
 from layerfleet.detection.runtime import FrameResult
 from layerfleet.fleet.actions import PrinterActions
 from layerfleet.fleet.models import ActionOnFailure, Printer
+from layerfleet.fleet.service import HOT_PATH_LOAD
 from layerfleet.fleet.watch_reasons import is_paused, should_watch
 from layerfleet.media import organization_prefix, store_media
+from layerfleet.notifications import outbox
+from layerfleet.notifications.models import NotificationEvent
 from layerfleet.prints.models import Print, PrintShotFeedback
 
 log = logging.getLogger(__name__)
@@ -127,8 +131,34 @@ def _alert_pending(print_: Print) -> bool:
         print_.alert_acknowledged_at is None or print_.alerted_at > print_.alert_acknowledged_at)
 
 
+class HoursLedger:
+    """Detection hours drawn by the frames of one transaction, written at its end in one
+    UPDATE per owner rather than one per frame. Each owner's balance as read is lowered at
+    once, so a later frame of the batch sees it as it would after its own commit."""
+
+    def __init__(self) -> None:
+        self._seconds: dict[int, float] = {}
+
+    def charge(self, owner: User, seconds: float) -> None:
+        self._seconds[owner.id] = self._seconds.get(owner.id, 0.0) + seconds
+        # Not a change to write: the UPDATE below subtracts in the database, whatever others did.
+        set_committed_value(owner, "dh_balance", owner.dh_balance - seconds / 3600)
+
+    async def write(self, session: AsyncSession) -> None:
+        for user_id, seconds in sorted(self._seconds.items()):
+            await _draw_hours(session, user_id, seconds)
+        self._seconds.clear()
+
+
+async def _draw_hours(session: AsyncSession, user_id: int, seconds: float) -> None:
+    # One UPDATE, not read-modify-write: several printers of one owner charge at once.
+    await session.execute(update(User).where(User.id == user_id)
+                          .values(dh_balance=User.dh_balance - seconds / 3600)
+                          .execution_options(synchronize_session=False))
+
+
 async def _charge_detection_hours(session: AsyncSession, printer: Printer, print_: Print, now: datetime,
-                                  *, unlimited: bool) -> None:
+                                  *, unlimited: bool, hours: HoursLedger | None) -> None:
     last = print_.detection_last_at
     print_.detection_last_at = now
     if last is None:
@@ -137,11 +167,12 @@ async def _charge_detection_hours(session: AsyncSession, printer: Printer, print
     if not 0 < seconds <= MAX_CHARGED_GAP_SECONDS:
         return
     print_.watched_seconds += seconds
-    if not unlimited:
-        # One UPDATE, not read-modify-write: several printers of one owner charge at once.
-        await session.execute(update(User).where(User.id == printer.user_id)
-                              .values(dh_balance=User.dh_balance - seconds / 3600)
-                              .execution_options(synchronize_session=False))
+    if unlimited:
+        return
+    if hours is not None:
+        hours.charge(printer.owner, seconds)
+    else:
+        await _draw_hours(session, printer.user_id, seconds)
 
 
 async def apply_frame(
@@ -154,9 +185,14 @@ async def apply_frame(
     *,
     data_dir: Path,
     unlimited_hours: bool = False,
+    hours: HoursLedger | None = None,
 ) -> FrameOutcome | None:
-    """Apply one scored frame; ``None`` when the printer is (no longer) watched. The caller commits."""
-    printer = await session.get(Printer, printer_id)
+    """Apply one scored frame; ``None`` when the printer is (no longer) watched. The caller commits
+    (and, given ``hours``, writes it first: frames applied together draw their hours together).
+
+    Nothing is written here unless the frame may alert or pause, so the frames of one
+    transaction go to the database together when it commits."""
+    printer = await session.get(Printer, printer_id, options=HOT_PATH_LOAD)
     if printer is None or not is_watched_now(printer) or printer.current_print is None:
         return None
     print_ = printer.current_print
@@ -173,7 +209,7 @@ async def apply_frame(
     print_.detection_ewm, print_.detection_short_mean = scores.ewm, scores.short_mean
     printer.detection_lifetime_frames, printer.detection_long_mean = baseline.lifetime_frames, baseline.long_mean
     printer.normalized_p = decisions.normalized_p(scores, baseline, sensitivity)
-    await _charge_detection_hours(session, printer, print_, taken_at, unlimited=unlimited_hours)
+    await _charge_detection_hours(session, printer, print_, taken_at, unlimited=unlimited_hours, hours=hours)
 
     image_path, tagged_path = frame_paths(print_, scores.frame)
     has_tags = any(box[4] > decisions.VISUALIZATION_THRESH for box in boxes)
@@ -189,12 +225,14 @@ async def apply_frame(
         tagged_image_path=tagged_path if has_tags else None, temperatures=reported_temperatures(printer.status),
     )
     session.add(frame)
-    await session.flush()
 
     pause = decisions.should_pause(scores, baseline, sensitivity)
     warn = decisions.should_alert(scores, baseline, sensitivity)
     if not (pause or warn) or _cooling_down(print_, taken_at):
         return FrameOutcome(frame, None, False)
+    # Written before any command goes out or alert names it: a frame the database refuses
+    # (its print deleted meanwhile) pauses nobody.
+    await session.flush()
     # A failure pauses even while a warning is unanswered; alerts themselves are not repeated,
     # and neither is a pause the agent has not reported yet (or the user has not answered).
     wants_pause = pause and printer.action_on_failure == ActionOnFailure.PAUSE.value \
@@ -213,6 +251,12 @@ async def apply_frame(
                  "action_on_failure": printer.action_on_failure},
     )
     session.add(alert)
+    await outbox.record(
+        session, organization_id=printer.organization_id, printer_id=printer.id, print_id=print_.id,
+        event=NotificationEvent.FAILURE_ALERT if pause else NotificationEvent.FAILURE_WARNING,
+        payload={"printer_name": printer.name, "filename": print_.filename, "normalized_p": printer.normalized_p,
+                 "paused": paused, "image_path": image_path, "boxes": frame.boxes,
+                 "width": result.width, "height": result.height})
     log.warning("printer %s: %s alert on print %s (normalized_p %.2f)%s", printer.id, alert.kind, print_.id,
                 printer.normalized_p, ", paused" if paused else "")
     return FrameOutcome(frame, alert, paused)

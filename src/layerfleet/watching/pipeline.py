@@ -4,31 +4,62 @@
 printer is watched and printing, and at most one per printer per interval (10 s): the claim
 is a conditional UPDATE of ``printers.last_scored_at``, so it holds across server processes.
 Claimed frames wait in a bounded in-process queue; one worker takes whatever has gathered
-(frames of many printers), scores them in one batch in a worker thread, and applies each
-result in its own transaction.
+(frames of many printers), scores them in one batch in a worker thread, and applies the
+batch's results in one transaction (each in its own if that fails).
+
+Pictures arrive through :meth:`WatchingPipeline.claim`, inside the uploader's transaction and
+from the printer it already read (``watching.sink``); :meth:`WatchingPipeline.submit` is the
+same on its own.
+
+A full queue drops the frame, never silently: the drop is counted (``layerfleet.metrics``),
+logged (at most one line per ``DROP_LOG_SECONDS``) and :meth:`WatchingPipeline.health` says the
+pipeline is behind, which the fleet page shows.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import or_, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from layerfleet.commands.bus import CommandBus
+from layerfleet import metrics
+from layerfleet.commands.bus import AgentMessage, CommandBus
+from layerfleet.database import utcnow
 from layerfleet.detection.imaging import BadImage
 from layerfleet.detection.runtime import Detector, FrameResult
 from layerfleet.fleet.events import FleetEvents
 from layerfleet.fleet.models import Printer
-from layerfleet.watching.frames import FrameOutcome, apply_frame, is_watched_now
+from layerfleet.fleet.service import HOT_PATH_LOAD
+from layerfleet.watching.frames import FrameOutcome, HoursLedger, apply_frame, is_watched_now
+from layerfleet.watching.sink import AfterCommit
 
 log = logging.getLogger(__name__)
 
 MAX_WAITING_FRAMES = 256
+# Watching is "behind" while frames were dropped within this window, or one has waited longer
+# than the scoring interval (and at least this floor: a frame waiting a few seconds is normal).
+BEHIND_WINDOW_SECONDS = 60.0
+BEHIND_WAIT_FLOOR_SECONDS = 10.0
+# At most one log line per this many seconds about drops, however many there are.
+DROP_LOG_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class WatchingHealth:
+    """Whether the pipeline keeps up: what the fleet page's warning and the metrics say."""
+
+    behind: bool
+    dropped_last_minute: int
+    oldest_waiting_seconds: float
+    queue_depth: int
+    queue_capacity: int
 
 
 @dataclass(frozen=True)
@@ -51,6 +82,7 @@ class WatchingPipeline:
         unlimited_hours: bool = False,
         detector: Detector | None = None,
         events: FleetEvents | None = None,
+        queue_size: int = MAX_WAITING_FRAMES,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.events = events or FleetEvents()
@@ -60,49 +92,134 @@ class WatchingPipeline:
         self.batch_size = batch_size
         self.unlimited_hours = unlimited_hours
         self.detector = detector
-        self.queue: asyncio.Queue[PendingFrame] = asyncio.Queue(MAX_WAITING_FRAMES)
+        self.queue: asyncio.Queue[PendingFrame] = asyncio.Queue(queue_size)
+        self.queue_size = queue_size
         self.outcomes: asyncio.Queue[FrameOutcome] | None = None  # tests listen here
         self.scored = 0
         self.dropped = 0
         self._worker: asyncio.Task[None] | None = None
+        # Arrival times of the frames in the queue, then of the batch being scored, oldest
+        # first: the queue itself cannot be looked into.
+        self._waiting: deque[datetime] = deque()
+        self._in_flight: deque[datetime] = deque()
+        self._drops: deque[float] = deque()  # monotonic times of drops within BEHIND_WINDOW_SECONDS
+        self._drops_unlogged: dict[int, int] = {}  # printer id → drops since the last log line
+        self._drop_logged_at = -DROP_LOG_SECONDS
+        metrics.track_waiting_frames(self)
 
     async def start(self) -> None:
         if self.detector is None:
             # Loading the model takes a moment; not on the event loop.
             self.detector = await asyncio.to_thread(Detector)
         self._worker = asyncio.create_task(self._work(), name="watching-pipeline")
+        metrics.WATCHING_QUEUE_CAPACITY.inc(self.queue_size)
 
     async def close(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+            self._worker = None
+            metrics.WATCHING_QUEUE_CAPACITY.dec(self.queue_size)
+            # Frames left behind are no longer waiting for anything.
+            metrics.WATCHING_QUEUE_DEPTH.dec(self.queue.qsize())
+            self._waiting.clear()
+            self._in_flight.clear()
 
     async def submit(self, printer_id: int, organization_id: int, jpeg_bytes: bytes, received_at: datetime) -> None:
         async with self.sessionmaker() as session:
-            printer = await session.get(Printer, printer_id)
-            if printer is None or not is_watched_now(printer):
+            printer = await session.get(Printer, printer_id, options=HOT_PATH_LOAD)
+            if printer is None:
+                metrics.PICTURES_RECEIVED.inc()
                 return
-            claimed = await session.execute(
-                update(Printer)
-                .where(Printer.id == printer_id,
-                       or_(Printer.last_scored_at.is_(None), Printer.last_scored_at <= received_at - self.interval))
-                .values(last_scored_at=received_at)
-                .execution_options(synchronize_session=False)
-            )
-            if getattr(claimed, "rowcount", 0) != 1:
-                return  # scored one recently: this picture only updates the printer's picture
+            then = await self.claim(session, printer, jpeg_bytes, received_at)
+            if then is None:
+                return
             await session.commit()
+        await then()
+
+    async def claim(self, session: AsyncSession, printer: Printer, jpeg_bytes: bytes,
+                    received_at: datetime) -> AfterCommit | None:
+        """Claim the picture for scoring in the caller's transaction (``watching.sink``); what is
+        returned queues it once the claim is committed."""
+        metrics.PICTURES_RECEIVED.inc()
+        if not is_watched_now(printer):
+            return None
+        if printer.last_scored_at is not None and printer.last_scored_at > received_at - self.interval:
+            return None  # scored one recently (the claim below would say so too, with a write)
+        if self.queue.full():
+            # Not claimed: the printer's next picture is due at once, when there may be room.
+            self._drop(printer.id)
+            return None
+        claimed = await session.execute(
+            update(Printer)
+            .where(Printer.id == printer.id,
+                   or_(Printer.last_scored_at.is_(None), Printer.last_scored_at <= received_at - self.interval))
+            .values(last_scored_at=received_at)
+            .execution_options(synchronize_session=False)
+        )
+        if getattr(claimed, "rowcount", 0) != 1:
+            return None  # scored one recently: this picture only updates the printer's picture
+        frame = PendingFrame(printer.id, printer.organization_id, jpeg_bytes, received_at)
+
+        async def enqueue() -> None:
+            self._enqueue(frame)
+
+        return enqueue
+
+    def _enqueue(self, frame: PendingFrame) -> None:
         try:
-            self.queue.put_nowait(PendingFrame(printer_id, organization_id, jpeg_bytes, received_at))
+            self.queue.put_nowait(frame)
         except asyncio.QueueFull:
-            # Falling behind: skipping a frame costs one sample of ten seconds, blocking costs the agents.
-            self.dropped += 1
-            log.warning("detector is behind: dropped a frame of printer %s", printer_id)
+            # Filled up during the claim. Skipping a frame costs one sample of ten seconds;
+            # blocking would cost the agents their uploads.
+            self._drop(frame.printer_id)
+            return
+        self._waiting.append(frame.received_at)
+        metrics.FRAMES_QUEUED.inc()
+        metrics.WATCHING_QUEUE_DEPTH.inc()
+
+    def _drop(self, printer_id: int) -> None:
+        self.dropped += 1
+        metrics.FRAMES_DROPPED.inc()
+        now = time.monotonic()
+        self._drops.append(now)
+        self._forget_old_drops(now)
+        self._drops_unlogged[printer_id] = self._drops_unlogged.get(printer_id, 0) + 1
+        if now - self._drop_logged_at >= DROP_LOG_SECONDS:
+            frames, printers = sum(self._drops_unlogged.values()), len(self._drops_unlogged)
+            log.warning("watching is behind: the detector's queue is full (%d frames, the oldest waiting %.0f s); "
+                        "dropped %d frame(s) of %d printer(s) since the last report", self.queue.qsize(),
+                        self.oldest_waiting_seconds(), frames, printers)
+            self._drops_unlogged.clear()
+            self._drop_logged_at = now
+
+    def _forget_old_drops(self, now: float) -> None:
+        while self._drops and now - self._drops[0] > BEHIND_WINDOW_SECONDS:
+            self._drops.popleft()
+
+    def oldest_waiting_seconds(self) -> float:
+        """Age of the oldest frame waiting for its score or being scored; 0 when none."""
+        oldest = self._in_flight[0] if self._in_flight else self._waiting[0] if self._waiting else None
+        return max(0.0, (utcnow() - oldest).total_seconds()) if oldest is not None else 0.0
+
+    def health(self) -> WatchingHealth:
+        self._forget_old_drops(time.monotonic())
+        oldest = self.oldest_waiting_seconds()
+        limit = max(self.interval.total_seconds(), BEHIND_WAIT_FLOOR_SECONDS)
+        return WatchingHealth(behind=bool(self._drops) or oldest > limit, dropped_last_minute=len(self._drops),
+                              oldest_waiting_seconds=oldest, queue_depth=self.queue.qsize(),
+                              queue_capacity=self.queue_size)
+
+    def _taken(self, frame: PendingFrame) -> PendingFrame:
+        # The queue is first in, first out, like _waiting: its head is this frame's arrival.
+        self._in_flight.append(self._waiting.popleft())
+        metrics.WATCHING_QUEUE_DEPTH.dec()
+        return frame
 
     async def _next_batch(self) -> list[PendingFrame]:
-        batch = [await self.queue.get()]
+        batch = [self._taken(await self.queue.get())]
         while len(batch) < self.batch_size and not self.queue.empty():
-            batch.append(self.queue.get_nowait())
+            batch.append(self._taken(self.queue.get_nowait()))
         return batch
 
     async def _work(self) -> None:
@@ -114,26 +231,107 @@ class WatchingPipeline:
                 results = await asyncio.to_thread(detector.detect, [frame.jpeg for frame in batch])
             except Exception:
                 log.exception("the detector failed on a batch of %d frames", len(batch))
+                metrics.FRAMES_FAILED.labels(stage="detector").inc(len(batch))
+                self._in_flight.clear()
                 continue
+            scored: list[tuple[PendingFrame, FrameResult]] = []
             for frame, result in zip(batch, results, strict=True):
                 if isinstance(result, BadImage):
                     log.warning("printer %s: picture not scored: %s", frame.printer_id, result)
-                    continue
-                await self._apply(frame, result)
+                    metrics.FRAMES_FAILED.labels(stage="picture").inc()
+                else:
+                    scored.append((frame, result))
+            try:
+                if scored:
+                    await self._apply_batch(scored)
+            finally:
+                for _ in batch:
+                    self._in_flight.popleft()
 
-    async def _apply(self, frame: PendingFrame, result: FrameResult) -> None:
+    async def _apply_batch(self, scored: list[tuple[PendingFrame, FrameResult]]) -> None:
+        """The batch's frames in one transaction (one commit, one fsync on SQLite, for up to
+        ``batch_size`` printers). If it fails, each frame is applied again in its own, so one
+        printer's trouble (a deleted print, a picture that cannot be stored) loses no other
+        printer's frame; each outcome is the same either way."""
+        bus = _SendsOnce(self.bus)
+        try:
+            outcomes = await self._apply_together(scored, bus)
+        except Exception:
+            if len(scored) == 1:
+                log.exception("printer %s: applying a scored frame failed", scored[0][0].printer_id)
+                metrics.FRAMES_FAILED.labels(stage="apply").inc()
+                return
+            log.warning("applying %d scored frames together failed; applying them one by one", len(scored),
+                        exc_info=True)
+            bus.replaying = True
+            for frame, result in scored:
+                await self._apply(frame, result, bus)
+            return
+        for (frame, _), outcome in zip(scored, outcomes, strict=True):
+            self._applied(frame, outcome)
+
+    async def _apply_together(self, scored: list[tuple[PendingFrame, FrameResult]], bus: CommandBus
+                              ) -> list[FrameOutcome | None]:
+        async with self.sessionmaker() as session:
+            # One read for the batch's printers; apply_frame finds them in the session. Held
+            # here: the session only keeps unchanged objects while someone refers to them.
+            _held = list((await session.execute(
+                select(Printer).where(Printer.id.in_({frame.printer_id for frame, _ in scored}))
+                .options(*HOT_PATH_LOAD))).scalars())
+            hours = HoursLedger()
+            outcomes = [await apply_frame(session, bus, frame.printer_id, frame.jpeg, result, frame.received_at,
+                                          data_dir=self.data_dir, unlimited_hours=self.unlimited_hours, hours=hours)
+                        for frame, result in scored]
+            await hours.write(session)
+            await session.commit()
+        return outcomes
+
+    async def _apply(self, frame: PendingFrame, result: FrameResult, bus: CommandBus) -> None:
         try:
             async with self.sessionmaker() as session:
-                outcome = await apply_frame(session, self.bus, frame.printer_id, frame.jpeg, result,
+                outcome = await apply_frame(session, bus, frame.printer_id, frame.jpeg, result,
                                             frame.received_at, data_dir=self.data_dir,
                                             unlimited_hours=self.unlimited_hours)
                 await session.commit()
         except Exception:
             # One printer's trouble (a deleted print, a database hiccup) must not stop the others.
             log.exception("printer %s: applying a scored frame failed", frame.printer_id)
+            metrics.FRAMES_FAILED.labels(stage="apply").inc()
             return
-        if outcome is not None:
-            self.scored += 1
-            self.events.publish(frame.organization_id, [frame.printer_id])
-            if self.outcomes is not None:
-                self.outcomes.put_nowait(outcome)
+        self._applied(frame, outcome)
+
+    def _applied(self, frame: PendingFrame, outcome: FrameOutcome | None) -> None:
+        if outcome is None:
+            return
+        self.scored += 1
+        metrics.FRAMES_SCORED.inc()
+        metrics.SCORING_LAG.observe(max(0.0, (utcnow() - frame.received_at).total_seconds()))
+        self.events.publish(frame.organization_id, [frame.printer_id])
+        if self.outcomes is not None:
+            self.outcomes.put_nowait(outcome)
+
+
+class _SendsOnce(CommandBus):
+    """The bus as one batch's frames see it. What a batch sent before it failed as a whole is
+    remembered; when its frames are applied again one by one (``replaying``), the same message
+    to the same printer counts as sent without going out again: an agent told to pause twice
+    would retract and lift twice."""
+
+    def __init__(self, bus: CommandBus) -> None:
+        self.bus = bus
+        self.sent: list[tuple[int, AgentMessage]] = []
+        self.replaying = False
+
+    async def is_connected(self, printer_id: int) -> bool:
+        if self.replaying and any(sent_to == printer_id for sent_to, _ in self.sent):
+            return True
+        return await self.bus.is_connected(printer_id)
+
+    async def send(self, printer_id: int, message: AgentMessage) -> bool:
+        if self.replaying and (printer_id, message) in self.sent:
+            self.sent.remove((printer_id, message))
+            return True
+        sent = await self.bus.send(printer_id, message)
+        if sent and not self.replaying:
+            self.sent.append((printer_id, message))
+        return sent

@@ -7,8 +7,17 @@ updates come over server-sent events from the fleet's event stream (:mod:`layerf
 
 from fastapi import APIRouter
 
-from layerfleet.web import auth, credentials_page, fleet, library, linking_page, prints
+from layerfleet.web import (
+    action_link_page,
+    auth,
+    credentials_page,
+    fleet,
+    library,
+    linking_page,
+    notifications_page,
+    prints,
+)
 
 router = APIRouter(include_in_schema=False)
-for module in (auth, fleet, prints, library, linking_page, credentials_page):
+for module in (auth, fleet, prints, library, linking_page, credentials_page, notifications_page, action_link_page):
     router.include_router(module.router)

@@ -35,6 +35,7 @@ from layerfleet.fleet.rules import SENSITIVITY_MAX, SENSITIVITY_MIN
 from layerfleet.fleet.watch_reasons import REASON_NOT_PRINTING, not_watching_reason
 from layerfleet.media import media_url
 from layerfleet.watching.frames import reported_temperatures
+from layerfleet.watching.pipeline import WatchingPipeline
 from layerfleet.web.pages import page_user, render, session_ended, to_sign_in
 
 router = APIRouter(include_in_schema=False)
@@ -116,14 +117,31 @@ def _printer_settings(printer: Printer) -> dict[str, Any]:
     }
 
 
+def watching_notice(pipeline: WatchingPipeline | None) -> dict[str, Any]:
+    """Whether the fleet page warns that watching is behind (this process's pipeline), and why."""
+    if pipeline is None:
+        return {"behind": False, "text": ""}
+    health = pipeline.health()
+    if not health.behind:
+        return {"behind": False, "text": ""}
+    parts = ["Watching is behind: the failure detector cannot keep up with the pictures"]
+    if health.dropped_last_minute:
+        parts.append(f"{health.dropped_last_minute} picture{'s' if health.dropped_last_minute != 1 else ''} "
+                     "due for scoring went unscored in the last minute")
+    if health.oldest_waiting_seconds >= 1:
+        parts.append(f"the oldest waiting picture arrived {health.oldest_waiting_seconds:.0f} s ago")
+    return {"behind": True, "text": "; ".join(parts) + ". Failures may be caught late."}
+
+
 @router.get("/")
-async def fleet_page(request: Request, db: Db) -> Response:
+async def fleet_page(request: Request, db: Db, services: AppServices) -> Response:
     user = await page_user(request, db)
     if user is None:
         return to_sign_in(request)
     cards = [printer_card(p) for p in await fleet.list_printers(db, user.organization_id)]
     return render(request, "fleet.html", user, {
         "active": "fleet", "cards": cards, "states": [s.value for s in FleetState],
+        "watching": watching_notice(services.watching),
     })
 
 
@@ -237,10 +255,18 @@ async def fleet_stream(request: Request, services: AppServices, events: FleetStr
 
     async def stream() -> AsyncIterator[str]:
         async with events.subscribe(organization_id) as subscription:
-            yield f"retry: 3000\n\n{_sse('hello', {'organization': organization_id})}"
+            # The hello carries the watching notice: the page may have been drawn a while ago.
+            notice = watching_notice(services.watching)
+            yield f"retry: 3000\n\n{_sse('hello', {'organization': organization_id, 'watching': notice})}"
             checked = asyncio.get_running_loop().time()
             while True:
                 changed = await subscription.changes(KEEPALIVE_SECONDS)
+                # Looked at on every wake-up (a keep-alive at the latest): a warning comes and
+                # goes within seconds, without a printer having to change.
+                now_notice = watching_notice(services.watching)
+                if now_notice != notice:
+                    notice = now_notice
+                    yield _sse("watching", notice)
                 if printer is not None:
                     changed &= {printer}
                 now = asyncio.get_running_loop().time()

@@ -7,6 +7,9 @@ the role checks and validation are the API's own.
 
 from __future__ import annotations
 
+import asyncio
+import bisect
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,7 +18,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from layerfleet.accounts.models import Role, User
-from layerfleet.api.deps import Db
+from layerfleet.api.deps import Db, services_of
 from layerfleet.database import utcnow
 from layerfleet.detection import service as detection
 from layerfleet.detection.decisions import gauge_zone
@@ -26,6 +29,8 @@ from layerfleet.media import media_url
 from layerfleet.prints import service as prints
 from layerfleet.prints.models import AlertOverwrite, FeedbackAnswer, Print
 from layerfleet.prints.rules import PrintFilter, PrintSorting
+from layerfleet.timelapses import service as timelapses
+from layerfleet.timelapses.models import TimelapseJob, TimelapsePurpose, TimelapseStatus
 from layerfleet.web.pages import duration_text, page_user, render, to_sign_in
 
 router = APIRouter(include_in_schema=False)
@@ -122,7 +127,7 @@ ANSWER_TEXT = {FeedbackAnswer.LOOKS_BAD.value: "Looks bad", FeedbackAnswer.LOOKS
 class PrintRow:
     id: int
     filename: str
-    printer_id: int
+    printer_id: int | None
     printer: str  # its name, "" once it is deleted
     started: Moment
     duration: str
@@ -130,10 +135,20 @@ class PrintRow:
     paused_by: str  # who paused it ("a person"), while it is paused
     detector: str
     feedback_pending: int
+    poster_url: str | None = None
 
     @property
     def outcome_text(self) -> str:
         return OUTCOME_TEXT[self.outcome]
+
+
+def size_text(size: int) -> str:
+    """Bytes as people read them: "840 KB", "12.5 MB", "3.2 GB"."""
+    if size < 1024**2:
+        return f"{max(1, round(size / 1024)) if size else 0} KB"
+    if size < 1024**3:
+        return f"{size / 1024**2:.1f} MB"
+    return f"{size / 1024**3:.1f} GB"
 
 
 def _number(text: str, low: int, high: int) -> int | None:
@@ -179,7 +194,10 @@ async def print_history(
     if size is None:
         problems.append(f"The page size (limit) must be a whole number from 1 to {MAX_PAGE_SIZE}.")
     context: dict[str, Any] = {"active": "prints", "choices": CHOICES, "choice": choice, "problems": problems,
-                               "rows": [], "newer": None, "older": None}
+                               "rows": [], "newer": None, "older": None,
+                               "may_upload": user.role_enum.allows(Role.OPERATOR),
+                               "upload_printers": [(p.id, p.name) for p in await fleet.list_printers(
+                                   db, user.organization_id)]}
     if choice is None or first is None or size is None:
         return render(request, "prints.html", user, context, status_code=400)
 
@@ -187,19 +205,25 @@ async def print_history(
     # One more than a page tells whether an older page exists without counting them all.
     found = await prints.list_prints(db, user.organization_id, print_filter=print_filter,
                                      sorting=PrintSorting.DATE_DESC, start=first, limit=size + 1)
-    names = await fleet.printer_names(db, user.organization_id, {p.printer_id for p in found})
+    names = await fleet.printer_names(db, user.organization_id, {p.printer_id for p in found if p.printer_id})
     # Only a print still running may be paused, and only its printer's status tells.
-    running = {p.printer_id for p in found[:size] if not p.ended}
+    running = {p.printer_id for p in found[:size] if not p.ended and p.printer_id is not None}
     printers = {printer.id: printer for printer in await fleet.list_printers(db, user.organization_id, ids=running)} \
         if running else {}
     rows = [
         PrintRow(id=p.id, filename=p.filename or "(no file name)", printer_id=p.printer_id,
-                 printer=names.get(p.printer_id, ""),
-                 started=moment(p.started_at), duration=elapsed(p), outcome=outcome(p, printers.get(p.printer_id)),
-                 paused_by=pauser_text(p, printers.get(p.printer_id)),
-                 detector=detector_note(p), feedback_pending=pending_feedback(p))
+                 printer=names.get(p.printer_id or 0, ""),
+                 started=moment(p.started_at), duration=elapsed(p),
+                 outcome=outcome(p, printers.get(p.printer_id or 0)),
+                 paused_by=pauser_text(p, printers.get(p.printer_id or 0)),
+                 detector=detector_note(p), feedback_pending=pending_feedback(p),
+                 poster_url=media_url("", p.poster_path))
         for p in found[:size]
     ]
+    if user.role_enum.allows(Role.ADMIN):
+        used = await timelapses.organization_media_bytes(services_of(request).settings.data_dir,
+                                                         user.organization_id)
+        context["media_used"] = size_text(used)
     context.update(
         rows=rows,
         first_number=first + 1,
@@ -219,6 +243,7 @@ class Event:
     title: str
     detail: str = ""
     tone: str = ""  # "ok", "warn" or "bad": how the marker is drawn
+    video_at: float | None = None  # where the timelapse shows this moment (seconds)
 
 
 @dataclass(frozen=True)
@@ -228,19 +253,25 @@ class FeedbackFrame:
     image_url: str | None
     answer: str  # a FeedbackAnswer value
     answer_text: str
+    video_at: float | None = None
 
 
 def _percent(normalized_p: float) -> str:
     return f"{round(normalized_p * 100)} %"
 
 
-def timeline(print_: Print, alerts: list[Alert]) -> list[Event]:
-    """What happened to the print, in order."""
-    events: list[tuple[datetime, Event]] = [(print_.started_at, Event(moment(print_.started_at), "Started"))]
+Seek = Callable[[datetime], float | None]
+
+
+def timeline(print_: Print, alerts: list[Alert], seek: Seek | None = None) -> list[Event]:
+    """What happened to the print, in order; ``seek`` tells where the timelapse shows a moment."""
+    events: list[tuple[datetime, Event]] = []
 
     def add(at: datetime | None, title: str, detail: str = "", tone: str = "") -> None:
         if at is not None:
-            events.append((at, Event(moment(at), title, detail, tone)))
+            events.append((at, Event(moment(at), title, detail, tone, seek(at) if seek else None)))
+
+    add(print_.started_at, "Started")
 
     for alert in alerts:
         failure = alert.kind == AlertKind.FAILURE.value
@@ -302,6 +333,54 @@ def chart_summary(print_: Print, frames: list[PredictionFrame]) -> str:
             f"the last was {_percent(frames[-1].normalized_p)}.")
 
 
+@dataclass(frozen=True)
+class VideoView:
+    """The print's timelapse as its page shows it."""
+
+    url: str | None
+    tagged_url: str | None
+    poster_url: str | None
+    note: str  # why there is no video (yet), or ""
+
+
+VIDEO_NOTES = {
+    TimelapseStatus.QUEUED.value: "The timelapse is waiting to be compiled.",
+    TimelapseStatus.IN_PROGRESS.value: "The timelapse is being compiled; reload the page in a moment.",
+    TimelapseStatus.SKIPPED.value: "No timelapse: {error}",
+    TimelapseStatus.ERROR.value: "The timelapse could not be made: {error}",
+}
+
+
+def video_view(print_: Print, job: TimelapseJob | None) -> VideoView:
+    if print_.video_path is not None:
+        note = ""
+    elif job is not None and job.purpose == TimelapsePurpose.ANALYSE.value and job.status in (
+            TimelapseStatus.QUEUED.value, TimelapseStatus.IN_PROGRESS.value):
+        note = "The failure detector is checking this timelapse; reload the page in a moment."
+    elif job is not None:
+        note = VIDEO_NOTES.get(job.status, "").format(error=job.error or "")
+    elif print_.ended:
+        note = "This print has no timelapse."
+    else:
+        note = "The timelapse is compiled when the print ends."
+    return VideoView(media_url("", print_.video_path), media_url("", print_.tagged_video_path),
+                     media_url("", print_.poster_path), note)
+
+
+def video_seek(frame_times: list[float], fps: int) -> Seek:
+    """Where (seconds) the video shows a moment: the last frame taken at or before it."""
+    def seek(at: datetime) -> float | None:
+        if not frame_times:
+            return None
+        moment_s = at.timestamp()
+        if not frame_times[0] - 60 <= moment_s <= frame_times[-1] + 60:
+            return None
+        index = max(0, bisect.bisect_right(frame_times, moment_s + 0.001) - 1)
+        return round(index / fps, 3)
+
+    return seek
+
+
 def _not_found(request: Request, user: User) -> Response:
     return render(request, "print.html", user, {"active": "prints", "p": None}, status_code=404)
 
@@ -317,12 +396,18 @@ async def print_page(request: Request, db: Db, print_id: str) -> Response:
     if print_ is None:
         return _not_found(request, user)
 
-    printer = await fleet.get_printer(db, user.organization_id, print_.printer_id)
+    printer = await fleet.get_printer(db, user.organization_id, print_.printer_id) \
+        if print_.printer_id is not None else None
     alerts = await detection.alerts_of_print(db, print_.id)
     frames = await detection.frames_of_print(db, print_.id)
+    settings = services_of(request).settings
+    seek = video_seek(await asyncio.to_thread(timelapses.read_frame_times, settings.data_dir, print_),
+                      settings.timelapse_fps)
+    taken = {path: f.taken_at for f in frames for path in (f.image_path, f.tagged_image_path) if path}
     feedbacks = [
         FeedbackFrame(id=f.id, number=n, image_url=media_url("", f.image_path), answer=f.answer,
-                      answer_text=ANSWER_TEXT.get(f.answer, "Not answered yet"))
+                      answer_text=ANSWER_TEXT.get(f.answer, "Not answered yet"),
+                      video_at=seek(taken[f.image_path]) if f.image_path in taken else None)
         for n, f in enumerate(print_.feedbacks, start=1)
     ]
     end = ended_at(print_)
@@ -341,7 +426,8 @@ async def print_page(request: Request, db: Db, print_id: str) -> Response:
         "paused": moment(print_.paused_at) if print_.paused_at else None,
         "verdict": print_.alert_overwrite,
         "verdict_text": VERDICT_TEXT.get(print_.alert_overwrite or "", "Not given yet"),
-        "events": timeline(print_, alerts),
+        "events": timeline(print_, alerts, seek),
+        "video": video_view(print_, await timelapses.latest_job(db, print_.id)),
         "chart": chart_data(print_, frames),
         "chart_summary": chart_summary(print_, frames),
         "feedbacks": feedbacks,

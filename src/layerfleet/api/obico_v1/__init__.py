@@ -2,10 +2,13 @@
 
 from fastapi import APIRouter
 
-from layerfleet.api.obico_v1 import alerts, printers, prints, users
+from layerfleet.api.obico_v1 import alerts, notification_targets, print_uploads, printers, prints, users
 
 router = APIRouter(prefix="/api/v1")
 router.include_router(printers.router)
+# Before the prints' routes: /prints/upload/ is not the print with id "upload".
+router.include_router(print_uploads.router)
 router.include_router(prints.router)
 router.include_router(users.router)
 router.include_router(alerts.router)
+router.include_router(notification_targets.router)

@@ -1,5 +1,5 @@
 """Failure alerts (a Layerfleet extension of the v1 dialect): what the detector raised, newest
-first, until the notifications issue delivers them by email, webhooks and chat."""
+first. The same alerts reach people through the notification targets (layerfleet.notifications)."""
 
 from __future__ import annotations
 

@@ -7,12 +7,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Path, Query, Request, Response
 
 from layerfleet.accounts.models import Role, User
-from layerfleet.api.deps import CurrentUser, Db, base_url, ensure_role
+from layerfleet.api.deps import AppSettings, CurrentUser, Db, base_url, ensure_role
 from layerfleet.api.errors import FieldErrors
 from layerfleet.api.obico_v1.schemas import PrintOut, print_out
 from layerfleet.prints import service as prints
 from layerfleet.prints.models import Print
 from layerfleet.prints.rules import PrintChanges, PrintFilter, PrintSorting
+from layerfleet.timelapses import service as timelapses
 
 router = APIRouter(tags=["Obico v1: prints"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such print in your organization"}}
@@ -77,11 +78,14 @@ async def update_print(
     return print_out(found, base_url(request))
 
 
-async def delete_print(db: Db, user: CurrentUser, print_id: PrintId) -> Response:
+async def delete_print(db: Db, user: CurrentUser, settings: AppSettings, print_id: PrintId) -> Response:
     found = await _print_or_404(db, user, print_id)
     ensure_role(user, Role.ADMIN)
+    organization_id = found.organization_id
     await prints.delete_print(db, found)
     await db.commit()
+    # After the commit: a failed delete must not have lost the print's videos.
+    await timelapses.remove_print_media(settings.data_dir, organization_id, print_id)
     return Response(status_code=200)
 
 

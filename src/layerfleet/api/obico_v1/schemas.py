@@ -40,7 +40,7 @@ class PrintShotFeedbackOut(BaseModel):
 
 class PrintOut(BaseModel):
     id: int
-    printer: int
+    printer: int | None = Field(description="null for an uploaded timelapse that names no printer")
     filename: str
     started_at: datetime
     finished_at: datetime | None

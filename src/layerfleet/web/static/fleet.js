@@ -123,9 +123,18 @@
     }
   });
 
-  lf.live("/events/fleet", ({ cards: changed, removed }) => {
+  const source = lf.live("/events/fleet", ({ cards: changed, removed }) => {
     for (const card of changed) { cards.set(card.id, card); place(card); }
     for (const id of removed) { cards.delete(id); list.querySelector(`li[data-id="${id}"]`)?.remove(); }
     summarize();
   }, document.getElementById("live"));
+
+  // The server says when its failure detector falls behind (frames dropped or waiting too long).
+  const behind = document.getElementById("watching-behind");
+  const showNotice = (notice) => {
+    behind.textContent = notice.text;
+    behind.classList.toggle("hidden", !notice.behind);
+  };
+  source.addEventListener("hello", (event) => showNotice(JSON.parse(event.data).watching));
+  source.addEventListener("watching", (event) => showNotice(JSON.parse(event.data)));
 })();

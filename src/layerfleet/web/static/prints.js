@@ -8,6 +8,84 @@
     if (!Number.isNaN(at.getTime())) node.textContent = localTime.format(at);
   }
 
+  // Upload a timelapse (the history page): XMLHttpRequest, for its upload progress events.
+  const uploadForm = document.getElementById("upload-form");
+  if (uploadForm) {
+    const progress = document.getElementById("upload-progress");
+    const status = document.getElementById("upload-status");
+    uploadForm.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const file = document.getElementById("upload-file").files[0];
+      if (!file) return;
+      const body = new FormData();
+      body.append("file", file);
+      body.append("filename", file.name);
+      const printer = document.getElementById("upload-printer").value;
+      if (printer) body.append("printer_id", printer);
+      const hours = Number(document.getElementById("upload-hours").value);
+      if (hours > 0) body.append("print_seconds", String(Math.round(hours * 3600)));
+      const button = uploadForm.querySelector("button[type=submit]");
+      button.disabled = true;
+      progress.hidden = false;
+      progress.value = 0;
+      status.textContent = "Uploading…";
+      const request = new XMLHttpRequest();
+      request.open("POST", "/api/v1/prints/upload/");
+      request.upload.addEventListener("progress", (e) => {
+        if (!e.lengthComputable) return;
+        progress.value = Math.round((e.loaded / e.total) * 100);
+        status.textContent = `Uploading… ${progress.value} %`;
+      });
+      request.addEventListener("load", () => {
+        button.disabled = false;
+        let answer = null;
+        try { answer = JSON.parse(request.responseText); } catch (_) { /* not JSON */ }
+        if (request.status === 201 && answer) {
+          status.textContent = "Uploaded. The detector is checking it; opening the print…";
+          window.location.assign(`/prints/${answer.id}/`);
+        } else {
+          progress.hidden = true;
+          status.textContent = (answer && (answer.detail || Object.values(answer).flat().join(" "))) ||
+            `The upload failed (HTTP ${request.status}).`;
+        }
+      });
+      request.addEventListener("error", () => {
+        button.disabled = false;
+        progress.hidden = true;
+        status.textContent = "The upload failed: the server could not be reached.";
+      });
+      request.send(body);
+    });
+  }
+
+  // The print's timelapse: a switch between the plain and the tagged video, keeping the
+  // moment; "Show in video" buttons seek to theirs.
+  const player = document.getElementById("timelapse");
+  if (player) {
+    const sources = [...document.querySelectorAll("button[data-video-source]")];
+    for (const button of sources) {
+      button.addEventListener("click", () => {
+        if (button.getAttribute("aria-pressed") === "true") return;
+        const at = player.currentTime;
+        const playing = !player.paused;
+        player.addEventListener("loadedmetadata", () => {
+          player.currentTime = at;
+          if (playing) player.play();
+        }, { once: true });
+        player.src = button.dataset.videoSource;
+        for (const b of sources) b.setAttribute("aria-pressed", String(b === button));
+      });
+    }
+    for (const button of document.querySelectorAll("button[data-seek]")) {
+      button.addEventListener("click", () => {
+        player.pause();
+        player.currentTime = Number(button.dataset.seek);
+        player.scrollIntoView({ block: "nearest", behavior: "smooth" });
+        player.focus();
+      });
+    }
+  }
+
   const dataNode = document.getElementById("print-data");
   if (!dataNode) return; // the history page
   const data = JSON.parse(dataNode.textContent);
