@@ -198,3 +198,24 @@ async def test_a_print_shorter_than_the_minimum_gets_no_video(farm: Farm, settin
     assert (await _print(farm, print_.id)).video_path is None
     folder = media_root(settings.data_dir) / timelapses.print_folder(print_.organization_id, print_.id)
     assert not (folder / timelapses.KEPT_FRAMES).exists() and not (folder / timelapses.VIDEO).exists()
+
+
+async def test_deleting_a_printer_deletes_its_pictures_and_its_prints_media(
+        client: httpx.AsyncClient, farm: Farm, settings: Settings) -> None:
+    admin = await farm.member(Role.ADMIN)
+    print_ = await print_with_frames(farm, admin, settings.data_dir, 6)
+    job = await compile_now(farm, settings, print_)
+    assert job.status == TimelapseStatus.DONE.value, job.error
+    assert print_.printer_id is not None
+    root = media_root(settings.data_dir)
+    print_folder = root / timelapses.print_folder(print_.organization_id, print_.id)
+    pictures = root / f"orgs/{print_.organization_id}/printers/{print_.printer_id}"
+    (pictures / "pic").mkdir(parents=True, exist_ok=True)
+    (pictures / "pic" / "1.jpg").write_bytes(b"\xff\xd8\xff\xd9")
+    other = await print_with_frames(farm, await farm.member(Role.ADMIN, organization="Farm B"), settings.data_dir, 2)
+    other_folder = root / timelapses.print_folder(other.organization_id, other.id)
+    assert print_folder.exists() and other_folder.exists()
+    answer = await client.delete(f"/api/v1/printers/{print_.printer_id}/", headers=admin.headers)
+    assert answer.status_code == 200
+    assert not print_folder.exists() and not pictures.exists()
+    assert other_folder.exists()  # another organization's printer keeps everything

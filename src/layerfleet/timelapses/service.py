@@ -89,6 +89,25 @@ async def remove_print_media(data_dir: Path, organization_id: int, print_id: int
     await asyncio.to_thread(remove_print_folder, data_dir, organization_id, print_id)
 
 
+async def prints_of_printer(session: AsyncSession, printer_id: int) -> list[int]:
+    """The ids of a printer's prints: when the printer goes, the database drops their rows by
+    itself, and their files must be removed by name before."""
+    rows = await session.execute(select(Print.id).where(Print.printer_id == printer_id))
+    return list(rows.scalars())
+
+
+def remove_printer_folders(data_dir: Path, organization_id: int, printer_id: int, print_ids: list[int]) -> None:
+    """Every file of a deleted printer: its pictures and its prints' media (blocking)."""
+    root = media_root(data_dir)
+    shutil.rmtree(root / organization_prefix(organization_id) / "printers" / str(printer_id), ignore_errors=True)
+    for print_id in print_ids:
+        shutil.rmtree(root / print_folder(organization_id, print_id), ignore_errors=True)
+
+
+async def remove_printer_media(data_dir: Path, organization_id: int, printer_id: int, print_ids: list[int]) -> None:
+    await asyncio.to_thread(remove_printer_folders, data_dir, organization_id, printer_id, print_ids)
+
+
 def folder_bytes(folder: Path) -> int:
     total = 0
     for root, _dirs, files in os.walk(folder):

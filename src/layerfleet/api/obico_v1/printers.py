@@ -10,7 +10,7 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Reques
 from pydantic import BaseModel, ConfigDict, StrictBool
 
 from layerfleet.accounts.models import Role, User
-from layerfleet.api.deps import Bus, CurrentUser, Db, base_url, ensure_role, printer_changed
+from layerfleet.api.deps import AppSettings, Bus, CurrentUser, Db, base_url, ensure_role, printer_changed
 from layerfleet.api.obico_v1.schemas import CommandResult, PrinterOut, printer_out
 from layerfleet.commands.bus import TokenRevoked
 from layerfleet.fleet import service as fleet
@@ -18,6 +18,7 @@ from layerfleet.fleet.actions import PrinterActions
 from layerfleet.fleet.models import Printer
 from layerfleet.fleet.rules import PrinterChanges
 from layerfleet.prints.models import AlertOverwrite
+from layerfleet.timelapses import service as timelapses
 
 router = APIRouter(tags=["Obico v1: printers"])
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "No such printer in your organization"}}
@@ -80,12 +81,16 @@ async def update_printer(
 
 
 @router.delete("/printers/{printer_id}/", response_class=Response, responses={200: {"content": {}}, **NOT_FOUND})
-async def delete_printer(request: Request, db: Db, user: CurrentUser, printer_id: PrinterId) -> Response:
+async def delete_printer(request: Request, db: Db, user: CurrentUser, settings: AppSettings,
+                         printer_id: PrinterId) -> Response:
     printer = await _printer_or_404(db, user, printer_id)
     ensure_role(user, Role.ADMIN)
     organization_id = printer.organization_id
+    print_ids = await timelapses.prints_of_printer(db, printer_id)
     await fleet.delete_printer(db, printer)
     await db.commit()
+    # After the commit: a failed delete must not have lost the pictures and videos.
+    await timelapses.remove_printer_media(settings.data_dir, organization_id, printer_id, print_ids)
     printer_changed(request, organization_id, printer_id)
     return Response(status_code=200)
 
