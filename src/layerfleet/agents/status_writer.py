@@ -115,7 +115,10 @@ class StatusWriter:
     async def _flush(self) -> None:
         if not self._waiting:
             return
-        rows, futures = list(self._waiting.values()), self._futures
+        # In printer order, as every other writer of several printers locks them: two transactions
+        # taking the same rows in different orders deadlock on PostgreSQL.
+        rows = sorted(self._waiting.values(), key=lambda row: int(row["printer_id"]))
+        futures = self._futures
         self._waiting, self._futures = {}, {}
         try:
             async with self._sessionmaker() as session:

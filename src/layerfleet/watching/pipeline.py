@@ -279,9 +279,14 @@ class WatchingPipeline:
                 select(Printer).where(Printer.id.in_({frame.printer_id for frame, _ in scored}))
                 .options(*HOT_PATH_LOAD))).scalars())
             hours = HoursLedger()
-            outcomes = [await apply_frame(session, bus, frame.printer_id, frame.jpeg, result, frame.received_at,
-                                          data_dir=self.data_dir, unlimited_hours=self.unlimited_hours, hours=hours)
-                        for frame, result in scored]
+            outcomes: list[FrameOutcome | None] = [None] * len(scored)
+            # In printer order, as the status writer locks them: the same rows taken in different
+            # orders by two transactions deadlock on PostgreSQL (seen at 1,000 printers).
+            for index in sorted(range(len(scored)), key=lambda i: scored[i][0].printer_id):
+                frame, result = scored[index]
+                outcomes[index] = await apply_frame(session, bus, frame.printer_id, frame.jpeg, result,
+                                                    frame.received_at, data_dir=self.data_dir,
+                                                    unlimited_hours=self.unlimited_hours, hours=hours)
             await hours.write(session)
             await session.commit()
         return outcomes
