@@ -37,6 +37,7 @@ from layerfleet.detection.runtime import Detector, FrameResult
 from layerfleet.fleet.events import FleetEvents
 from layerfleet.fleet.models import Printer
 from layerfleet.fleet.service import HOT_PATH_LOAD
+from layerfleet.prints.models import Print
 from layerfleet.watching.frames import FrameOutcome, HoursLedger, apply_frame, is_watched_now
 from layerfleet.watching.sink import AfterCommit
 
@@ -278,6 +279,7 @@ class WatchingPipeline:
             _held = list((await session.execute(
                 select(Printer).where(Printer.id.in_({frame.printer_id for frame, _ in scored}))
                 .options(*HOT_PATH_LOAD))).scalars())
+            await _lock_in_order(session, _held)
             hours = HoursLedger()
             outcomes: list[FrameOutcome | None] = [None] * len(scored)
             # In printer order, as the status writer locks them: the same rows taken in different
@@ -294,6 +296,9 @@ class WatchingPipeline:
     async def _apply(self, frame: PendingFrame, result: FrameResult, bus: CommandBus) -> None:
         try:
             async with self.sessionmaker() as session:
+                printer = await session.get(Printer, frame.printer_id)
+                if printer is not None:
+                    await _lock_in_order(session, [printer])
                 outcome = await apply_frame(session, bus, frame.printer_id, frame.jpeg, result,
                                             frame.received_at, data_dir=self.data_dir,
                                             unlimited_hours=self.unlimited_hours)
@@ -340,3 +345,17 @@ class _SendsOnce(CommandBus):
         if sent and not self.replaying:
             self.sent.append((printer_id, message))
         return sent
+
+
+async def _lock_in_order(session: AsyncSession, printers: list[Printer]) -> None:
+    """Lock the printers' rows, then their current prints' rows, each in id order, before
+    anything is written (PostgreSQL; SQLite locks the whole file). A picture's own transaction
+    writes its printer, then its print; a batch that let the flush pick its own order took a
+    print before its printer and deadlocked with it (seen at 1,000 printers)."""
+    printer_ids = sorted(p.id for p in printers)
+    print_ids = sorted({p.current_print_id for p in printers if p.current_print_id is not None})
+    if printer_ids:
+        await session.execute(select(Printer.id).where(Printer.id.in_(printer_ids)).order_by(Printer.id)
+                              .with_for_update())
+    if print_ids:
+        await session.execute(select(Print.id).where(Print.id.in_(print_ids)).order_by(Print.id).with_for_update())
