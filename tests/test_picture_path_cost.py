@@ -191,7 +191,7 @@ async def test_a_batch_of_scored_frames_is_applied_in_one_transaction(watching_a
     assert balance_before - balance_after == pytest.approx(watched_seconds / 3600)
 
     assert applied.commits == 1, str(applied)
-    # One read of the batch's printers, two row locks (printers, then prints, in id order: no
+    # One read of the batch's printers (locking them in id order), one lock of their prints (no
     # deadlock with a picture's own transaction), its frames' INSERTs (one on PostgreSQL; SQLite's
     # driver takes them one by one), one UPDATE per changed table and owner: a frame alone cost 7.
     assert len(applied.statements) <= frames + 6, str(applied)

@@ -278,8 +278,8 @@ class WatchingPipeline:
             # here: the session only keeps unchanged objects while someone refers to them.
             _held = list((await session.execute(
                 select(Printer).where(Printer.id.in_({frame.printer_id for frame, _ in scored}))
-                .options(*HOT_PATH_LOAD))).scalars())
-            await _lock_in_order(session, _held)
+                .options(*HOT_PATH_LOAD).order_by(Printer.id).with_for_update(of=Printer))).scalars())
+            await _lock_prints_in_order(session, _held)
             hours = HoursLedger()
             outcomes: list[FrameOutcome | None] = [None] * len(scored)
             # In printer order, as the status writer locks them: the same rows taken in different
@@ -296,9 +296,11 @@ class WatchingPipeline:
     async def _apply(self, frame: PendingFrame, result: FrameResult, bus: CommandBus) -> None:
         try:
             async with self.sessionmaker() as session:
+                # The row only: FOR UPDATE may not reach the outer joins of a whole Printer's load.
+                await session.execute(select(Printer.id).where(Printer.id == frame.printer_id).with_for_update())
                 printer = await session.get(Printer, frame.printer_id)
                 if printer is not None:
-                    await _lock_in_order(session, [printer])
+                    await _lock_prints_in_order(session, [printer])
                 outcome = await apply_frame(session, bus, frame.printer_id, frame.jpeg, result,
                                             frame.received_at, data_dir=self.data_dir,
                                             unlimited_hours=self.unlimited_hours)
@@ -347,15 +349,12 @@ class _SendsOnce(CommandBus):
         return sent
 
 
-async def _lock_in_order(session: AsyncSession, printers: list[Printer]) -> None:
-    """Lock the printers' rows, then their current prints' rows, each in id order, before
-    anything is written (PostgreSQL; SQLite locks the whole file). A picture's own transaction
-    writes its printer, then its print; a batch that let the flush pick its own order took a
-    print before its printer and deadlocked with it (seen at 1,000 printers)."""
-    printer_ids = sorted(p.id for p in printers)
+async def _lock_prints_in_order(session: AsyncSession, printers: list[Printer]) -> None:
+    """Lock the current prints of ``printers`` (whose rows the caller read FOR UPDATE, in id
+    order) in id order, before anything is written (PostgreSQL; SQLite locks the whole file).
+    A picture's own transaction writes its printer, then its print; a batch that let the flush
+    pick its own order took a print before its printer and deadlocked with it (seen at 1,000
+    printers)."""
     print_ids = sorted({p.current_print_id for p in printers if p.current_print_id is not None})
-    if printer_ids:
-        await session.execute(select(Printer.id).where(Printer.id.in_(printer_ids)).order_by(Printer.id)
-                              .with_for_update())
     if print_ids:
         await session.execute(select(Print.id).where(Print.id.in_(print_ids)).order_by(Print.id).with_for_update())
