@@ -510,3 +510,78 @@ async def test_a_target_saved_under_another_server_key_says_so_instead_of_failin
     await deliver(farm)
     retrying = [d for d in await deliveries(farm) if d.status == "retrying"]
     assert len(retrying) == 1 and "enter its URL again" in (retrying[0].last_error or "")
+
+
+# --- the same alert, for a printer of `layerfleet simulate` over its websocket ------------------------
+
+async def test_an_emailed_resume_link_resumes_a_simulated_printer_over_its_websocket(
+        farm: Farm, settings: Settings, mailbox: Mailbox, app: Any, tmp_path: Any) -> None:
+    """The whole path with real parts: a simulated printer's agent (AgentRunner over the websocket,
+    pictures through the upload endpoint) fails, the server's detector pauses it, the server's own
+    notifier mails the alert to aiosmtpd, and the link's button resumes that printer."""
+    from layerfleet.printer_agent.connector import PrinterState
+    from layerfleet.printer_agent.runner import AgentRunner, Cadence, Stopped
+    from layerfleet.simulator.printer import SimulatedCamera, SimulatedPrinter, SimulationOptions
+    from live_server import LiveServer
+
+    live_settings = settings.model_copy(update={
+        "data_dir": tmp_path / "data", "detection_enabled": True, "detection_interval_seconds": 0.2,
+        "unlimited_detection_hours": True, "notification_poll_seconds": 0.2})
+    admin = await farm.member(Role.ADMIN)
+    printer = await farm.printer(admin, name="Sim XL")
+    simulated = SimulatedPrinter("Sim XL", SimulationOptions(
+        speed=10.0, fail_rate=1.0, min_print_minutes=6, max_print_minutes=6, idle_seconds=(3600.0, 3600.0),
+        heating_rate=20.0, first_print_preheated=True), seed=21)
+    simulated.idle_left = 0.5
+    cadence = Cadence(idle_status=1.0, active_status=0.3, watched_picture=0.3, unwatched_picture=0.3,
+                      min_backoff=0.1, max_backoff=0.5, http_timeout=5.0)
+    with LiveServer(live_settings) as url:
+        runner = AgentRunner(url, printer.auth_token, simulated, SimulatedCamera(simulated), cadence=cadence)
+        task = asyncio.create_task(runner.run())
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=20) as web:
+                await make_target(web, admin, mailbox.url(), ["FailureAlert"], name="Night shift")
+
+                def state() -> PrinterState:
+                    return simulated.state  # a call: the state changes between looks
+
+                deadline = time.monotonic() + 90
+                while state() is not PrinterState.PAUSED:
+                    assert time.monotonic() < deadline, f"the detector did not pause it: {simulated.state}"
+                    await asyncio.sleep(0.3)
+                progress_when_paused = simulated.printed_seconds
+
+                messages = await asyncio.to_thread(mailbox.wait, 1, 30.0)
+                alert = next(m for m in messages if "failing, paused" in str(m["subject"]))
+                assert "Sim XL" in str(alert["subject"])
+                text = alert.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+                assert "The print was paused." in text
+                assert any(p.get_content_type() == "image/jpeg" for p in alert.iter_attachments())
+                resume = re.search(r"Resume the print: http://[^/\s]+(/a/[A-Za-z0-9_-]+)", text)
+                assert resume is not None
+                link = resume.group(1)
+
+                # A mail scanner's GET leaves the printer paused.
+                assert (await web.get(link)).status_code == 200
+                await asyncio.sleep(1.0)
+                assert state() is PrinterState.PAUSED
+
+                pressed = await web.post(link)
+                assert pressed.status_code == 200 and "The print is resuming." in pressed.text
+                deadline = time.monotonic() + 20
+                while not (state() is PrinterState.PRINTING
+                           and simulated.printed_seconds > progress_when_paused):
+                    assert time.monotonic() < deadline, f"the printer did not resume: {simulated.state}"
+                    await asyncio.sleep(0.2)
+
+                again = await web.post(link)
+                assert again.status_code == 410 and "already been used" in again.text
+
+                # Resumed as the API resumes: this print's alerts are muted, so it keeps printing.
+                prints = (await web.get("/api/v1/prints/", headers=admin.headers)).json()
+                assert prints[0]["alert_overwrite"] == "NOT_FAILED"
+                await asyncio.sleep(3.0)
+                assert state() is PrinterState.PRINTING
+        finally:
+            runner.stop()
+            assert await task is Stopped.REQUESTED
