@@ -85,6 +85,7 @@ from layerfleet.prints.models import Print
 from layerfleet.simulator.render import Scene, render_frame
 
 DEFAULT_POSTGRES_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/bench_capacity"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 EMAIL = "capacity@example.com"
 DEFAULT_STEPS = (300, 600, 1000, 1500)
 # What a step must show to hold.
@@ -251,6 +252,8 @@ class Options:
     link_concurrency: int
     server_log_level: str
     keep_logs: Path | None
+    workers: int = 0
+    redis_url: str = DEFAULT_REDIS_URL
 
 
 async def seed_owner(url: str) -> str:
@@ -408,6 +411,8 @@ class StepResult:
     dropped: float = float("nan")
     window: float = 0.0
     server_cores: float = float("nan")
+    workers: int = 0
+    worker_cores: float = float("nan")  # all scoring workers together
     threads: list[tuple[str, float]] = field(default_factory=list)  # (name, cores), busiest first
     database_cores: float = float("nan")
     rss_mib: float = float("nan")
@@ -417,6 +422,10 @@ class StepResult:
     other_cores: float = float("nan")
     steal_cores: float = float("nan")
     link_seconds: float = 0.0
+    storage_bytes_per_s: float = float("nan")  # growth of the data directory (media, and SQLite's file)
+    db_commits_per_s: float = float("nan")  # PostgreSQL only (pg_stat_database)
+    db_rows_written_per_s: float = float("nan")
+    redis_commands_per_s: float = float("nan")  # with --workers: every command the Redis server ran
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -454,10 +463,91 @@ async def scored_arrivals(url: str, since: float) -> dict[int, list[float]]:
                 .where(PredictionFrame.taken_at >= datetime.fromtimestamp(since, UTC)))
             found: dict[int, list[float]] = {}
             for printer_id, taken_at in rows:
-                found.setdefault(printer_id, []).append(taken_at.timestamp())
+                if printer_id is not None:
+                    found.setdefault(printer_id, []).append(taken_at.timestamp())
             return found
     finally:
         await engine.dispose()
+
+
+class WorkerProcess:
+    """``layerfleet worker`` scoring the server's frames (LAYERFLEET_SCORING_ON_WORKERS), with
+    the server's settings and data directory."""
+
+    def __init__(self, name: str, server: Any) -> None:
+        self.name = name
+        self.server = server
+        self.log_path: Path = server.data_dir / f"{name}.log"
+        self.process: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log_path.open("wb") as log:
+            self.process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "layerfleet", "worker", env=self.server.env, stdout=log,
+                stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while b"scoring frames" not in self.log_path.read_bytes():
+            if self.process.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name} did not start:\n{load._tail(self.log_path)}")
+            await asyncio.sleep(0.2)
+
+    def cpu_seconds(self) -> float:
+        assert self.process is not None
+        return float(load._cpu_seconds(self.process.pid))
+
+    async def stop(self) -> None:
+        if self.process is None or self.process.returncode is not None:
+            return
+        self.process.terminate()
+        try:
+            await asyncio.wait_for(self.process.wait(), 20)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
+
+
+async def forget_redis_keys(url: str, namespace: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(f"{namespace}:*")]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
+
+
+def folder_bytes(folder: Path) -> int:
+    total = 0
+    for path, _dirs, files in os.walk(folder):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.stat(os.path.join(path, name)).st_size
+    return total
+
+
+async def postgres_writes(url: str) -> tuple[int, int]:
+    """Commits and rows inserted, updated or deleted in the bench's database so far."""
+    connection = await asyncpg.connect(load._admin_dsn(url))
+    try:
+        row = await connection.fetchrow(
+            "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted AS written FROM pg_stat_database "
+            "WHERE datname = $1", make_url(url).database)
+        return (int(row["xact_commit"]), int(row["written"])) if row else (0, 0)
+    finally:
+        await connection.close()
+
+
+async def redis_commands(url: str) -> int:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        stats: Any = await client.info("stats")
+        return int(stats["total_commands_processed"])
+    finally:
+        await client.aclose()
 
 
 async def drop_postgres(url: str) -> None:
@@ -480,7 +570,7 @@ async def sample_metrics(client: httpx.AsyncClient, result: StepResult) -> None:
 
 async def run_step(options: Options, pictures: tuple[list[bytes], list[bytes]]) -> StepResult:
     n = options.printers
-    result = StepResult(n, options.database)
+    result = StepResult(n, options.database, workers=options.workers)
     clean, failing = pictures
     with tempfile.TemporaryDirectory(prefix="layerfleet-capacity-") as tmp:
         root = Path(tmp)
@@ -489,14 +579,21 @@ async def run_step(options: Options, pictures: tuple[list[bytes], list[bytes]]) 
             url = options.postgres_url
         else:
             url = f"sqlite+aiosqlite:///{root / 'layerfleet.db'}"
-        server = load.ServerProcess("capacity", root / "server",
-                                    {"LAYERFLEET_DATABASE_URL": url, "LAYERFLEET_LOG_LEVEL": options.server_log_level})
+        env = {"LAYERFLEET_DATABASE_URL": url, "LAYERFLEET_LOG_LEVEL": options.server_log_level}
+        namespace = f"bench-capacity-{os.getpid()}-{n}"
+        if options.workers:
+            env |= {"LAYERFLEET_REDIS_URL": options.redis_url, "LAYERFLEET_REDIS_NAMESPACE": namespace,
+                    "LAYERFLEET_SCORING_ON_WORKERS": "true"}
+        server = load.ServerProcess("capacity", root / "server", env)
+        workers = [WorkerProcess(f"worker-{index}", server) for index in range(options.workers)]
         printers: list[Printer] = []
         tasks: list[asyncio.Task[Any]] = []
         counters = load.Counters()
         try:
             api_key = await seed_owner(url)
             await server.start()
+            for worker in workers:
+                await worker.start()
             print(f"[{n} {options.database}] linking {n} printers through the API …", flush=True)
             started = time.monotonic()
             linked = await link_printers(server.base_url, api_key, n, options.link_concurrency)
@@ -527,6 +624,10 @@ async def run_step(options: Options, pictures: tuple[list[bytes], list[bytes]]) 
             threads = ThreadCpu(server.pid)
             metrics_before = await scrape(metrics_client)
             threads_before, server_before = threads.seconds(), server.cpu_seconds()
+            workers_before = sum(w.cpu_seconds() for w in workers)
+            storage_before = await asyncio.to_thread(folder_bytes, root)
+            writes_before = await postgres_writes(url) if options.database == "postgresql" else (0, 0)
+            redis_before = await redis_commands(options.redis_url) if workers else 0
             backends_before = (await load.postgres_backends_cpu(url)) if options.database == "postgresql" else {}
             busy_before, steal_before = load._machine_seconds()
             loadgen_before = load._loadgen_cpu()
@@ -539,6 +640,16 @@ async def run_step(options: Options, pictures: tuple[list[bytes], list[bytes]]) 
             window = time.monotonic() - clock
             window_end = time.time()
             threads_after, server_after = threads.seconds(), server.cpu_seconds()
+            workers_cpu = sum(w.cpu_seconds() for w in workers) - workers_before
+            result.storage_bytes_per_s = (await asyncio.to_thread(folder_bytes, root) - storage_before) / (
+                time.monotonic() - clock)
+            if options.database == "postgresql":
+                commits, rows = await postgres_writes(url)
+                result.db_commits_per_s = (commits - writes_before[0]) / (time.monotonic() - clock)
+                result.db_rows_written_per_s = (rows - writes_before[1]) / (time.monotonic() - clock)
+            if workers:
+                result.redis_commands_per_s = (await redis_commands(options.redis_url) - redis_before) / (
+                    time.monotonic() - clock)
             loadgen_cpu = load._loadgen_cpu() - loadgen_before
             busy_after, steal_after = load._machine_seconds()
             database_cpu = 0.0
@@ -551,8 +662,10 @@ async def run_step(options: Options, pictures: tuple[list[bytes], list[bytes]]) 
             result.server_cores = (server_after - server_before) / window
             result.loadgen_cores = loadgen_cpu / window
             result.loadgen_lag_p99_ms = 1000 * load.percentile(lag.samples, 99)
+            if workers:
+                result.worker_cores = workers_cpu / window
             result.other_cores = max(0.0, busy_after - busy_before - (server_after - server_before)
-                                     - database_cpu - loadgen_cpu) / window
+                                     - database_cpu - loadgen_cpu - (workers_cpu if workers else 0.0)) / window
             result.steal_cores = (steal_after - steal_before) / window
             used = {tid: threads_after[tid] - threads_before.get(tid, 0.0) for tid in threads_after}
             named: dict[str, tuple[int, float]] = {}
@@ -606,6 +719,14 @@ async def run_step(options: Options, pictures: tuple[list[bytes], list[bytes]]) 
             await asyncio.gather(*(p.agent.close() for p in printers), return_exceptions=True)
             await asyncio.gather(*(p.uploader._close() for p in printers), return_exceptions=True)
             died = server.process is not None and not server.alive()
+            for worker in workers:
+                if worker.process is not None and worker.process.returncode is not None:
+                    result.problems.append(f"{worker.name} died:\n{load._tail(worker.log_path)}")
+                await worker.stop()
+                logged_by_worker = load._logged_errors(worker.log_path, load._log_size(worker.log_path))
+                if logged_by_worker:
+                    result.problems.append(f"{worker.name} logged {sum(logged_by_worker.values())} errors: "
+                                           f"{logged_by_worker}")
             await server.stop()
             if options.keep_logs is not None:
                 options.keep_logs.mkdir(parents=True, exist_ok=True)
@@ -618,6 +739,9 @@ async def run_step(options: Options, pictures: tuple[list[bytes], list[bytes]]) 
             if options.database == "postgresql":
                 with contextlib.suppress(Exception):
                     await drop_postgres(options.postgres_url)
+            if workers:
+                with contextlib.suppress(Exception):
+                    await forget_redis_keys(options.redis_url, namespace)
     if counters.lost_connections:
         result.problems.append(f"{counters.lost_connections} agents lost their websocket ({counters.close_codes})")
     if counters.unexpected_commands:
@@ -635,9 +759,9 @@ def _f(value: float, digits: int = 0) -> str:
 TABLE_HEAD = (
     "| printers | database | upload p50 / p99 / max ms | HTTP errors | scored / uploaded (server: scored / received) "
     "| scoring gap p50 / p99 / max s | scoring lag p50 / p99 s, oldest unscored s | frames dropped "
-    "| server CPU, cores (busiest threads) | DB backends, cores | server RSS / peak MiB "
+    "| server CPU, cores (busiest threads) | scoring workers, cores | DB backends, cores | server RSS / peak MiB "
     "| load gen., cores (loop lag p99 ms) | rest of machine, cores (steal) | holds |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -650,18 +774,35 @@ def table_row(r: StepResult) -> str:
         f"({_f(r.scored_by_server)} / {_f(r.received_by_server)}) | {_f(load.percentile(r.gaps, 50), 1)} / "
         f"{_f(load.percentile(r.gaps, 99), 1)} / {_f(max(r.gaps, default=float('nan')), 1)} "
         f"| {_f(r.lag_p50, 1)} / {_f(r.lag_p99, 1)}, {_f(r.oldest_unscored_max, 1)} | {_f(r.dropped)} "
-        f"| {_f(r.server_cores, 2)} ({busiest}) | {_f(r.database_cores, 2)} | {_f(r.rss_mib)} / {_f(r.rss_peak_mib)} "
+        f"| {_f(r.server_cores, 2)} ({busiest}) | {_f(r.worker_cores, 2) + (f' ({r.workers})' if r.workers else '')} "
+        f"| {_f(r.database_cores, 2)} | {_f(r.rss_mib)} / {_f(r.rss_peak_mib)} "
         f"| {_f(r.loadgen_cores, 2)} ({_f(r.loadgen_lag_p99_ms, 1)}) | {_f(r.other_cores, 2)} ({_f(r.steal_cores, 2)}) "
         f"| {'yes' if r.holds else 'no'} |"
     )
 
 
+def per_printer_costs(r: StepResult) -> str:
+    """What one printer costs at this step: the figures docs/scaling.md is made of."""
+    n = r.printers
+    cores = r.server_cores + (r.worker_cores if r.workers else 0.0) + (
+        r.database_cores if r.database_cores == r.database_cores else 0.0)
+    day_mb = r.storage_bytes_per_s * 86400 / n / 1e6
+    return (f"per printer: {1000 * cores / n:.2f} millicores (server{' + workers' if r.workers else ''}"
+            f"{' + PostgreSQL' if r.database == 'postgresql' else ''}), {r.rss_mib / n:.2f} MiB server RSS, "
+            f"{day_mb:,.0f} MB stored per day printing, {r.db_commits_per_s / n:.3f} commits/s and "
+            f"{r.db_rows_written_per_s / n:.2f} rows written/s (PostgreSQL), "
+            f"{r.redis_commands_per_s / n:.2f} Redis commands/s (with workers)")
+
+
 def print_step(r: StepResult) -> None:
     print()
-    print(f"{r.printers} printers on {r.database}: window {r.window:.0f} s, linked in {r.link_seconds:.0f} s")
+    with_workers = f" with {r.workers} scoring workers" if r.workers else ""
+    print(f"{r.printers} printers on {r.database}{with_workers}: window {r.window:.0f} s, "
+          f"linked in {r.link_seconds:.0f} s")
     print(TABLE_HEAD)
     print(table_row(r))
     print("server CPU by thread, cores: " + ", ".join(f"{name} {cores:.3f}" for name, cores in r.threads[:12]))
+    print(per_printer_costs(r))
     if r.errors:
         print(f"HTTP errors: {r.errors}")
     for problem in r.problems:
@@ -689,6 +830,9 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--link-concurrency", type=int, default=8)
     parser.add_argument("--server-log-level", default="info")
     parser.add_argument("--keep-logs", type=Path, help="copy the server's log of each step into this folder")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="scoring on this many `layerfleet worker` processes (the server only receives; Redis)")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="with --workers")
     args = parser.parse_args(argv)
     if args.printers < 1 or args.duration <= 0 or not 0 <= args.spaghetti_share <= 1:
         parser.error("--printers ≥ 1, --duration > 0 and 0 ≤ --spaghetti-share ≤ 1")
@@ -697,6 +841,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         status_interval=args.status_interval, picture_interval=args.picture_interval,
         spaghetti_share=args.spaghetti_share, database=args.database, postgres_url=args.postgres_url,
         link_concurrency=args.link_concurrency, server_log_level=args.server_log_level, keep_logs=args.keep_logs,
+        workers=args.workers, redis_url=args.redis_url,
     )
     return args, options
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import shutil
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -30,6 +31,7 @@ from layerfleet.config import Settings
 from layerfleet.database import Base, create_engine, migrate, utcnow
 from layerfleet.fleet import service as fleet
 from layerfleet.fleet.models import Printer
+from layerfleet.media import media_root
 from layerfleet.prints.models import Print, PrintShotFeedback
 
 POSTGRES_SERVER = "postgresql+asyncpg://postgres@127.0.0.1:5432"
@@ -135,6 +137,10 @@ async def _clean_tables(request: pytest.FixtureRequest) -> AsyncIterator[None]:
     bus = application.state.services.command_bus
     if isinstance(bus, InProcessCommandBus):
         bus.unregister_all()
+    # Their files too: the next test's organizations get the same ids again, and must not find
+    # (or count, as the prints page's disk use does) what an earlier test stored.
+    media = media_root(application.state.services.settings.data_dir)
+    await asyncio.to_thread(shutil.rmtree, media / "orgs", True)
 
 
 @pytest.fixture

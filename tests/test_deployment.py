@@ -1,8 +1,10 @@
 """The multi-process deployment of docs/deploy.md, run for real: two `layerfleet serve` processes
-behind nginx (deploy/nginx/layerfleet.conf, only its ports changed), one `layerfleet worker`,
-Redis, PostgreSQL and one shared data directory, with simulated printers linked through the
-proxy. Killing a server with SIGKILL must cost nothing: its agents reconnect through the proxy
-within 30 s, commands still reach every printer, and no print, event or watched frame is lost.
+behind nginx (deploy/nginx/layerfleet.conf, only its ports changed), one `layerfleet worker`
+that scores every webcam frame (LAYERFLEET_SCORING_ON_WORKERS, as in
+deploy/layerfleet.env.example), Redis, PostgreSQL and one shared data directory, with simulated
+printers linked through the proxy. Killing a server with SIGKILL must cost nothing: its agents
+reconnect through the proxy within 30 s, commands still reach every printer, and no print, event
+or watched frame is lost.
 
 LAYERFLEET_TEST_DEPLOY_PRINTERS sets how many printers (CI: a few dozen; a few hundred by hand)."""
 
@@ -181,7 +183,8 @@ async def test_killing_a_server_behind_the_proxy_loses_nothing(tmp_path: Path) -
         env = {**os.environ, "LAYERFLEET_DATA_DIR": str(data_dir), "LAYERFLEET_DATABASE_URL": database_url,
                "LAYERFLEET_REDIS_URL": "redis://127.0.0.1:6379/0", "LAYERFLEET_REDIS_NAMESPACE": namespace,
                "LAYERFLEET_SECRET_KEY": secrets.token_urlsafe(32), "LAYERFLEET_TRUSTED_PROXIES": "127.0.0.1",
-               "LAYERFLEET_BASE_URL": proxy, "LAYERFLEET_JOB_WORKERS": "0", "LAYERFLEET_UNLIMITED_DETECTION_HOURS":
+               "LAYERFLEET_BASE_URL": proxy, "LAYERFLEET_JOB_WORKERS": "0", "LAYERFLEET_SCORING_ON_WORKERS": "true",
+               "LAYERFLEET_UNLIMITED_DETECTION_HOURS":
                "true", "LAYERFLEET_DETECTION_INTERVAL_SECONDS": str(PICTURE_INTERVAL), "LAYERFLEET_LOG_LEVEL": "info"}
         (tmp_path / "nginx").mkdir()
         config = tmp_path / "nginx" / "nginx.conf"

@@ -306,12 +306,12 @@ async def test_a_claim_that_fails_loses_neither_the_picture_nor_its_frame(
     claim = pipeline.claim
     failures: list[int] = []
 
-    async def claim_once_failing(session: Any, found: Printer, *args: Any) -> Any:
+    async def claim_once_failing(session: Any, found: Printer, *args: Any, **kwargs: Any) -> Any:
         if not failures:
             failures.append(found.id)
             await session.execute(select(1).where(Printer.id == -1))
             raise RuntimeError("the database went away mid-claim")
-        return await claim(session, found, *args)
+        return await claim(session, found, *args, **kwargs)
 
     monkeypatch.setattr(pipeline, "claim", claim_once_failing)
     transport = httpx.ASGITransport(app=watching_app)

@@ -1,8 +1,10 @@
-"""The real training pipeline, a few steps on a handful of images from ../shared, exported
-to ONNX and INT8 and loaded by the runtime."""
+"""The real training pipeline, a few steps on a handful of images from ../shared (both data
+sets, every kind of synthetic sample: simulator frames, composites, clutter), exported to ONNX
+with the defect output and to INT8, and loaded by the runtime."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -13,25 +15,37 @@ from layerfleet.detection import Detector
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "datasets" / "print-failures"
+EXTRA = REPO.parent / "shared" / "datasets" / "print-failures-extra"
 
 
 def test_train_a_few_steps_export_and_load(tmp_path: Path) -> None:
     assert (DATA / "images" / "train").is_dir(), "the training data set must be beside the project"
+    assert (EXTRA / "manifest.csv").is_file(), "the extra data set must be beside the project"
     out = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "training.train", "--data", str(DATA), "--out", str(out), "--limit", "6",
-         "--steps", "2", "--batch", "4", "--workers", "0", "--synthetic", "4", "--export-size", "288"],
+        [sys.executable, "-m", "training.train", "--data", str(DATA), "--extra", str(EXTRA), "--out", str(out),
+         "--limit", "6", "--steps", "2", "--batch", "4", "--workers", "0", "--synthetic", "4",
+         "--export-size", "288"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     log = (out / "train.log").read_text()
     assert "step 2/2" in log and "exported" in log
+    assert '"defect":' in log  # the defect head's loss is trained
+    counts = json.loads(log.split("synthetic per epoch: ")[1].split(";")[0])
+    assert counts["composite"] >= 1 and counts["clutter"] >= 1 and counts["simulator"] >= 1
+    # print-failures' 6 + 6 and the extra set's train and val rows (one of each kind at least).
+    train_images = int(log.split("train ")[1].split(" images")[0])
+    assert train_images > 6
+    assert '"defect_auroc":' in log
+
     model = out / "model.onnx"
     detector = Detector(model)
-    assert detector.input_size == 288
+    assert detector.input_size == 288 and detector.has_defects
     picture = next((DATA / "images" / "val").glob("*.jpg")).read_bytes()
     scored = detector.detect_one(picture)
     assert 0.0 <= scored.score <= 1.0
+    assert scored.defect_score is not None and 0.0 <= scored.defect_score <= 1.0
 
     from training.export import calibration_frames, quantize_int8
 
@@ -39,3 +53,27 @@ def test_train_a_few_steps_export_and_load(tmp_path: Path) -> None:
     assert int8.stat().st_size < model.stat().st_size / 2
     quantized = Detector(int8).detect_one(picture)
     assert quantized.score == pytest.approx(scored.score, abs=0.25)
+    assert quantized.defect_score is not None
+
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "training.evaluate", "--model", str(model), "--data", str(DATA), "--extra", str(EXTRA),
+         "--sets", "extra-holdout", "--json"], cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    figures = json.loads(evaluated.stdout)["sets"]["extra-holdout"]
+    assert figures["images"] > 100 and figures["defect_images"] > 0
+    assert 0.0 <= figures["defect_auroc"] <= 1.0 and 0.0 <= figures["auroc"] <= 1.0
+
+
+def test_evaluate_reports_n_a_for_the_defect_figures_of_the_shipped_model() -> None:
+    run = [sys.executable, "-m", "training.evaluate", "--data", str(DATA), "--extra", str(EXTRA), "--sets", "extra-val"]
+    table = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert table.returncode == 0, table.stderr[-3000:]
+    rows = {line.split()[0]: line.split()[1:] for line in table.stdout.splitlines()[2:] if line.strip()}
+    assert rows["defect_auroc"] == ["n/a"] and rows["ap50_defect"] == ["n/a"]
+    assert 0.5 < float(rows["auroc"][0]) <= 1.0
+    figures = json.loads(subprocess.run([*run, "--json"], cwd=REPO, capture_output=True, text=True,
+                                        timeout=600).stdout)["sets"]["extra-val"]
+    assert figures["defect_auroc"] is None and figures["defect_images"] > 0
+    bad = subprocess.run([*run[:-1], "val,nowhere"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown set" in bad.stderr

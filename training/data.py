@@ -1,11 +1,12 @@
 """Training data: the print-failures set (YOLO labels), with strong augmentation, hard
-negatives, and synthetic spaghetti on real negatives and on simulator frames."""
+negatives, and synthetic spaghetti on real negatives and on simulator frames. The extra set is
+read by `training.extra`, composites and clutter are made by `training.composites`."""
 
 from __future__ import annotations
 
 import io
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +17,42 @@ from layerfleet.detection.imaging import letterbox
 from layerfleet.simulator.render import FILAMENT_COLOURS, Scene, draw_spaghetti, render_frame
 
 Boxes = np.ndarray  # (k, 5): class, x0, y0, x1, y1 in pixels of the image they belong to
+FAILURE, GANTRY, DEFECT = 0, 1, 2
+# Synthetic samples per five: the simulator's frames (what the demo's failures look like),
+# composites of real failures and defects, and clutter hard negatives.
+SYNTHETIC_ROTATION = ("simulator", "composite", "clutter", "simulator", "composite")
 
 
 @dataclass
 class Sample:
     image: Image.Image
     boxes: Boxes
+    # Image labels; None: not known (a failure photo was never checked for quality defects).
+    failure: bool | None = None
+    defect: bool | None = None
+    # The boxes are complete, so cells outside them are negatives; False for image-level rows.
+    boxed: bool = True
+    group: str = ""
+    kind: str = ""
+    defect_type: str = ""
+    # Gantries are boxed in print-failures only: elsewhere an unboxed gantry is not a negative.
+    gantry_known: bool = True
+    extra: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.failure is None:
+            self.failure = has_failure(self.boxes)
+        if self.defect is None and self.boxed and (self.boxes[:, 0] == DEFECT).any():
+            self.defect = True
+
+
+def read_yolo_boxes(label: Path, width: int, height: int) -> Boxes:
+    rows = [line.split() for line in label.read_text().splitlines() if line.strip()] if label.exists() else []
+    return np.array(
+        [[int(c), (float(x) - float(bw) / 2) * width, (float(y) - float(bh) / 2) * height,
+          (float(x) + float(bw) / 2) * width, (float(y) + float(bh) / 2) * height] for c, x, y, bw, bh in rows],
+        dtype=np.float32,
+    ).reshape(-1, 5)
 
 
 def read_split(root: Path, split: str, limit: int | None = None) -> list[Sample]:
@@ -33,15 +64,10 @@ def read_split(root: Path, split: str, limit: int | None = None) -> list[Sample]
         images = images[: max(1, limit // 2)] + images[-max(1, limit - limit // 2):]
     for path in images:
         image = Image.open(path).convert("RGB")
-        w, h = image.size
-        label = root / "labels" / split / (path.stem + ".txt")
-        rows = [line.split() for line in label.read_text().splitlines() if line.strip()] if label.exists() else []
-        boxes = np.array(
-            [[int(c), (float(x) - float(bw) / 2) * w, (float(y) - float(bh) / 2) * h,
-              (float(x) + float(bw) / 2) * w, (float(y) + float(bh) / 2) * h] for c, x, y, bw, bh in rows],
-            dtype=np.float32,
-        ).reshape(-1, 5)
-        samples.append(Sample(image, boxes))
+        boxes = read_yolo_boxes(root / "labels" / split / (path.stem + ".txt"), *image.size)
+        failing = has_failure(boxes)
+        # Photos of good prints show no defect; failure photos were labelled for failures only.
+        samples.append(Sample(image, boxes, failure=failing, defect=None if failing else False, group=path.stem))
     return samples
 
 
@@ -144,10 +170,37 @@ def finish(rng: random.Random, image: Image.Image, boxes: Boxes, size: int) -> t
     return pixels.clip(0, 255), out[(widths >= 2) & (heights >= 2)]
 
 
+def is_normal(sample: Sample) -> bool:
+    """A frame with nothing wrong in it, known from complete labels."""
+    return sample.boxed and not sample.failure and sample.defect is False
+
+
+def sample_flags(sample: Sample, boxes: Boxes) -> torch.Tensor:
+    """[failure, defect, defect known, boxed, gantry known] of a sample after augmentation:
+    boxed samples are labelled by the boxes that survived the crop, image-level ones by their
+    image label."""
+    if sample.boxed:
+        failure = bool((boxes[:, 0] == FAILURE).any())
+        defect = bool((boxes[:, 0] == DEFECT).any())
+        known = sample.defect is not None
+    else:
+        failure, defect, known = bool(sample.failure), bool(sample.defect), sample.defect is not None
+    return torch.tensor([failure, defect, known, sample.boxed, sample.gantry_known], dtype=torch.float32)
+
+
 class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Real samples, then ``synthetic`` made-up ones per epoch: simulator frames and spaghetti
+    on real negatives (`synthetic_sample`), composites of real failure and defect cut-outs on
+    normal webcam frames, and clutter hard negatives (`training.composites`)."""
+
     def __init__(self, samples: list[Sample], size: int, synthetic: int, seed: int = 0) -> None:
+        from training.composites import cutout_sources
+
         self.samples = samples
-        self.negatives = [s for s in samples if not has_failure(s.boxes)]
+        self.negatives = [s for s in samples if is_normal(s)]
+        # Composites and clutter want real webcam frames; photos stand in when none are loaded.
+        self.webcam_normals = [s for s in self.negatives if s.kind == "webcam"] or self.negatives
+        self.cutouts = cutout_sources(samples, (FAILURE, DEFECT))
         self.size = size
         self.synthetic = synthetic
         self.seed = seed
@@ -156,15 +209,47 @@ class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
     def __len__(self) -> int:
         return len(self.samples) + self.synthetic
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def synthetic_kind(self, index: int) -> str:
+        """Which kind the ``index``-th synthetic sample is: a fixed rotation, so that even a
+        handful of synthetic samples (CI) holds every kind; kinds that lack material (no
+        cut-outs, no normal frames) fall back to the simulator."""
+        kind = SYNTHETIC_ROTATION[index % len(SYNTHETIC_ROTATION)]
+        if kind == "composite" and not (self.cutouts and self.webcam_normals):
+            return "simulator"
+        if kind == "clutter" and not self.webcam_normals:
+            return "simulator"
+        return kind
+
+    def synthetic_counts(self) -> dict[str, int]:
+        counts = dict.fromkeys(SYNTHETIC_ROTATION, 0)
+        for index in range(self.synthetic):
+            counts[self.synthetic_kind(index)] += 1
+        return counts
+
+    def made_up(self, rng: random.Random, index: int) -> Sample:
+        from training.composites import clutter, composite
+
+        kind = self.synthetic_kind(index)
+        if kind == "composite":
+            source, box = rng.choice(self.cutouts)
+            return composite(rng, rng.choice(self.webcam_normals), source, box)
+        if kind == "clutter":
+            return clutter(rng, rng.choice(self.webcam_normals))
+        made = synthetic_sample(rng, self.negatives)
+        made.defect = False  # simulator frames and drawn spaghetti have no quality defect
+        return made
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rng = random.Random(hash((self.seed, self.epoch, index)))
         real = index < len(self.samples)
-        sample = self.samples[index] if real else synthetic_sample(rng, self.negatives)
+        sample = self.samples[index] if real else self.made_up(rng, index - len(self.samples))
         image, boxes = augment(rng, sample.image, sample.boxes)
         pixels, boxes = finish(rng, image, boxes, self.size)
-        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), torch.from_numpy(boxes)
+        flags = sample_flags(sample, boxes)
+        return torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), torch.from_numpy(boxes), flags
 
 
-def collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+def collate(batch: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+            ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor]:
     images = torch.stack([item[0] for item in batch])
-    return images, [item[1] for item in batch]
+    return images, [item[1] for item in batch], torch.stack([item[2] for item in batch])

@@ -13,7 +13,7 @@ from training.model import FailureDetector
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "print-failures"
 INPUT_NAME = "images"
-OUTPUT_NAMES = ["scores", "boxes", "image_score"]
+OUTPUT_NAMES = ["scores", "boxes", "image_score", "defect_scores", "defect_score"]
 
 
 def load_checkpoint(path: Path, image_size: int | None = None) -> FailureDetector:

@@ -3,7 +3,10 @@
 Outputs, for a batch of letterboxed RGB images (float 0–255, NCHW):
 - ``scores``: (N, cells, 2) per-cell class probabilities (0 = failure, 1 = gantry),
 - ``boxes``: (N, cells, 4) boxes as x0, y0, x1, y1 in input pixels,
-- ``image_score``: (N, 1) probability that the frame shows a failure.
+- ``image_score``: (N, 1) probability that the frame shows a failure,
+- ``defect_scores``: (N, cells, 1) per-cell probability of a quality defect (class 2 of the
+  extra set: warping, stringing, extrusion and surface problems), boxes shared with the above,
+- ``defect_score``: (N, 1) probability that the frame shows a quality defect.
 Cells are one stride-16 grid (20×20 at 320 px). Normalisation is part of the network, so
 the runtime feeds plain pixels.
 """
@@ -17,8 +20,9 @@ from efficientnet_lite_pytorch import EfficientNet
 from torch import nn
 
 STRIDE = 16
-NUM_CLASSES = 2
-FAILURE, GANTRY = 0, 1
+NUM_CLASSES = 3
+FAILURE, GANTRY, DEFECT = 0, 1, 2
+DETECTION_CLASSES = 2  # of the ``scores`` output; the defect class has its own output
 # Block indices of EfficientNet-Lite0 whose outputs are at stride 16 and 32.
 _STRIDE16_BLOCK = 10
 _STRIDE32_BLOCK = 15
@@ -54,7 +58,7 @@ class FailureDetector(nn.Module):
         )
         self.cls = nn.Conv2d(width, NUM_CLASSES, 1)
         self.box = nn.Conv2d(width, 4, 1)
-        self.image_head = nn.Linear(2 * width, 1)
+        self.image_head = nn.Linear(2 * width, 2)  # failure, defect
         # A low prior for every cell keeps early focal-loss training stable.
         nn.init.constant_(self.cls.bias, -4.6)
         nn.init.zeros_(self.box.weight)
@@ -87,16 +91,19 @@ class FailureDetector(nn.Module):
         cls_logits = self.cls(feature).flatten(2).transpose(1, 2)  # (N, cells, C)
         distances = torch.exp(self.box(feature).clamp(max=6.0)).flatten(2).transpose(1, 2) * STRIDE
         pooled = torch.cat([p32.mean(dim=(2, 3)), p32.amax(dim=(2, 3))], dim=1)
-        image_logit = self.image_head(pooled).reshape(n, 1)
+        image_logit = self.image_head(pooled).reshape(n, 2)
         return cls_logits, distances, image_logit
 
     def decode(self, distances: torch.Tensor) -> torch.Tensor:
         centres = self.centres.unsqueeze(0)
         return torch.cat([centres - distances[..., :2], centres + distances[..., 2:]], dim=-1)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         cls_logits, distances, image_logit = self.forward_raw(x)
-        return torch.sigmoid(cls_logits), self.decode(distances), torch.sigmoid(image_logit)
+        scores = torch.sigmoid(cls_logits)
+        image = torch.sigmoid(image_logit)
+        return (scores[..., :DETECTION_CLASSES], self.decode(distances), image[:, 0:1],
+                scores[..., DEFECT:DEFECT + 1], image[:, 1:2])
 
 
 def _giou_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -142,10 +149,15 @@ def detection_loss(
     model: FailureDetector,
     images: torch.Tensor,
     targets: list[torch.Tensor],
-    has_failure: torch.Tensor,
+    flags: torch.Tensor,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """Focal loss on cell classes, GIoU on positive cells' boxes, BCE on the image score.
-    ``targets[i]`` is (k, 5): class, x0, y0, x1, y1 in input pixels."""
+    """Focal loss on cell classes, GIoU on positive cells' boxes, BCE on the image scores.
+    ``targets[i]`` is (k, 5): class, x0, y0, x1, y1 in input pixels; ``flags[i]`` is
+    [failure, defect, defect known, boxed, gantry known] (`training.data.sample_flags`).
+
+    An image-level sample (not boxed) teaches the image head only: its cells are not negatives.
+    A sample whose defects are unknown teaches nothing about defects, nor one whose gantries
+    were never labelled (the extra set) about gantries."""
     cls_logits, distances, image_logit = model.forward_raw(images)
     boxes = model.decode(distances)
     cls_target = torch.zeros_like(cls_logits)
@@ -163,8 +175,16 @@ def detection_loss(
     ce = F.binary_cross_entropy_with_logits(cls_logits, cls_target, reduction="none")
     p_t = prob * cls_target + (1 - prob) * (1 - cls_target)
     alpha = 0.25 * cls_target + 0.75 * (1 - cls_target)
-    focal = (alpha * (1 - p_t) ** 2 * ce).sum() / normaliser
+    failure, defect, defect_known, boxed = flags[:, :4].unbind(1)
+    weight = torch.ones_like(cls_logits) * boxed[:, None, None]
+    weight[..., DEFECT] *= defect_known[:, None]
+    if flags.shape[1] > 4:
+        weight[..., GANTRY] *= flags[:, 4][:, None]
+    focal = (weight * alpha * (1 - p_t) ** 2 * ce).sum() / normaliser
     box = torch.cat(box_losses).sum() / normaliser if box_losses else cls_logits.sum() * 0.0
-    image = F.binary_cross_entropy_with_logits(image_logit.squeeze(1), has_failure.float())
-    total = focal + 2.0 * box + image
-    return total, {"focal": focal.item(), "box": box.item(), "image": image.item()}
+    image = F.binary_cross_entropy_with_logits(image_logit[:, 0], failure)
+    defect_terms = F.binary_cross_entropy_with_logits(image_logit[:, 1], defect, reduction="none")
+    defect_image = (defect_terms * defect_known).sum() / defect_known.sum().clamp(min=1.0)
+    total = focal + 2.0 * box + image + defect_image
+    return total, {"focal": focal.item(), "box": box.item(), "image": image.item(),
+                   "defect": defect_image.item()}

@@ -1,7 +1,11 @@
 """Train the failure detector from ImageNet weights to an exported ONNX model.
 
-    python -m training.train --out training/runs/main          # the shipped model (≈ 75 min, 2 cores)
+    python -m training.train --out training/runs/main          # the shipped model (2 cores)
     python -m training.train --out /tmp/x --limit 8 --steps 2   # a smoke run
+
+Trains on print-failures and the train groups of print-failures-extra (`training.extra`; its
+val groups join val, its holdout groups are left for `training.evaluate`), plus synthetic
+samples each epoch (`TrainingSet`: simulator frames, composites, clutter).
 """
 
 from __future__ import annotations
@@ -17,30 +21,35 @@ import numpy as np
 import torch
 
 from layerfleet.detection.imaging import letterbox
-from training.data import TrainingSet, collate, has_failure, read_split
+from training.data import Sample, TrainingSet, collate, read_split
 from training.evaluate import auroc
 from training.export import export_onnx
+from training.extra import DEFAULT_EXTRA, read_extra
 from training.model import FailureDetector, detection_loss
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "print-failures"
 
 
 @torch.no_grad()
-def validate(model: FailureDetector, samples: list, size: int) -> dict[str, float]:
+def validate(model: FailureDetector, samples: list[Sample], size: int) -> dict[str, float]:
     """Image-level check on val, through the same letterbox as the runtime."""
     model.eval()
-    scores, labels = [], []
+    scores, labels, defect_scores = [], [], []
     for start in range(0, len(samples), 16):
         batch = samples[start:start + 16]
         pixels = [torch.from_numpy(letterbox(s.image, size).pixels.astype(np.float32)).permute(2, 0, 1) for s in batch]
-        labels.extend(has_failure(s.boxes) for s in batch)
-        _, _, image_score = model(torch.stack(pixels).contiguous(memory_format=torch.channels_last))
+        labels.extend(bool(s.failure) for s in batch)
+        _, _, image_score, _, defect_score = model(torch.stack(pixels).contiguous(memory_format=torch.channels_last))
         scores.extend(image_score.squeeze(1).tolist())
+        defect_scores.extend(defect_score.squeeze(1).tolist())
     model.train()
     negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
     positives = [s for s, y in zip(scores, labels, strict=True) if y]
+    known = [i for i, s in enumerate(samples) if s.defect is not None]
     return {
         "auroc": auroc(np.array(scores), np.array(labels, dtype=bool)),
+        "defect_auroc": auroc(np.array([defect_scores[i] for i in known]),
+                              np.array([bool(samples[i].defect) for i in known], dtype=bool)),
         "recall@0.5": float(np.mean([s >= 0.5 for s in positives])) if positives else float("nan"),
         "fpr@0.5": float(np.mean([s >= 0.5 for s in negatives])) if negatives else float("nan"),
     }
@@ -49,13 +58,17 @@ def validate(model: FailureDetector, samples: list, size: int) -> dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--extra", type=Path, default=DEFAULT_EXTRA,
+                        help="the print-failures-extra set (split by group)")
+    parser.add_argument("--no-extra", action="store_true", help="train on print-failures only")
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=22)
+    parser.add_argument("--epochs", type=int, default=18)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--export-size", type=int, default=256,
                         help="input size of the exported model (trained at --size with scale augmentation)")
-    parser.add_argument("--synthetic", type=int, default=320, help="synthetic samples added per epoch")
+    parser.add_argument("--synthetic", type=int, default=480,
+                        help="synthetic samples (simulator, composites, clutter) added per epoch")
     parser.add_argument("--freeze", type=int, default=3, help="backbone blocks kept frozen (after the stem)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--limit", type=int, help="use only this many images of each split (smoke runs)")
@@ -79,6 +92,9 @@ def main() -> None:
 
     train = read_split(args.data, "train", args.limit)
     val = read_split(args.data, "val", args.limit)
+    if not args.no_extra:
+        train += read_extra(args.extra, "train", args.limit)
+        val += read_extra(args.extra, "val", args.limit)
     synthetic = args.synthetic if args.limit is None else min(args.synthetic, 4)
     dataset = TrainingSet(train, args.size, synthetic, args.seed)
     loader = torch.utils.data.DataLoader(
@@ -100,6 +116,8 @@ def main() -> None:
     warmup = min(steps_per_epoch, max(1, total // 10))
     bases = [group["lr"] for group in optimiser.param_groups]
     say(f"train {len(train)} images + {dataset.synthetic} synthetic/epoch, val {len(val)}; {total} steps")
+    say(f"synthetic per epoch: {json.dumps(dataset.synthetic_counts())}; "
+        f"{len(dataset.cutouts)} cut-outs, {len(dataset.webcam_normals)} normal frames to paste on")
 
     step, best, started = 0, -1.0, time.time()
     model.train()
@@ -107,13 +125,12 @@ def main() -> None:
         module.eval()  # frozen layers keep their ImageNet batch-norm statistics
     for epoch in range(args.epochs):
         dataset.epoch = epoch
-        for images, targets in loader:
+        for images, targets, flags in loader:
             progress = (step - warmup) / max(1, total - warmup)
             factor = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * progress))
             for group, base in zip(optimiser.param_groups, bases, strict=True):
                 group["lr"] = base * factor
-            has = torch.tensor([bool((t[:, 0] == 0).any()) for t in targets])
-            loss, parts = detection_loss(model, images.contiguous(memory_format=torch.channels_last), targets, has)
+            loss, parts = detection_loss(model, images.contiguous(memory_format=torch.channels_last), targets, flags)
             optimiser.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)

@@ -27,6 +27,7 @@ from layerfleet.commands.bus import CommandBus, InProcessCommandBus
 from layerfleet.config import Settings, load_settings
 from layerfleet.database import create_engine, create_sessionmaker
 from layerfleet.detection.runtime import Detector
+from layerfleet.finetuning.jobs import FinetuneJobs
 from layerfleet.fleet.events import FleetEvents, RedisFleetEvents
 from layerfleet.jobs import create_job_queue
 from layerfleet.library.slice_jobs import SliceJobs
@@ -37,7 +38,9 @@ from layerfleet.scheduling.dispatcher import Dispatcher
 from layerfleet.scheduling.reports import ReportService
 from layerfleet.timelapses.jobs import TimelapseJobs
 from layerfleet.timelapses.recording import FrameRecorder, RecordingSink
+from layerfleet.watching.frame_stream import FrameStream
 from layerfleet.watching.pipeline import WatchingPipeline
+from layerfleet.watching.scoring_worker import FrameScorer
 from layerfleet.watching.sink import FrameSink, NullFrameSink
 
 log = logging.getLogger(__name__)
@@ -164,6 +167,26 @@ def _default_events(settings: Settings) -> FleetEvents:
     return FleetEvents()
 
 
+def frame_stream(settings: Settings) -> FrameStream:
+    """Where servers hand claimed frames to `layerfleet worker`s, and the workers take them."""
+    assert settings.redis_url is not None  # Settings insists on it with scoring_on_workers
+    return FrameStream(settings.redis_url, settings.data_dir, namespace=settings.redis_namespace,
+                       backlog_limit=settings.scoring_backlog_limit,
+                       claim_idle_seconds=settings.scoring_takeover_seconds)
+
+
+def watching_scorer(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession]) -> FrameScorer:
+    """A `layerfleet worker`'s share of watching: frames from the servers' stream, scored and
+    applied there; pauses reach the agents over the Redis command bus, changes the dashboards
+    over the Redis fleet events."""
+    bus, events = _default_bus(settings), _default_events(settings)
+    pipeline = WatchingPipeline(sessionmaker, bus, data_dir=settings.data_dir,
+                                interval_seconds=settings.detection_interval_seconds,
+                                batch_size=settings.detection_batch_size,
+                                unlimited_hours=settings.unlimited_detection_hours, events=events)
+    return FrameScorer(pipeline, frame_stream(settings), connections=(bus, events))
+
+
 def timelapse_jobs(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], *, workers: int,
                    sole_worker: bool, detector: Callable[[], Detector | None] = lambda: None) -> TimelapseJobs:
     """Timelapse jobs on a queue of their own (in Redis, under their own keys): a process that
@@ -171,6 +194,14 @@ def timelapse_jobs(settings: Settings, sessionmaker: async_sessionmaker[AsyncSes
     queue = create_job_queue(settings, namespace=f"{settings.redis_namespace}:timelapses")
     return TimelapseJobs(sessionmaker, queue, settings, workers=workers, sole_worker=sole_worker,
                          detector=detector, stale_seconds=settings.timelapse_stale_seconds)
+
+
+def finetune_jobs(settings: Settings, sessionmaker: async_sessionmaker[AsyncSession], *, workers: int,
+                  sole_worker: bool, on_change: Callable[[], None] = lambda: None) -> FinetuneJobs:
+    """Fine-tuning jobs on a queue of their own (in Redis, under their own keys): hours of
+    training never hold up a slice or a video behind them."""
+    queue = create_job_queue(settings, namespace=f"{settings.redis_namespace}:finetune")
+    return FinetuneJobs(sessionmaker, queue, settings, workers=workers, sole_worker=sole_worker, on_change=on_change)
 
 
 def create_app(
@@ -192,7 +223,7 @@ def create_app(
         pipeline = WatchingPipeline(
             sessionmaker, bus, data_dir=settings.data_dir, interval_seconds=settings.detection_interval_seconds,
             batch_size=settings.detection_batch_size, unlimited_hours=settings.unlimited_detection_hours,
-            events=events,
+            events=events, stream=frame_stream(settings) if settings.scoring_on_workers else None,
         )
 
     slicing = SliceJobs(
@@ -209,6 +240,9 @@ def create_app(
                                            interval_seconds=settings.timelapse_frame_interval_seconds,
                                            min_free_bytes=settings.timelapse_min_free_bytes), sink)
     reports = ReportService(sessionmaker, settings.data_dir)
+    finetuning = finetune_jobs(settings, sessionmaker, workers=settings.finetune_workers,
+                               sole_worker=settings.redis_url is None,
+                               on_change=lambda: pipeline.models.forget() if pipeline else None)
     notifier = Notifier(sessionmaker, settings, sole_worker=settings.redis_url is None)
 
     @asynccontextmanager
@@ -219,6 +253,7 @@ def create_app(
             await pipeline.start()
         await slicing.start()
         await timelapses.start()
+        await finetuning.start()
         await dispatcher.start()
         if settings.notification_workers:
             await notifier.start()
@@ -230,6 +265,7 @@ def create_app(
             await reports.close()
             await slicing.close()
             await timelapses.close()
+            await finetuning.close()
             await gateway.close_all()
             if pipeline is not None:
                 await pipeline.close()
@@ -255,6 +291,7 @@ def create_app(
         notifier=notifier,
         verify_throttle=RateLimiter(VERIFY_CALLS, VERIFY_WINDOW_SECONDS),
         discovery_throttle=RateLimiter(DISCOVERY_CALLS, DISCOVERY_WINDOW_SECONDS),
+        finetuning=finetuning,
     )
     app.state.card_feed = web.fleet.CardFeed(sessionmaker, events)
 

@@ -156,24 +156,43 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
                                  workers=args.jobs, sole_worker=False, timeout=settings.slice_timeout_seconds)
         # Timelapse videos and uploaded timelapses too, on their own queue.
         videos = timelapse_jobs(settings, create_sessionmaker(engine), workers=args.jobs, sole_worker=False)
+        # Fine-tuning the detector per organization (needs the `train` extra here), on a queue of its own.
+        from layerfleet.app import finetune_jobs
+
+        finetuning = finetune_jobs(settings, create_sessionmaker(engine), workers=args.jobs, sole_worker=False)
         # Notifications too: deliveries are claimed row by row, so servers and workers share them.
         from layerfleet.notifications.delivery import Notifier
 
         notifier = Notifier(create_sessionmaker(engine), settings, sole_worker=False) \
             if settings.notification_workers else None
+        from layerfleet.app import watching_scorer
+
+        scorer = watching_scorer(settings, create_sessionmaker(engine)) \
+            if settings.scoring_on_workers and settings.detection_enabled else None
+        metrics_port = args.metrics_port or settings.worker_metrics_port
+        if metrics_port:
+            from layerfleet import metrics
+
+            metrics.serve_on_port(metrics_port, settings.worker_metrics_host)
         await slicing.start()
         await videos.start()
+        await finetuning.start()
         if notifier is not None:
             await notifier.start()
-        print(f"  worker running {args.jobs} job(s) at a time from {settings.redis_url}; Ctrl-C stops it",
-              flush=True)
+        if scorer is not None:
+            await scorer.start()
+        print(f"  worker running {args.jobs} job(s) at a time from {settings.redis_url}"
+              f"{', and scoring frames' if scorer else ''}; Ctrl-C stops it", flush=True)
         try:
             await stop.wait()
         finally:
+            if scorer is not None:
+                await scorer.close()
             if notifier is not None:
                 await notifier.close()
             await slicing.close()
             await videos.close()
+            await finetuning.close()
             await engine.dispose()
         return 0
 
@@ -290,7 +309,7 @@ def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
     paths = _image_paths(args.paths)
     failures = 0
     if not args.json:
-        print(f"{'score':>6} {'p':>6} {'boxes':>5}  path")
+        print(f"{'score':>6} {'p':>6} {'boxes':>5} {'defect':>6}  path")
     for start in range(0, len(paths), DETECT_BATCH):
         chunk = paths[start:start + DETECT_BATCH]
         readable: dict[Path, bytes] = {}
@@ -308,12 +327,14 @@ def cmd_detect(args: argparse.Namespace, settings: Settings) -> int:
                 if args.json:
                     print(json.dumps({"path": str(path), "error": str(result)}), flush=True)
                 else:
-                    print(f"{'-':>6} {'-':>6} {'-':>5}  {path}: {result}", flush=True)
+                    print(f"{'-':>6} {'-':>6} {'-':>5} {'-':>6}  {path}: {result}", flush=True)
             elif isinstance(result, FrameResult):
                 if args.json:
                     print(json.dumps({"path": str(path), **result.as_json()}), flush=True)
                 else:
-                    print(f"{result.score:6.3f} {result.p:6.2f} {len(result.boxes):5d}  {path}", flush=True)
+                    # "-": the model has no quality-defect output.
+                    defect = "-" if result.defect_score is None else f"{result.defect_score:.3f}"
+                    print(f"{result.score:6.3f} {result.p:6.2f} {len(result.boxes):5d} {defect:>6}  {path}", flush=True)
     return 1 if failures else 0
 
 
@@ -332,6 +353,116 @@ def cmd_hours_grant(args: argparse.Namespace, settings: Settings) -> int:
         print(f"error: no user with email {args.email}", file=sys.stderr)
         return 1
     print(f"{args.email}: {balance:.2f} AI detection hours")
+    return 0
+
+
+async def _organization_id(session: Any, given: str | None) -> int:
+    """An organization named by id or name; the only one when none is given (else SystemExit)."""
+    from sqlalchemy import select
+
+    from layerfleet.accounts.models import Organization
+
+    organizations = list((await session.execute(select(Organization).order_by(Organization.id))).scalars())
+    if given is None:
+        if len(organizations) == 1:
+            return int(organizations[0].id)
+        names = ", ".join(f"{o.id} ({o.name})" for o in organizations) or "none yet"
+        raise SystemExit(f"error: name the organization with --organization ID|NAME: {names}")
+    matches = [o for o in organizations if str(o.id) == given or o.name == given]
+    if len(matches) != 1:
+        raise SystemExit(f"error: {'no' if not matches else 'more than one'} organization {given!r}")
+    return int(matches[0].id)
+
+
+def cmd_model_finetune(args: argparse.Namespace, settings: Settings) -> int:
+    from layerfleet.errors import DomainError
+    from layerfleet.finetuning import service
+    from layerfleet.finetuning.jobs import training_available
+
+    if args.wait:
+        missing = training_available()
+        if missing:
+            print(f"error: {missing}", file=sys.stderr)
+            return 1
+
+    async def start(session: Any) -> tuple[int, str]:
+        from layerfleet.database import utcnow
+
+        organization_id = await _organization_id(session, args.organization)
+        version = await service.start(session, organization_id, settings.data_dir)
+        if args.wait:
+            version.enqueued_at = utcnow()  # this command runs it: no server's poller hands it over
+        return organization_id, version.uuid
+
+    try:
+        organization_id, version_uuid = _with_session(settings, start)
+    except DomainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if not args.wait:
+        print(f"fine-tuning {version_uuid} of organization {organization_id} queued: the server (or a "
+              "`layerfleet worker`) runs it; `layerfleet model list` shows its figures")
+        return 0
+    print(f"fine-tuning {version_uuid} of organization {organization_id} here (this takes a while)...", flush=True)
+
+    async def run() -> Any:
+        from layerfleet.database import create_engine, create_sessionmaker
+        from layerfleet.finetuning.jobs import FinetuneRunner
+        from layerfleet.finetuning.service import version_of
+
+        engine = create_engine(settings.effective_database_url, pooled=False)
+        try:
+            sessions = create_sessionmaker(engine)
+            await FinetuneRunner(sessions, settings)(version_uuid)
+            async with sessions() as session:
+                return await version_of(session, organization_id, version_uuid)
+        finally:
+            await engine.dispose()
+
+    version = asyncio.run(run())
+    print(_describe_version(version))
+    return 0 if version.status in ("promoted", "rejected") else 1
+
+
+def _describe_version(version: Any) -> str:
+    def figure(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3f}"
+
+    return (f"{version.uuid}  {version.status:11s}  val AUROC {figure(version.val_auroc)} "
+            f"(shipped {figure(version.val_auroc_shipped)})  held-back AUROC {figure(version.heldout_auroc)} "
+            f"(shipped {figure(version.heldout_auroc_shipped)})  {version.decision or version.error or ''}")
+
+
+def cmd_model_list(args: argparse.Namespace, settings: Settings) -> int:
+    from layerfleet.finetuning import service
+
+    async def listing(session: Any) -> list[str]:
+        organization_id = await _organization_id(session, args.organization)
+        in_use = await service.current(session, organization_id)
+        lines = [f"organization {organization_id} uses "
+                 + (f"fine-tuned model {in_use.uuid}" if in_use else "the shipped model")]
+        lines += [_describe_version(v) for v in await service.versions(session, organization_id)]
+        return lines
+
+    print("\n".join(_with_session(settings, listing)))
+    return 0
+
+
+def cmd_model_rollback(args: argparse.Namespace, settings: Settings) -> int:
+    from layerfleet.errors import DomainError
+    from layerfleet.finetuning import service
+
+    async def rollback(session: Any) -> str:
+        organization_id = await _organization_id(session, args.organization)
+        previous = await service.rollback(session, organization_id)
+        return f"organization {organization_id} now uses " + (
+            f"fine-tuned model {previous.uuid}" if previous else "the shipped model")
+
+    try:
+        print(_with_session(settings, rollback))
+    except DomainError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -382,7 +513,7 @@ def _run_until_signalled(work: Callable[[asyncio.Event], Awaitable[T]]) -> T:
 def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     import httpx
 
-    from layerfleet.printer_agent.camera import Camera, MjpegStreamCamera, SnapshotUrlCamera
+    from layerfleet.printer_agent.camera import NamedCamera, camera_at
     from layerfleet.printer_agent.config import AgentConfig, ConfigError
     from layerfleet.printer_agent.connector import Connector
     from layerfleet.printer_agent.runner import AgentRunner
@@ -424,12 +555,11 @@ def cmd_agent(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    camera: Camera | None = None
-    if config.snapshot_url:
-        camera = SnapshotUrlCamera(config.snapshot_url)
-    elif config.stream_url:
-        camera = MjpegStreamCamera(config.stream_url)
-    runner = AgentRunner(config.server, config.token, connector, camera, label=config.name or connector.kind)
+    camera = camera_at(config.snapshot_url, config.stream_url)
+    others = [NamedCamera(c.name, found, c.nozzle) for c in config.cameras
+              if (found := camera_at(c.snapshot_url, c.stream_url)) is not None]
+    runner = AgentRunner(config.server, config.token, connector, camera, cameras=others,
+                         label=config.name or connector.kind)
 
     async def work(stop: asyncio.Event) -> str:
         stopper = asyncio.create_task(stop.wait())
@@ -544,6 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
         "directory (LAYERFLEET_DATA_DIR on shared storage) and database.",
     )
     worker.add_argument("--jobs", type=int, default=1, metavar="N", help="jobs run at once (default 1)")
+    worker.add_argument("--metrics-port", type=int, metavar="PORT",
+                        help="serve this worker's Prometheus metrics on 127.0.0.1:PORT "
+                             "(default: LAYERFLEET_WORKER_METRICS_PORT, else none)")
     worker.set_defaults(handler=cmd_worker)
 
     serve = commands.add_parser("serve", help="migrate the database and run the server")
@@ -609,11 +742,31 @@ def build_parser() -> argparse.ArgumentParser:
     hours_grant.add_argument("hours", type=_hours)
     hours_grant.set_defaults(handler=cmd_hours_grant)
 
+    model = commands.add_parser(
+        "model", help="the detector's fine-tuned models per organization",
+        description="Fine-tune the shipped detector on an organization's own evidence (feedback answers, "
+        "muted alerts, resumed pauses, confirmed failures), list the versions with their figures, roll back. "
+        "Fine-tuning needs the `train` extra where it runs.")
+    model_commands = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    model_finetune = model_commands.add_parser(
+        "finetune", help="start a fine-tuning job (the server or a worker runs it; --wait runs it here)")
+    model_finetune.add_argument("--organization", metavar="ID|NAME", help="default: the only organization")
+    model_finetune.add_argument("--wait", action="store_true", help="run the job in this process and print its result")
+    model_finetune.set_defaults(handler=cmd_model_finetune)
+    model_list = model_commands.add_parser("list", help="the organization's model versions and the one in use")
+    model_list.add_argument("--organization", metavar="ID|NAME")
+    model_list.set_defaults(handler=cmd_model_list)
+    model_rollback = model_commands.add_parser("rollback", help="return to the model used before the current one")
+    model_rollback.add_argument("--organization", metavar="ID|NAME")
+    model_rollback.set_defaults(handler=cmd_model_rollback)
+
     detect = commands.add_parser(
         "detect", help="score pictures with the failure detector",
         description="Score pictures (files or folders) with the shipped failure detector. "
         "score is the probability that the picture shows a print failure (alert at 0.5); "
-        "p is the sum of box confidences; boxes are [xc, yc, w, h, confidence] in pixels.",
+        "p is the sum of box confidences; boxes are [xc, yc, w, h, confidence] in pixels; "
+        "defect_score / defect_boxes are the same for print-quality defects (null / - when the model "
+        "has no defect output).",
     )
     detect.add_argument("paths", nargs="+", metavar="PATH")
     detect.add_argument("--json", action="store_true", help="one JSON object per line, per image")

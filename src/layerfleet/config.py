@@ -11,7 +11,7 @@ import secrets
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -55,6 +55,30 @@ class Settings(BaseSettings):
         default=10.0, ge=0, description="At most one scored frame per printer in this many seconds"
     )
     detection_batch_size: int = Field(default=8, ge=1, le=64, description="Frames scored together")
+    finetune_val_data: Path | None = Field(
+        default=None, description="Data set whose val split (images/val, labels/val) a fine-tuned model is measured "
+        "on; default ../shared/datasets/print-failures beside the source tree")
+    finetune_replay_data: Path | None = Field(
+        default=None, description="Data set whose train split is mixed into fine-tuning (default: the val data set)")
+    finetune_steps: int = Field(default=150, ge=1, le=100_000, description="Optimiser steps of a fine-tuning job")
+    finetune_size: int | None = Field(default=None, ge=64, le=1024, multiple_of=32,
+                                      description="Input size of fine-tuned models (default: the shipped model's)")
+    finetune_workers: int = Field(default=1, ge=0, le=8,
+                                  description="Fine-tuning jobs a process runs at once; 0 leaves them to workers")
+    finetune_timeout_seconds: float = Field(default=4 * 3600, gt=0,
+                                            description="A fine-tuning job is stopped after this")
+    scoring_on_workers: bool = Field(
+        default=False, description="Servers only receive pictures; `layerfleet worker` processes score them "
+        "(needs LAYERFLEET_REDIS_URL and a data directory shared by all processes)")
+    scoring_backlog_limit: int = Field(
+        default=5000, ge=1, description="Frames that may wait for the scoring workers before new ones are dropped")
+    worker_metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="A `layerfleet worker` serves its Prometheus metrics on this port "
+        "(on 127.0.0.1 unless LAYERFLEET_WORKER_METRICS_HOST says otherwise); unset: not served")
+    worker_metrics_host: str = Field(default="127.0.0.1", description="Address the worker's metrics listen on")
+    scoring_takeover_seconds: float = Field(
+        default=30.0, gt=0, description="A frame a scoring worker took and did not finish in this long (it died) "
+        "is taken over by another worker")
     redis_namespace: str = Field(default="layerfleet", pattern=r"^[A-Za-z0-9_.:-]{1,64}$",
                                  description="Prefix of this installation's Redis keys")
     job_workers: int = Field(
@@ -114,6 +138,13 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, description="How often old frames and videos are looked for")
     db_echo: bool = False
     log_level: str = "info"
+
+    @model_validator(mode="after")
+    def _workers_need_redis(self) -> Settings:
+        if self.scoring_on_workers and not self.redis_url:
+            raise ValueError("LAYERFLEET_SCORING_ON_WORKERS needs LAYERFLEET_REDIS_URL: the workers take frames "
+                             "from Redis")
+        return self
 
     @field_validator("data_dir")
     @classmethod

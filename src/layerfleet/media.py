@@ -43,15 +43,25 @@ def _write(root: Path, relative: str, data: bytes) -> None:
         raise
 
 
+def write_media(data_dir: Path, relative: str, data: bytes) -> None:
+    """:func:`store_media` for code already off the event loop."""
+    _write(media_root(data_dir), relative, data)
+
+
 async def store_media(data_dir: Path, relative: str, data: bytes) -> None:
     await asyncio.to_thread(_write, media_root(data_dir), relative, data)
 
 
-async def remove_media(data_dir: Path, relative: str) -> None:
-    root = media_root(data_dir).resolve()
+def _remove(root: Path, relative: str) -> None:
+    # Resolved here, off the event loop: resolving is a system call per path component.
+    root = root.resolve()
     target = (root / relative).resolve()
     if target.is_relative_to(root):
-        await asyncio.to_thread(target.unlink, True)
+        target.unlink(missing_ok=True)
+
+
+async def remove_media(data_dir: Path, relative: str) -> None:
+    await asyncio.to_thread(_remove, media_root(data_dir), relative)
 
 
 def member_file(data_dir: Path, organization_id: int, relative_path: str) -> Path | None:

@@ -1,7 +1,8 @@
 """Operational signals: the Prometheus metrics of this server process.
 
 One registry per process (``REGISTRY``), served at ``/metrics`` (api/metrics_endpoint, admins
-only). Each server or worker process counts what it does itself: in a scale-out deployment
+only), and by a `layerfleet worker` on a port of its own (:func:`serve_on_port`). Each server or
+worker process counts what it does itself: in a scale-out deployment
 every process is scraped on its own and Prometheus sums them (``sum by (…)``). The metrics are
 figures of the whole process: they never name an organization, a printer or a user.
 
@@ -39,6 +40,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    start_http_server,
 )
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
@@ -148,3 +150,9 @@ OLDEST_UNSCORED_AGE.set_function(_oldest_waiting_seconds)
 def exposition() -> bytes:
     """The registry in Prometheus's text format."""
     return generate_latest(REGISTRY)
+
+
+def serve_on_port(port: int, host: str = "127.0.0.1") -> None:
+    """Serve this process's metrics over plain HTTP (a worker has no web server of its own).
+    Nothing in them names an organization, printer or user; bind it where only Prometheus reaches."""
+    start_http_server(port, addr=host, registry=REGISTRY)

@@ -7,11 +7,12 @@ single use and lives two hours.
 
 from __future__ import annotations
 
+import functools
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import Select, bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.accounts.models import User
@@ -118,9 +119,15 @@ async def printer_for_token(session: AsyncSession, token: str) -> Printer | None
     if not token or len(token) > 64:
         return None
     # Every agent call and every picture starts here: one SELECT with what the picture path needs.
-    query = select(Printer).where(Printer.auth_token == token, Printer.archived_at.is_(None)) \
+    return (await session.execute(_printer_by_token(), {"agent_token": token})).scalar_one_or_none()
+
+
+@functools.cache
+def _printer_by_token() -> Select[Printer]:
+    # Built once: making the statement anew cost more CPU than SQLAlchemy's compiled-statement
+    # cache saves on each picture upload.
+    return select(Printer).where(Printer.auth_token == bindparam("agent_token"), Printer.archived_at.is_(None)) \
         .options(*fleet.HOT_PATH_LOAD)
-    return (await session.execute(query)).scalar_one_or_none()
 
 
 async def member_code(session: AsyncSession, user: User, code_id: int) -> OneTimeVerificationCode | None:

@@ -37,73 +37,79 @@ def services_of(connection: HTTPConnection) -> Services:
     return services
 
 
-AppServices = Annotated[Services, Depends(services_of)]
+async def _services(connection: HTTPConnection) -> Services:
+    # The dependencies here are coroutines: FastAPI runs a plain function in its thread pool,
+    # a thread hop per dependency per request (a fifth of an agent's picture upload's CPU).
+    return services_of(connection)
 
 
-def _settings(services: AppServices) -> Settings:
+AppServices = Annotated[Services, Depends(_services)]
+
+
+async def _settings(services: AppServices) -> Settings:
     return services.settings
 
 
 AppSettings = Annotated[Settings, Depends(_settings)]
 
 
-def _agent_gateway(services: AppServices) -> AgentGateway:
+async def _agent_gateway(services: AppServices) -> AgentGateway:
     return services.agent_gateway
 
 
 Gateway = Annotated[AgentGateway, Depends(_agent_gateway)]
 
 
-def _fleet_events(services: AppServices) -> FleetEvents:
+async def _fleet_events(services: AppServices) -> FleetEvents:
     return services.fleet_events
 
 
 FleetStream = Annotated[FleetEvents, Depends(_fleet_events)]
 
 
-def _frame_sink(services: AppServices) -> FrameSink:
+async def _frame_sink(services: AppServices) -> FrameSink:
     return services.frame_sink
 
 
 PictureSink = Annotated[FrameSink, Depends(_frame_sink)]
 
 
-def _slice_jobs(services: AppServices) -> SliceJobs:
+async def _slice_jobs(services: AppServices) -> SliceJobs:
     return services.slice_jobs
 
 
 SliceQueue = Annotated[SliceJobs, Depends(_slice_jobs)]
 
 
-def _timelapses(services: AppServices) -> TimelapseJobs:
+async def _timelapses(services: AppServices) -> TimelapseJobs:
     return services.timelapses
 
 
 Timelapses = Annotated[TimelapseJobs, Depends(_timelapses)]
 
 
-def _dispatcher(services: AppServices) -> Dispatcher:
+async def _dispatcher(services: AppServices) -> Dispatcher:
     return services.dispatcher
 
 
 Dispatch = Annotated[Dispatcher, Depends(_dispatcher)]
 
 
-def _reports(services: AppServices) -> ReportService:
+async def _reports(services: AppServices) -> ReportService:
     return services.reports
 
 
 Reports = Annotated[ReportService, Depends(_reports)]
 
 
-def _printwatch_inference(services: AppServices) -> PrintWatchInference:
+async def _printwatch_inference(services: AppServices) -> PrintWatchInference:
     return services.printwatch_inference
 
 
 Inference = Annotated[PrintWatchInference, Depends(_printwatch_inference)]
 
 
-def _notifier(services: AppServices) -> Notifier:
+async def _notifier(services: AppServices) -> Notifier:
     return services.notifier
 
 
@@ -118,7 +124,7 @@ async def get_db(services: AppServices) -> AsyncIterator[AsyncSession]:
 Db = Annotated[AsyncSession, Depends(get_db)]
 
 
-def get_bus(services: AppServices) -> CommandBus:
+async def get_bus(services: AppServices) -> CommandBus:
     return services.command_bus
 
 

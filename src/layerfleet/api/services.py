@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from layerfleet.agents.gateway import AgentGateway
 from layerfleet.commands.bus import CommandBus
 from layerfleet.config import Settings
+from layerfleet.finetuning.jobs import FinetuneJobs
 from layerfleet.fleet.events import FleetEvents
 from layerfleet.library.slice_jobs import SliceJobs
 from layerfleet.notifications.delivery import Notifier
@@ -43,3 +44,5 @@ class Services:  # not frozen: tests put their own parts in
     # Anonymous linking and LAN discovery, throttled per address.
     verify_throttle: RateLimiter
     discovery_throttle: RateLimiter
+    # Fine-tuning the detector per organization (a poller and the queue's handler, in the lifespan).
+    finetuning: FinetuneJobs

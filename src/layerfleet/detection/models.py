@@ -35,11 +35,17 @@ class PredictionFrame(Base):
     # The heaters as the agent last reported them when the frame was scored:
     # {"tool0": [actual, target], "bed": [actual, target]} — a print's temperature history.
     temperatures: Mapped[dict[str, list[float | None]] | None] = mapped_column(JSON, nullable=True)
+    # The quality-defect output: None when the model has none; boxes as ``boxes``, not masked.
+    defect_score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    defect_boxes: Mapped[list[list[float]] | None] = mapped_column(JSON, nullable=True)
+    # The camera it came from, as its agent names it; None for the printer's primary camera.
+    camera: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class AlertKind(enum.StrEnum):
     WARNING = "WARNING"  # looks like it may be failing
     FAILURE = "FAILURE"  # failing: paused when the printer's action on failure says so
+    QUALITY = "QUALITY"  # a print-quality defect (warping, stringing, …): a warning, never a pause
 
 
 class Alert(Base):
@@ -73,4 +79,8 @@ def prediction_record(frame: PredictionFrame) -> dict[str, object]:
         "normalized_p": round(frame.normalized_p, 4),
         "detections": [["failure", box[4], box[:4]] for box in frame.boxes],
         "ignored_detections": frame.ignored_boxes,
+        "defect_score": None if frame.defect_score is None else round(frame.defect_score, 4),
+        "defect_detections": [["defect", box[4], box[:4]] for box in frame.defect_boxes or []],
+        "camera": frame.camera,
+        "primary_camera": frame.camera is None,
     }

@@ -5,6 +5,11 @@ Per frame it gives the failure boxes ``[xc, yc, w, h]`` in the original image's 
 their confidences, ``p`` (the sum of those confidences: the per-frame value of the reference
 server's decision rules) and ``score`` in [0, 1], the frame's probability of showing a
 failure (0.5 is the recommended alert threshold).
+
+A model with the quality-defect output (issue 19: ONNX outputs ``defect_scores`` and
+``defect_score`` beside the three failure outputs) also gives ``defect_score``, the frame's
+probability of showing a print-quality defect (warping, stringing, extrusion or surface
+problems), and the defect boxes; with an older model both stay empty (``None`` / ``[]``).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ BOX_THRESHOLD = 0.08  # as the reference keeps boxes
 NMS_IOU = 0.45
 FAILURE_CLASS = 0
 ALERT_SCORE = 0.5
+DEFECT_ALERT_SCORE = 0.5
+DEFECT_OUTPUTS = ("defect_scores", "defect_score")
 
 
 class ModelMissing(Unavailable):
@@ -41,13 +48,22 @@ class FrameResult:
     boxes: list[tuple[float, float, float, float, float]] = field(default_factory=list)  # xc, yc, w, h, conf
     width: int = 0  # of the original image, which the boxes are in
     height: int = 0
+    # None: the model has no defect output (not "no defect").
+    defect_score: float | None = None
+    defect_boxes: list[tuple[float, float, float, float, float]] = field(default_factory=list)
 
     def as_json(self) -> dict[str, object]:
         return {
             "score": round(self.score, 4),
             "p": round(self.p, 4),
-            "boxes": [[round(v, 1) for v in box[:4]] + [round(box[4], 4)] for box in self.boxes],
+            "boxes": rounded_boxes(self.boxes),
+            "defect_score": None if self.defect_score is None else round(self.defect_score, 4),
+            "defect_boxes": rounded_boxes(self.defect_boxes),
         }
+
+
+def rounded_boxes(boxes: Sequence[tuple[float, float, float, float, float]]) -> list[list[float]]:
+    return [[round(v, 1) for v in box[:4]] + [round(box[4], 4)] for box in boxes]
 
 
 def shipped_model_path() -> Path:
@@ -81,6 +97,20 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float = NMS_IOU) -> li
     return keep
 
 
+def _decode_boxes(frame: Letterboxed, boxes: np.ndarray, confidence: np.ndarray
+                  ) -> list[tuple[float, float, float, float, float]]:
+    """Cells above the box threshold, NMS, back in the original image's pixels as xc, yc, w, h, conf."""
+    selected = confidence > BOX_THRESHOLD
+    kept_boxes, kept_conf = boxes[selected], confidence[selected]
+    found: list[tuple[float, float, float, float, float]] = []
+    if kept_conf.size:
+        order = nms(kept_boxes, kept_conf)
+        original = frame.to_original(kept_boxes[order])
+        for (x0, y0, x1, y1), conf in zip(original.tolist(), kept_conf[order].tolist(), strict=True):
+            found.append(((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, conf))
+    return found
+
+
 class Detector:
     """Thread-safe: ONNX Runtime sessions may be run from several threads at once."""
 
@@ -107,6 +137,10 @@ class Detector:
         shape = self.session.get_inputs()[0].shape
         self.input_size = int(shape[-1]) if isinstance(shape[-1], int) else 320
         self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.has_defects = all(name in outputs for name in DEFECT_OUTPUTS)
+        # By name: a model without the defect output keeps its three outputs in their order.
+        self._outputs = ["scores", "boxes", "image_score", *DEFECT_OUTPUTS] if self.has_defects else None
         self._lock = threading.Lock()
 
     def prepare(self, data: bytes) -> Letterboxed:
@@ -117,21 +151,20 @@ class Detector:
         if not frames:
             return []
         batch = np.stack([f.pixels for f in frames]).astype(np.float32).transpose(0, 3, 1, 2)
-        scores, boxes, image_score = self.session.run(None, {self.input_name: np.ascontiguousarray(batch)})
-        return [self._decode(frames[i], scores[i], boxes[i], float(image_score[i, 0])) for i in range(len(frames))]
-
-    def _decode(self, frame: Letterboxed, scores: np.ndarray, boxes: np.ndarray, image_score: float) -> FrameResult:
-        confidence = scores[:, FAILURE_CLASS]
-        selected = confidence > BOX_THRESHOLD
-        kept_boxes, kept_conf = boxes[selected], confidence[selected]
-        found: list[tuple[float, float, float, float, float]] = []
-        if kept_conf.size:
-            order = nms(kept_boxes, kept_conf)
-            original = frame.to_original(kept_boxes[order])
-            for (x0, y0, x1, y1), conf in zip(original.tolist(), kept_conf[order].tolist(), strict=True):
-                found.append(((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, conf))
-        return FrameResult(score=image_score, p=float(sum(b[4] for b in found)), boxes=found,
-                           width=frame.original_width, height=frame.original_height)
+        outputs = self.session.run(self._outputs, {self.input_name: np.ascontiguousarray(batch)})
+        scores, boxes, image_score = outputs[:3]
+        results = []
+        for i, frame in enumerate(frames):
+            found = _decode_boxes(frame, boxes[i], scores[i][:, FAILURE_CLASS])
+            defect_score, defect_boxes = None, []
+            if self.has_defects:
+                defect_score = float(outputs[4][i, 0])
+                # One defect class: a cell's defect probability is the most likely of its types.
+                defect_boxes = _decode_boxes(frame, boxes[i], outputs[3][i].max(axis=-1))
+            results.append(FrameResult(score=float(image_score[i, 0]), p=float(sum(b[4] for b in found)), boxes=found,
+                                       width=frame.original_width, height=frame.original_height,
+                                       defect_score=defect_score, defect_boxes=defect_boxes))
+        return results
 
     def detect(self, images: Sequence[bytes]) -> list[FrameResult | BadImage]:
         """Score many frames in one batch; a bad frame yields its error, the others go on."""

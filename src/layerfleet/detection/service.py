@@ -30,6 +30,7 @@ async def alerts_of_print(session: AsyncSession, print_id: int) -> list[Alert]:
 
 
 async def frames_of_print(session: AsyncSession, print_id: int) -> list[PredictionFrame]:
-    """A print's scored frames, in frame order."""
-    query = select(PredictionFrame).where(PredictionFrame.print_id == print_id).order_by(PredictionFrame.frame_number)
+    """A print's scored frames, in frame order (a round's frames of several cameras share its number)."""
+    query = select(PredictionFrame).where(PredictionFrame.print_id == print_id).order_by(
+        PredictionFrame.frame_number, PredictionFrame.taken_at, PredictionFrame.id)
     return list((await session.execute(query)).scalars())

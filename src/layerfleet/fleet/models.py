@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from layerfleet.accounts.models import User, new_uuid
@@ -218,6 +218,25 @@ class Printer(Base):
     def state_text(self) -> str:
         """The agent's words for the state ("Printing", "Operational", …); "" when offline."""
         return status_text(self.status)
+
+
+class PrinterCamera(Base):
+    """A camera of a printer other than its primary one, as its agent names it: its latest
+    picture, its own scoring claim and its own ignore masks. The primary camera's are the
+    printer's own columns (``pic_path``, ``last_scored_at``, ``ignore_masks``)."""
+
+    __tablename__ = "printer_cameras"
+    __table_args__ = (UniqueConstraint("printer_id", "name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    printer_id: Mapped[int] = mapped_column(ForeignKey("printers.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    # A nozzle camera is shown, never scored (see docs/model.md, "From frames to decisions").
+    nozzle: Mapped[bool] = mapped_column(Boolean, default=False)
+    pic_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    pic_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    last_scored_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    ignore_masks: Mapped[list[list[float]]] = mapped_column(JSON, default=list)
 
 
 class EventClass(enum.StrEnum):

@@ -2,8 +2,9 @@
 
 from layerfleet.accounts.models import AccessKey, ApiToken, Organization, User, WebSession
 from layerfleet.agents.models import OneTimeVerificationCode
+from layerfleet.detection.model_versions import ModelVersion, OrganizationModel
 from layerfleet.detection.models import Alert, PredictionFrame
-from layerfleet.fleet.models import Printer, PrinterEvent
+from layerfleet.fleet.models import Printer, PrinterCamera, PrinterEvent
 from layerfleet.library.models import Build, BuildItem, Part, PartVersion, SettingsPreset, SliceJob
 from layerfleet.notifications.models import ActionLink, Delivery, NotificationTarget, OutboxEvent
 from layerfleet.prints.models import GCodeFile, Print, PrintShotFeedback
@@ -20,9 +21,11 @@ __all__ = [
     "BuildItem",
     "Delivery",
     "GCodeFile",
+    "ModelVersion",
     "NotificationTarget",
     "OneTimeVerificationCode",
     "Organization",
+    "OrganizationModel",
     "OutboxEvent",
     "Part",
     "PartVersion",
@@ -36,6 +39,7 @@ __all__ = [
     "PrintWatchNotification",
     "PrintedPart",
     "Printer",
+    "PrinterCamera",
     "PrinterEvent",
     "QueuedJob",
     "SettingsPreset",

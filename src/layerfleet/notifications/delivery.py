@@ -53,6 +53,8 @@ RATE_WINDOW = timedelta(minutes=1)
 PRUNE_EVERY_SECONDS = 3600.0
 OPEN_STATUSES = (DeliveryStatus.PENDING.value, DeliveryStatus.RETRYING.value)
 ALERT_EVENTS = (NotificationEvent.FAILURE_ALERT.value, NotificationEvent.FAILURE_WARNING.value)
+# Events whose message carries the frame with its boxes.
+PICTURE_EVENTS = (*ALERT_EVENTS, NotificationEvent.QUALITY_WARNING.value)
 
 
 @dataclass(frozen=True)
@@ -313,7 +315,7 @@ class Notifier:
                     printer_id=event.printer_id, print_id=event.print_id, action=action))
         picture_path = payload.get("image_path")
         picture = None
-        if isinstance(picture_path, str) and event.kind in ALERT_EVENTS:
+        if isinstance(picture_path, str) and event.kind in PICTURE_EVENTS:
             file = (self._media / picture_path).resolve()
             if file.is_relative_to(self._media.resolve()):
                 boxes = payload.get("boxes") if isinstance(payload.get("boxes"), list) else []

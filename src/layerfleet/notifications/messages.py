@@ -25,6 +25,7 @@ HEADLINES = {
     NotificationEvent.HEATER_COOLED_DOWN: "heater cooled down",
     NotificationEvent.FAILURE_WARNING: "the print may be failing",
     NotificationEvent.FAILURE_ALERT: "the print is failing",
+    NotificationEvent.QUALITY_WARNING: "print-quality defect seen",
     NotificationEvent.PRINTER_OFFLINE: "printer offline while printing",
     NotificationEvent.SLICE_FINISHED: "slice finished",
     NotificationEvent.SLICE_FAILED: "slice failed",
@@ -63,6 +64,10 @@ def lines_of(event: OutboxEvent) -> list[str]:
         lines.append(f"Likelihood of failure: {round(100 * float(payload['normalized_p']))}%")
     if event_kind(event) in (NotificationEvent.FAILURE_ALERT, NotificationEvent.FAILURE_WARNING):
         lines.append("The print was paused." if payload.get("paused") else "The print was not paused.")
+    if event_kind(event) is NotificationEvent.QUALITY_WARNING:
+        if isinstance(payload.get("defect_score"), int | float):
+            lines.append(f"Likelihood of a quality defect: {round(100 * float(payload['defect_score']))}%")
+        lines.append("The print goes on: check it (warping, stringing, extrusion or surface problems).")
     if payload.get("text"):
         lines.append(str(payload["text"]))
     return lines

@@ -25,6 +25,7 @@ class NotificationEvent(enum.StrEnum):
     HEATER_COOLED_DOWN = "HeaterCooledDown"
     FAILURE_WARNING = "FailureWarning"
     FAILURE_ALERT = "FailureAlert"
+    QUALITY_WARNING = "QualityWarning"  # a print-quality defect seen; nothing was paused
     PRINTER_OFFLINE = "PrinterOffline"
     SLICE_FINISHED = "SliceFinished"
     SLICE_FAILED = "SliceFailed"

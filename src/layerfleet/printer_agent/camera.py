@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Protocol
 
 import httpx
@@ -60,3 +61,22 @@ class MjpegStreamCamera(_HttpCamera):
             if len(buffer) > MAX_PICTURE_BYTES:
                 raise OSError("no complete JPEG frame within 8 MiB of the stream")
         return None
+
+
+def camera_at(snapshot_url: str | None, stream_url: str | None) -> Camera | None:
+    """The camera that serves at whichever URL is given."""
+    if snapshot_url:
+        return SnapshotUrlCamera(snapshot_url)
+    if stream_url:
+        return MjpegStreamCamera(stream_url)
+    return None
+
+
+@dataclass(frozen=True)
+class NamedCamera:
+    """One of the printer's cameras besides the primary, sent as moonraker-obico sends its
+    cameras: by name, with its nozzle flag."""
+
+    name: str
+    camera: Camera
+    nozzle: bool = False

@@ -10,12 +10,17 @@
     [camera]                         # optional; else the host's own webcam settings
     snapshot_url = "http://127.0.0.1:8080/?action=snapshot"
     # stream_url = "http://127.0.0.1:8080/?action=stream"
+
+    [[cameras]]                      # optional, repeated: the printer's other cameras
+    name = "side"                    # how the server tells it apart (at most 64 characters)
+    snapshot_url = "http://127.0.0.1:8081/?action=snapshot"   # or stream_url
+    # nozzle = true                  # a nozzle camera: shown, never scored
 """
 
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +29,47 @@ EXAMPLE = __doc__.split("\n\n", 1)[1] if __doc__ else ""
 
 class ConfigError(ValueError):
     """The configuration is incomplete or wrong; the message tells the user what to fix."""
+
+
+MAX_CAMERA_NAME = 64  # what the server keeps of a camera's name
+MAX_OTHER_CAMERAS = 8  # what the server keeps of a printer's cameras besides the primary
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """One of the printer's cameras besides the primary (``[camera]``), sent by its name."""
+
+    name: str
+    snapshot_url: str | None = None
+    stream_url: str | None = None
+    nozzle: bool = False
+
+
+def _cameras(path: Path, value: object) -> list[CameraConfig]:
+    if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
+        raise ConfigError(f"{path}: cameras must be tables: [[cameras]]")
+    cameras: list[CameraConfig] = []
+    for number, entry in enumerate(value, start=1):
+        unknown = sorted(set(entry) - {"name", "snapshot_url", "stream_url", "nozzle"})
+        if unknown:
+            raise ConfigError(f"{path}: camera {number}: unknown setting(s) {', '.join(unknown)}")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name.strip() or len(name.strip()) > MAX_CAMERA_NAME:
+            raise ConfigError(f"{path}: camera {number} needs a name of 1 to {MAX_CAMERA_NAME} characters")
+        urls = {key: entry.get(key) for key in ("snapshot_url", "stream_url")}
+        if any(url is not None and not isinstance(url, str) for url in urls.values()) \
+                or sum(bool(url) for url in urls.values()) != 1:
+            raise ConfigError(f"{path}: camera {name!r} needs one of snapshot_url or stream_url (a string)")
+        nozzle = entry.get("nozzle", False)
+        if not isinstance(nozzle, bool):
+            raise ConfigError(f"{path}: camera {name!r}: nozzle must be true or false")
+        cameras.append(CameraConfig(name.strip(), urls["snapshot_url"], urls["stream_url"], nozzle))
+    names = [camera.name for camera in cameras]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{path}: two cameras have the same name; the server tells them apart by it")
+    if len(cameras) > MAX_OTHER_CAMERAS:
+        raise ConfigError(f"{path}: at most {MAX_OTHER_CAMERAS} cameras besides [camera]")
+    return cameras
 
 
 @dataclass
@@ -37,6 +83,7 @@ class AgentConfig:
     snapshot_url: str | None = None
     stream_url: str | None = None
     name: str | None = None  # a label for the logs
+    cameras: list[CameraConfig] = field(default_factory=list)  # besides the primary one
 
     @classmethod
     def from_file(cls, path: Path) -> AgentConfig:
@@ -47,6 +94,7 @@ class AgentConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from None
         flat: dict[str, Any] = {}
+        cameras = _cameras(path, data.pop("cameras")) if "cameras" in data else []
         for key, value in data.items():
             if isinstance(value, dict):
                 if key not in ("octoprint", "moonraker", "camera"):
@@ -62,7 +110,7 @@ class AgentConfig:
         for key, value in flat.items():
             if not isinstance(value, str):
                 raise ConfigError(f"{path}: {key} must be a string")
-        return cls(**flat)
+        return cls(**flat, cameras=cameras)
 
     def overridden(self, **flags: str | None) -> AgentConfig:
         """This configuration with every flag that was given taking precedence."""

@@ -18,7 +18,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -28,7 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from layerfleet import __version__
-from layerfleet.printer_agent.camera import Camera, SnapshotUrlCamera
+from layerfleet.printer_agent.camera import Camera, NamedCamera, SnapshotUrlCamera
 from layerfleet.printer_agent.connector import (
     PRINT_END_EVENTS,
     Connector,
@@ -106,6 +106,7 @@ class AgentRunner:
         connector: Connector,
         camera: Camera | None = None,
         *,
+        cameras: Sequence[NamedCamera] = (),
         cadence: Cadence | None = None,
         name: str = AGENT_NAME,
         label: str = "",
@@ -115,6 +116,7 @@ class AgentRunner:
         self.token = token
         self.connector = connector
         self.camera = camera
+        self.cameras = list(cameras)
         self.cadence = cadence or Cadence()
         self.name = name
         self.label = label or connector.kind
@@ -243,16 +245,25 @@ class AgentRunner:
             log.warning("%s: could not report %r: %s", self.label, title, exc)
 
     async def post_picture(self, *, viewing_boost: bool = False) -> bool:
-        if self.camera is None:
-            return False
+        """A picture of every camera; whether the primary camera's went through."""
+        sent = False
+        if self.camera is not None:
+            sent = await self._post_camera(self.camera, {"is_primary_camera": "true"}, viewing_boost, "camera")
+        for other in self.cameras:
+            fields = {"is_primary_camera": "false", "is_nozzle_camera": "true" if other.nozzle else "false",
+                      "camera_name": other.name}
+            await self._post_camera(other.camera, fields, viewing_boost, f"camera {other.name!r}")
+        return sent
+
+    async def _post_camera(self, camera: Camera, fields: dict[str, str], viewing_boost: bool, which: str) -> bool:
         try:
-            picture = await self.camera.snapshot()
+            picture = await camera.snapshot()
         except Exception as exc:  # a broken camera must not stop the agent
-            log.warning("%s: camera failed: %s", self.label, exc)
+            log.warning("%s: %s failed: %s", self.label, which, exc)
             return False
         if not picture:
             return False
-        fields = {"is_primary_camera": "true", "viewing_boost": "true" if viewing_boost else "false"}
+        fields = {**fields, "viewing_boost": "true" if viewing_boost else "false"}
         try:
             response = await self.http.post(
                 "/api/v1/octo/pic/", data=fields, files={"pic": ("snapshot.jpg", picture, "image/jpeg")})

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 import enum
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String
+from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from layerfleet.accounts.models import new_uuid
@@ -59,7 +60,13 @@ class Print(Base):
     detection_ewm: Mapped[float] = mapped_column(Float, default=0.0)
     detection_short_mean: Mapped[float] = mapped_column(Float, default=0.0)
     detection_last_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Each camera's latest evidence not yet weighed, for the print's one decision state
+    # (``watching.frames.combine``): {camera or "": {"p": …, "at": ISO time, "frame": number}}.
+    detection_cameras: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     watched_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    # Quality defects (``watching.quality``): frames that showed one, and the print's one warning.
+    defect_frames: Mapped[int] = mapped_column(Integer, default=0)
+    quality_alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     feedbacks: Mapped[list[PrintShotFeedback]] = relationship(
         back_populates="print", order_by="PrintShotFeedback.id", lazy="selectin",

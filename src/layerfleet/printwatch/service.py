@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -62,6 +62,9 @@ class InferResult:
     levels: tuple[bool, bool]
     smoothed: scoring.Smoothed
     action: scoring.Action | None
+    # The quality-defect output (None: the model has none); it never drives levels or actions.
+    defect_score: float | None = None
+    defect_boxes: list[Box] = field(default_factory=list)  # those at or above the client's confidence
 
 
 async def authenticate(session: AsyncSession, payload: Payload, now: datetime) -> PrintWatchKey:
@@ -197,6 +200,8 @@ async def infer(session: AsyncSession, detector: PrintWatchInference, payload: P
         levels=reached,
         smoothed=smoothed,
         action=action,
+        defect_score=frame.defect_score,
+        defect_boxes=[Box(*box) for box in frame.defect_boxes if box[4] >= request.conf],
     )
 
 

@@ -23,6 +23,7 @@ from layerfleet.fleet.models import Printer
 from layerfleet.media import store_media
 from layerfleet.prints.models import Print
 from layerfleet.watching.frames import evidence, frame_paths, outside_masks, tagged_jpeg
+from layerfleet.watching.quality import defect_boxes
 
 
 @dataclass
@@ -61,7 +62,8 @@ async def score_frame(session: AsyncSession, print_: Print, state: UploadScoring
         rolling_mean_long=state.baseline.long_mean, normalized_p=normalized,
         boxes=[[round(v, 1) for v in b[:4]] + [round(b[4], 4)] for b in boxes],
         ignored_boxes=len(result.boxes) - len(boxes), image_path=image_path,
-        tagged_image_path=tagged_path if has_tags else None,
+        tagged_image_path=tagged_path if has_tags else None, defect_score=result.defect_score,
+        defect_boxes=defect_boxes(result, outside_masks(result.defect_boxes, state.masks, result.width, result.height)),
     )
     session.add(frame)
     await session.flush()

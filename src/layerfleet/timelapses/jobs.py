@@ -278,8 +278,10 @@ class TimelapseRunner:
                 return TimelapseStatus.SKIPPED, "The print is gone."
             organization_id, print_id = print_.organization_id, print_.id
             failed = print_.alerted_at is not None or print_.paused_at is not None
-            scored = list((await session.execute(select(PredictionFrame).where(PredictionFrame.print_id == print_id)
-                                                 .order_by(PredictionFrame.taken_at))).scalars())
+            # The video is the primary camera's; the other cameras' frames would interleave other views.
+            scored = list((await session.execute(select(PredictionFrame).where(
+                PredictionFrame.print_id == print_id, PredictionFrame.camera.is_(None))
+                .order_by(PredictionFrame.taken_at))).scalars())
             records = await prints.prediction_records(session, print_)
         root = media_root(self.data_dir)
         folder = root / service.print_folder(organization_id, print_id)

@@ -10,19 +10,21 @@ printer's events; a full disk never fails the agent's upload."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shutil
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import cast
 
-from sqlalchemy import or_, update
+from sqlalchemy import Table, Update, bindparam, or_, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from layerfleet.database import utcnow
 from layerfleet.fleet.models import EventClass, Printer, PrinterEvent
 from layerfleet.fleet.service import HOT_PATH_LOAD
-from layerfleet.media import media_root, store_media
+from layerfleet.media import media_root, write_media
 from layerfleet.prints.models import Print
 from layerfleet.timelapses.service import kept_frame_path
 from layerfleet.watching.sink import AfterCommit, ClaimingFrameSink, FrameSink
@@ -46,6 +48,19 @@ class KeptFrame:
     organization_id: int
     print_id: int
     path: str
+
+
+@functools.cache
+def _claim_statement() -> Update:
+    """The claim of a picture's place in its print's video, built once (building it anew cost
+    more CPU than running it); a Core UPDATE: the session holds no state it changes."""
+    prints = cast(Table, Print.__table__)
+    return (update(prints)
+            .where(prints.c.id == bindparam("claimed_print"), prints.c.timelapse_stopped_at.is_(None),
+                   prints.c.finished_at.is_(None), prints.c.cancelled_at.is_(None),
+                   or_(prints.c.timelapse_frame_at.is_(None),
+                       prints.c.timelapse_frame_at <= bindparam("kept_before")))
+            .values(timelapse_frame_at=bindparam("claimed_at")))
 
 
 class FrameRecorder:
@@ -78,14 +93,8 @@ class FrameRecorder:
         if print_.timelapse_stopped_at is not None or print_.ended or (
                 print_.timelapse_frame_at is not None and print_.timelapse_frame_at > received_at - self.interval):
             return None  # as the row was read: the claim below would say so too, with a write
-        claimed = await session.execute(
-            update(Print)
-            .where(Print.id == print_.id, Print.timelapse_stopped_at.is_(None),
-                   Print.finished_at.is_(None), Print.cancelled_at.is_(None),
-                   or_(Print.timelapse_frame_at.is_(None),
-                       Print.timelapse_frame_at <= received_at - self.interval))
-            .values(timelapse_frame_at=received_at)
-            .execution_options(synchronize_session=False))
+        claimed = await session.execute(_claim_statement(), {
+            "claimed_print": print_.id, "claimed_at": received_at, "kept_before": received_at - self.interval})
         if getattr(claimed, "rowcount", 0) != 1:
             return None
         return KeptFrame(printer.id, printer.organization_id, print_.id,
@@ -94,15 +103,18 @@ class FrameRecorder:
     async def store(self, kept: KeptFrame, jpeg: bytes) -> str | None:
         """Write a claimed (and committed) picture; the path, or None when the disk is full."""
         try:
-            if await asyncio.to_thread(free_bytes, self.data_dir) < self.min_free_bytes + len(jpeg):
-                raise OSError("less free space than LAYERFLEET_TIMELAPSE_MIN_FREE_BYTES")
-            await store_media(self.data_dir, kept.path, jpeg)
+            await asyncio.to_thread(self._store_if_room, kept.path, jpeg)  # one trip off the event loop
         except OSError as exc:
             async with self.sessionmaker() as session:
                 await self._stop(session, kept, exc)
             return None
         self.kept += 1
         return kept.path
+
+    def _store_if_room(self, relative: str, jpeg: bytes) -> None:
+        if free_bytes(self.data_dir) < self.min_free_bytes + len(jpeg):
+            raise OSError("less free space than LAYERFLEET_TIMELAPSE_MIN_FREE_BYTES")
+        write_media(self.data_dir, relative, jpeg)
 
     async def _stop(self, session: AsyncSession, kept: KeptFrame, exc: OSError) -> None:
         log.warning("printer %s: timelapse recording of print %s stopped, the disk is full (%s); "
@@ -126,22 +138,27 @@ class RecordingSink:
     def __init__(self, recorder: FrameRecorder, inner: FrameSink) -> None:
         self.recorder = recorder
         self.inner = inner
+        # Once: checking a runtime protocol walks its members (costly on every picture).
+        self._inner_claims = isinstance(inner, ClaimingFrameSink)
 
-    async def submit(self, printer_id: int, organization_id: int, jpeg_bytes: bytes, received_at: datetime) -> None:
-        try:
-            await self.recorder.keep(printer_id, jpeg_bytes, received_at)
-        except Exception:
-            # The video is evidence, not the detector's input: a failure here must not stop scoring.
-            log.exception("printer %s: keeping a picture for the timelapse failed", printer_id)
-        await self.inner.submit(printer_id, organization_id, jpeg_bytes, received_at)
+    async def submit(self, printer_id: int, organization_id: int, jpeg_bytes: bytes, received_at: datetime,
+                     *, camera: str | None = None) -> None:
+        if camera is None:  # the print's video is the primary camera's
+            try:
+                await self.recorder.keep(printer_id, jpeg_bytes, received_at)
+            except Exception:
+                # The video is evidence, not the detector's input: a failure here must not stop scoring.
+                log.exception("printer %s: keeping a picture for the timelapse failed", printer_id)
+        await self.inner.submit(printer_id, organization_id, jpeg_bytes, received_at, camera=camera)
 
     async def claim(self, session: AsyncSession, printer: Printer, jpeg_bytes: bytes,
-                    received_at: datetime) -> AfterCommit | None:
+                    received_at: datetime, *, camera: str | None = None) -> AfterCommit | None:
         """Both claims in the uploader's transaction (see ``watching.sink.ClaimingFrameSink``)."""
-        kept = await self.recorder.claim(session, printer, received_at)
-        inner = self.inner
-        then = await inner.claim(session, printer, jpeg_bytes, received_at) \
-            if isinstance(inner, ClaimingFrameSink) else None
+        # The print's video is the primary camera's; another camera's picture is only scored.
+        kept = await self.recorder.claim(session, printer, received_at) if camera is None else None
+        inner, inner_claims = self.inner, self._inner_claims
+        then = await cast(ClaimingFrameSink, inner).claim(session, printer, jpeg_bytes, received_at, camera=camera) \
+            if inner_claims else None
         printer_id, organization_id = printer.id, printer.organization_id
 
         async def after_commit() -> None:
@@ -152,7 +169,7 @@ class RecordingSink:
                     log.exception("printer %s: keeping a picture for the timelapse failed", printer_id)
             if then is not None:
                 await then()
-            elif not isinstance(inner, ClaimingFrameSink):
-                await inner.submit(printer_id, organization_id, jpeg_bytes, received_at)
+            elif not inner_claims:
+                await inner.submit(printer_id, organization_id, jpeg_bytes, received_at, camera=camera)
 
         return after_commit

@@ -9,10 +9,12 @@ alert and, when the printer says so, is paused through the one command path.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import logging
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -29,13 +31,14 @@ from layerfleet.detection import decisions
 from layerfleet.detection.models import Alert, AlertKind, PredictionFrame
 from layerfleet.detection.runtime import FrameResult
 from layerfleet.fleet.actions import PrinterActions
-from layerfleet.fleet.models import ActionOnFailure, Printer
+from layerfleet.fleet.models import ActionOnFailure, Printer, PrinterCamera
 from layerfleet.fleet.service import HOT_PATH_LOAD
 from layerfleet.fleet.watch_reasons import is_paused, should_watch
 from layerfleet.media import organization_prefix, store_media
 from layerfleet.notifications import outbox
 from layerfleet.notifications.models import NotificationEvent
 from layerfleet.prints.models import Print, PrintShotFeedback
+from layerfleet.watching.quality import defect_boxes, quality_warning
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +105,93 @@ def tagged_jpeg(jpeg: bytes, boxes: Sequence[Box]) -> bytes:
     return out.getvalue()
 
 
-def frame_paths(print_: Print, number: int) -> tuple[str, str]:
+def frame_paths(print_: Print, number: int, camera: str | None = None) -> tuple[str, str]:
     base = f"{organization_prefix(print_.organization_id)}prints/{print_.id}"
-    return f"{base}/frames/{number:06d}.jpg", f"{base}/tagged/{number:06d}.jpg"
+    name = f"{number:06d}" if camera is None else f"{number:06d}-{camera_slug(camera)}"
+    return f"{base}/frames/{name}.jpg", f"{base}/tagged/{name}.jpg"
+
+
+def camera_slug(camera: str) -> str:
+    """A camera's name fit for a file name; the hash keeps "a b" and "a_b" apart."""
+    digest = hashlib.sha1(camera.encode(), usedforsecurity=False).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_-]', '_', camera)[:40]}-{digest}"
+
+
+# --- every camera, one decision state per print ----------------------------------------------------------
+
+PRIMARY = ""  # the primary camera's key in a print's ``detection_cameras``
+# Another camera's evidence older than this is not weighed: the print was not watched meanwhile.
+CAMERA_EVIDENCE_MAX_AGE = timedelta(seconds=MAX_CHARGED_GAP_SECONDS)
+
+
+@dataclass(frozen=True)
+class Weighing:
+    """What one camera's frame does to its print's decision state."""
+
+    steps: bool  # the state advances with this frame
+    p: float  # what it advances with: the highest evidence among the cameras' latest frames
+    source: str  # the camera whose frame gave ``p`` (this frame's own when it is the highest)
+    source_entry: dict[str, Any] | None  # that camera's entry, when it is another camera
+    cameras: dict[str, Any]  # the print's ``detection_cameras`` after this frame
+
+
+def combine(cameras: Mapping[str, Any] | None, camera: str, p: float, taken_at: datetime,
+            last_step: datetime | None) -> Weighing:
+    """Combine one camera's frame with the others' into the print's one decision state.
+
+    The reference rules count frames at the scoring interval; each camera is scored at that
+    interval, so letting every camera's frame advance the state would run the rules at a
+    multiple of their pace and let a normal camera's frames pull a failing one's average
+    down. Instead the state advances once per round: a camera's frame advances it unless
+    another camera's frame already did since this camera's previous one (then it waits,
+    recorded, for the next step), and a step takes the highest ``p`` among its own and the
+    other cameras' frames not weighed yet. A failure seen clearly by any camera so counts at
+    full strength, at most one interval late; with one camera every frame steps, as before.
+    """
+    entries = dict(cameras or {})
+    previous = entries.get(camera)
+    previous_at = _entry_time(previous)
+    steps = (not entries or last_step is None or taken_at - last_step > CAMERA_EVIDENCE_MAX_AGE
+             or (previous_at is not None and last_step <= previous_at < taken_at))
+    best, source, source_entry = p, camera, None
+    if steps:
+        for name, entry in entries.items():
+            at = _entry_time(entry)
+            if name == camera or at is None or (last_step is not None and at <= last_step) \
+                    or taken_at - at > CAMERA_EVIDENCE_MAX_AGE:
+                continue
+            if float(entry.get("p", 0.0)) > best:
+                best, source, source_entry = float(entry["p"]), name, entry
+    return Weighing(steps, best, source, source_entry, entries)
+
+
+def _entry_time(entry: Mapping[str, Any] | None) -> datetime | None:
+    try:
+        return datetime.fromisoformat(entry["at"]) if entry else None
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+async def _camera_masks(session: AsyncSession, printer_id: int, camera: str) -> list[list[float]]:
+    masks = (await session.execute(select(PrinterCamera.ignore_masks).where(
+        PrinterCamera.printer_id == printer_id, PrinterCamera.name == camera))).scalar_one_or_none()
+    return list(masks or [])
+
+
+async def _shown_frame(session: AsyncSession, print_: Print, weighing: Weighing, frame: PredictionFrame,
+                       width: int, height: int) -> tuple[PredictionFrame, int, int]:
+    """The frame an alert shows: the one whose camera saw what made the step fail."""
+    entry = weighing.source_entry
+    if entry is None:
+        return frame, width, height
+    camera = None if weighing.source == PRIMARY else weighing.source
+    found = (await session.execute(select(PredictionFrame).where(
+        PredictionFrame.print_id == print_.id, PredictionFrame.frame_number == entry.get("frame"),
+        PredictionFrame.camera.is_(None) if camera is None else PredictionFrame.camera == camera,
+    ).order_by(PredictionFrame.id.desc()).limit(1))).scalar_one_or_none()
+    if found is None:
+        return frame, width, height
+    return found, int(entry.get("w", width)), int(entry.get("h", height))
 
 
 @dataclass(frozen=True)
@@ -183,12 +270,15 @@ async def apply_frame(
     result: FrameResult,
     taken_at: datetime,
     *,
+    camera: str | None = None,
     data_dir: Path,
     unlimited_hours: bool = False,
     hours: HoursLedger | None = None,
 ) -> FrameOutcome | None:
-    """Apply one scored frame; ``None`` when the printer is (no longer) watched. The caller commits
-    (and, given ``hours``, writes it first: frames applied together draw their hours together).
+    """Apply one scored frame of the printer's primary camera, or of the one ``camera`` names;
+    ``None`` when the printer is (no longer) watched. The caller commits (and, given ``hours``,
+    writes it first: frames applied together draw their hours together). The cameras' frames
+    feed the print's one decision state as :func:`combine` says.
 
     Nothing is written here unless the frame may alert or pause, so the frames of one
     transaction go to the database together when it commits."""
@@ -196,22 +286,27 @@ async def apply_frame(
     if printer is None or not is_watched_now(printer) or printer.current_print is None:
         return None
     print_ = printer.current_print
-    boxes = outside_masks(result.boxes, printer.ignore_masks or [], result.width, result.height)
+    masks = printer.ignore_masks or [] if camera is None else await _camera_masks(session, printer.id, camera)
+    boxes = outside_masks(result.boxes, masks, result.width, result.height)
     p = evidence(result, boxes)
-    scores, baseline = decisions.advance(
-        decisions.PrintScores(print_.detection_frames, print_.detection_p, print_.detection_ewm,
-                              print_.detection_short_mean),
-        decisions.PrinterBaseline(printer.detection_lifetime_frames, printer.detection_long_mean),
-        p,
-    )
+    key = PRIMARY if camera is None else camera
+    weighing = combine(print_.detection_cameras, key, p, taken_at, print_.detection_last_at)
+    scores = decisions.PrintScores(print_.detection_frames, print_.detection_p, print_.detection_ewm,
+                                   print_.detection_short_mean)
+    baseline = decisions.PrinterBaseline(printer.detection_lifetime_frames, printer.detection_long_mean)
     sensitivity = printer.detective_sensitivity
-    print_.detection_frames, print_.detection_p = scores.frame, scores.p
-    print_.detection_ewm, print_.detection_short_mean = scores.ewm, scores.short_mean
-    printer.detection_lifetime_frames, printer.detection_long_mean = baseline.lifetime_frames, baseline.long_mean
-    printer.normalized_p = decisions.normalized_p(scores, baseline, sensitivity)
-    await _charge_detection_hours(session, printer, print_, taken_at, unlimited=unlimited_hours, hours=hours)
+    if weighing.steps:
+        scores, baseline = decisions.advance(scores, baseline, weighing.p)
+        print_.detection_frames, print_.detection_p = scores.frame, scores.p
+        print_.detection_ewm, print_.detection_short_mean = scores.ewm, scores.short_mean
+        printer.detection_lifetime_frames, printer.detection_long_mean = baseline.lifetime_frames, baseline.long_mean
+        printer.normalized_p = decisions.normalized_p(scores, baseline, sensitivity)
+        # Watched time is the steps' time: cameras scored in the same round are not charged twice.
+        await _charge_detection_hours(session, printer, print_, taken_at, unlimited=unlimited_hours, hours=hours)
+    print_.detection_cameras = {**weighing.cameras, key: {
+        "p": round(p, 4), "at": taken_at.isoformat(), "frame": scores.frame, "w": result.width, "h": result.height}}
 
-    image_path, tagged_path = frame_paths(print_, scores.frame)
+    image_path, tagged_path = frame_paths(print_, scores.frame, camera)
     has_tags = any(box[4] > decisions.VISUALIZATION_THRESH for box in boxes)
     await store_media(data_dir, image_path, jpeg)
     if has_tags:
@@ -223,8 +318,13 @@ async def apply_frame(
         normalized_p=printer.normalized_p, boxes=[[round(v, 1) for v in b[:4]] + [round(b[4], 4)] for b in boxes],
         ignored_boxes=len(result.boxes) - len(boxes), image_path=image_path,
         tagged_image_path=tagged_path if has_tags else None, temperatures=reported_temperatures(printer.status),
+        camera=camera, defect_score=result.defect_score,
+        defect_boxes=defect_boxes(result, outside_masks(result.defect_boxes, masks, result.width, result.height)),
     )
     session.add(frame)
+    await quality_warning(session, printer, print_, frame, result, taken_at)  # a warning only, never a pause
+    if not weighing.steps:
+        return FrameOutcome(frame, None, False)  # weighed at the print's next step
 
     pause = decisions.should_pause(scores, baseline, sensitivity)
     warn = decisions.should_alert(scores, baseline, sensitivity)
@@ -243,20 +343,21 @@ async def apply_frame(
     if wants_pause and not paused and _alert_pending(print_):
         return FrameOutcome(frame, None, False)  # the agent did not take it; the alert stands
     print_.alerted_at = taken_at
+    shown, width, height = await _shown_frame(session, print_, weighing, frame, result.width, result.height)
     alert = Alert(
         organization_id=printer.organization_id, printer_id=printer.id, print_id=print_.id,
         kind=(AlertKind.FAILURE if pause else AlertKind.WARNING).value, normalized_p=printer.normalized_p,
-        paused=paused, frame_id=frame.id, created_at=taken_at,
-        details={"p": p, "ewm_mean": scores.ewm, "frame_number": scores.frame,
-                 "action_on_failure": printer.action_on_failure},
+        paused=paused, frame_id=shown.id, created_at=taken_at,
+        details={"p": weighing.p, "ewm_mean": scores.ewm, "frame_number": scores.frame,
+                 "action_on_failure": printer.action_on_failure, "camera": shown.camera},
     )
     session.add(alert)
     await outbox.record(
         session, organization_id=printer.organization_id, printer_id=printer.id, print_id=print_.id,
         event=NotificationEvent.FAILURE_ALERT if pause else NotificationEvent.FAILURE_WARNING,
         payload={"printer_name": printer.name, "filename": print_.filename, "normalized_p": printer.normalized_p,
-                 "paused": paused, "image_path": image_path, "boxes": frame.boxes,
-                 "width": result.width, "height": result.height})
+                 "paused": paused, "image_path": shown.image_path, "boxes": shown.boxes,
+                 "width": width, "height": height})
     log.warning("printer %s: %s alert on print %s (normalized_p %.2f)%s", printer.id, alert.kind, print_.id,
                 printer.normalized_p, ", paused" if paused else "")
     return FrameOutcome(frame, alert, paused)

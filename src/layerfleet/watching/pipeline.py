@@ -3,9 +3,14 @@
 `WatchingPipeline` is the server's frame sink. A picture is taken for scoring only when its
 printer is watched and printing, and at most one per printer per interval (10 s): the claim
 is a conditional UPDATE of ``printers.last_scored_at``, so it holds across server processes.
-Claimed frames wait in a bounded in-process queue; one worker takes whatever has gathered
-(frames of many printers), scores them in one batch in a worker thread, and applies the
-batch's results in one transaction (each in its own if that fails).
+Claimed frames wait in a bounded in-process queue; one task takes whatever has gathered
+(frames of many printers) and scores them in one batch in a thread, while another applies the
+previous batch's results in one transaction (each in its own if that fails): the detector and
+the database work at once, and a printer's frames are still applied in the order they came.
+
+Scaled out (``stream``, :mod:`layerfleet.watching.frame_stream`), a server only claims: its
+frames go to Redis, and `layerfleet worker` processes score and apply them with the same code
+(:class:`layerfleet.watching.scoring_worker.FrameScorer`).
 
 Pictures arrive through :meth:`WatchingPipeline.claim`, inside the uploader's transaction and
 from the printer it already read (``watching.sink``); :meth:`WatchingPipeline.submit` is the
@@ -19,27 +24,34 @@ pipeline is behind, which the fleet page shows.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import Table, Update, bindparam, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from layerfleet import metrics
 from layerfleet.commands.bus import AgentMessage, CommandBus
 from layerfleet.database import utcnow
 from layerfleet.detection.imaging import BadImage
+from layerfleet.detection.model_choice import ModelChoice
+from layerfleet.detection.models import PredictionFrame
 from layerfleet.detection.runtime import Detector, FrameResult
 from layerfleet.fleet.events import FleetEvents
-from layerfleet.fleet.models import Printer
+from layerfleet.fleet.models import Printer, PrinterCamera
 from layerfleet.fleet.service import HOT_PATH_LOAD
 from layerfleet.prints.models import Print
 from layerfleet.watching.frames import FrameOutcome, HoursLedger, apply_frame, is_watched_now
 from layerfleet.watching.sink import AfterCommit
+
+if TYPE_CHECKING:
+    from layerfleet.watching.frame_stream import FrameStream
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +62,8 @@ BEHIND_WINDOW_SECONDS = 60.0
 BEHIND_WAIT_FLOOR_SECONDS = 10.0
 # At most one log line per this many seconds about drops, however many there are.
 DROP_LOG_SECONDS = 30.0
+# How stale a server's view of the scoring workers' backlog may be (every upload consults it).
+STREAM_STATS_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -64,11 +78,22 @@ class WatchingHealth:
 
 
 @dataclass(frozen=True)
+class StreamBacklog:
+    """Frames waiting in the scoring workers' stream or being scored there."""
+
+    depth: int
+    oldest_seconds: float  # age of the oldest of them; 0 when none
+
+
+@dataclass(frozen=True)
 class PendingFrame:
     printer_id: int
     organization_id: int
     jpeg: bytes
     received_at: datetime
+    camera: str | None = None  # a camera other than the primary, by its agent's name
+    # Taken over from a scoring worker that died before acknowledging it: it may have been applied.
+    taken_over: bool = False
 
 
 class WatchingPipeline:
@@ -84,7 +109,10 @@ class WatchingPipeline:
         detector: Detector | None = None,
         events: FleetEvents | None = None,
         queue_size: int = MAX_WAITING_FRAMES,
+        stream: FrameStream | None = None,
     ) -> None:
+        """``stream``: claimed frames go there for `layerfleet worker`s to score, and this process
+        scores none (nor loads the detector for it)."""
         self.sessionmaker = sessionmaker
         self.events = events or FleetEvents()
         self.bus = bus
@@ -93,12 +121,19 @@ class WatchingPipeline:
         self.batch_size = batch_size
         self.unlimited_hours = unlimited_hours
         self.detector = detector
+        # Each organization's frames are scored with its own model (fine-tuned, or the shipped one).
+        self.models = ModelChoice(sessionmaker, data_dir / "media")
         self.queue: asyncio.Queue[PendingFrame] = asyncio.Queue(queue_size)
         self.queue_size = queue_size
+        self.stream = stream
+        self._last_backlog = StreamBacklog(0, 0.0)
         self.outcomes: asyncio.Queue[FrameOutcome] | None = None  # tests listen here
         self.scored = 0
         self.dropped = 0
-        self._worker: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        # One scored batch waits here while the next is scored: more would only age in memory.
+        self._scored_batches: asyncio.Queue[tuple[list[PendingFrame], list[tuple[PendingFrame, FrameResult]]]] = \
+            asyncio.Queue(1)
         # Arrival times of the frames in the queue, then of the batch being scored, oldest
         # first: the queue itself cannot be looked into.
         self._waiting: deque[datetime] = deque()
@@ -109,61 +144,96 @@ class WatchingPipeline:
         metrics.track_waiting_frames(self)
 
     async def start(self) -> None:
+        if self.stream is not None:
+            await self.stream.start()
+            self._tasks = [asyncio.create_task(self._watch_stream(), name="watching-stream")]
+            metrics.WATCHING_QUEUE_CAPACITY.inc(self.stream.backlog_limit)
+            return
+        await self.load_detector()
+        self._tasks = [asyncio.create_task(self._detect_stage(), name="watching-detect"),
+                       asyncio.create_task(self._apply_stage(), name="watching-apply")]
+        metrics.WATCHING_QUEUE_CAPACITY.inc(self.queue_size)
+
+    async def load_detector(self) -> Detector:
         if self.detector is None:
             # Loading the model takes a moment; not on the event loop.
             self.detector = await asyncio.to_thread(Detector)
-        self._worker = asyncio.create_task(self._work(), name="watching-pipeline")
-        metrics.WATCHING_QUEUE_CAPACITY.inc(self.queue_size)
+        return self.detector
 
     async def close(self) -> None:
-        if self._worker is not None:
-            self._worker.cancel()
-            await asyncio.gather(self._worker, return_exceptions=True)
-            self._worker = None
+        if self._tasks:
+            for task in self._tasks:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            self._tasks = []
+            if self.stream is not None:
+                metrics.WATCHING_QUEUE_CAPACITY.dec(self.stream.backlog_limit)
+                await self.stream.close()
+                return
             metrics.WATCHING_QUEUE_CAPACITY.dec(self.queue_size)
             # Frames left behind are no longer waiting for anything.
             metrics.WATCHING_QUEUE_DEPTH.dec(self.queue.qsize())
             self._waiting.clear()
             self._in_flight.clear()
 
-    async def submit(self, printer_id: int, organization_id: int, jpeg_bytes: bytes, received_at: datetime) -> None:
+    async def submit(self, printer_id: int, organization_id: int, jpeg_bytes: bytes, received_at: datetime,
+                     *, camera: str | None = None) -> None:
         async with self.sessionmaker() as session:
             printer = await session.get(Printer, printer_id, options=HOT_PATH_LOAD)
             if printer is None:
                 metrics.PICTURES_RECEIVED.inc()
                 return
-            then = await self.claim(session, printer, jpeg_bytes, received_at)
+            then = await self.claim(session, printer, jpeg_bytes, received_at, camera=camera)
             if then is None:
                 return
             await session.commit()
         await then()
 
     async def claim(self, session: AsyncSession, printer: Printer, jpeg_bytes: bytes,
-                    received_at: datetime) -> AfterCommit | None:
+                    received_at: datetime, *, camera: str | None = None) -> AfterCommit | None:
         """Claim the picture for scoring in the caller's transaction (``watching.sink``); what is
-        returned queues it once the claim is committed."""
+        returned queues it once the claim is committed. Each camera has its own claim: the
+        primary's on the printer, another's on its ``printer_cameras`` row (which the uploader
+        made), so every camera is scored once per interval."""
         metrics.PICTURES_RECEIVED.inc()
         if not is_watched_now(printer):
             return None
-        if printer.last_scored_at is not None and printer.last_scored_at > received_at - self.interval:
+        if camera is None and printer.last_scored_at is not None \
+                and printer.last_scored_at > received_at - self.interval:
             return None  # scored one recently (the claim below would say so too, with a write)
-        if self.queue.full():
+        if self.stream.full() if self.stream is not None else self.queue.full():
             # Not claimed: the printer's next picture is due at once, when there may be room.
             self._drop(printer.id)
             return None
-        claimed = await session.execute(
-            update(Printer)
-            .where(Printer.id == printer.id,
-                   or_(Printer.last_scored_at.is_(None), Printer.last_scored_at <= received_at - self.interval))
-            .values(last_scored_at=received_at)
-            .execution_options(synchronize_session=False)
-        )
+        if camera is None:
+            claimed = await session.execute(_primary_claim(), {
+                "claimed_printer": printer.id, "claimed_at": received_at, "scored_before": received_at - self.interval})
+        else:
+            claim = update(PrinterCamera).where(
+                PrinterCamera.printer_id == printer.id, PrinterCamera.name == camera,
+                or_(PrinterCamera.last_scored_at.is_(None),
+                    PrinterCamera.last_scored_at <= received_at - self.interval))
+            claimed = await session.execute(
+                claim.values(last_scored_at=received_at).execution_options(synchronize_session=False))
         if getattr(claimed, "rowcount", 0) != 1:
-            return None  # scored one recently: this picture only updates the printer's picture
-        frame = PendingFrame(printer.id, printer.organization_id, jpeg_bytes, received_at)
+            return None  # scored one recently: this picture only updates the camera's picture
+        frame = PendingFrame(printer.id, printer.organization_id, jpeg_bytes, received_at, camera)
 
         async def enqueue() -> None:
-            self._enqueue(frame)
+            if self.stream is None:
+                self._enqueue(frame)
+                return
+            try:
+                pushed = await self.stream.push(frame)
+            except Exception:
+                # Redis unreachable: the frame is lost like a dropped one, and counted as one.
+                log.warning("printer %s: could not hand a frame to the scoring workers", frame.printer_id,
+                            exc_info=True)
+                pushed = False
+            if pushed:
+                metrics.FRAMES_QUEUED.inc()
+            else:
+                self._drop(frame.printer_id)
 
         return enqueue
 
@@ -200,6 +270,8 @@ class WatchingPipeline:
 
     def oldest_waiting_seconds(self) -> float:
         """Age of the oldest frame waiting for its score or being scored; 0 when none."""
+        if self.stream is not None:
+            return self._last_backlog.oldest_seconds
         oldest = self._in_flight[0] if self._in_flight else self._waiting[0] if self._waiting else None
         return max(0.0, (utcnow() - oldest).total_seconds()) if oldest is not None else 0.0
 
@@ -207,9 +279,23 @@ class WatchingPipeline:
         self._forget_old_drops(time.monotonic())
         oldest = self.oldest_waiting_seconds()
         limit = max(self.interval.total_seconds(), BEHIND_WAIT_FLOOR_SECONDS)
+        if self.stream is not None:
+            depth, capacity = self._last_backlog.depth, self.stream.backlog_limit
+        else:
+            depth, capacity = self.queue.qsize(), self.queue_size
         return WatchingHealth(behind=bool(self._drops) or oldest > limit, dropped_last_minute=len(self._drops),
-                              oldest_waiting_seconds=oldest, queue_depth=self.queue.qsize(),
-                              queue_capacity=self.queue_size)
+                              oldest_waiting_seconds=oldest, queue_depth=depth, queue_capacity=capacity)
+
+    async def _watch_stream(self) -> None:
+        """Keeps what health() and the metrics say of the workers' backlog current."""
+        assert self.stream is not None
+        while True:
+            try:
+                self._last_backlog = await self.stream.backlog()
+                metrics.WATCHING_QUEUE_DEPTH.set(self._last_backlog.depth)
+            except Exception:
+                log.warning("could not read the scoring workers' backlog from Redis", exc_info=True)
+            await asyncio.sleep(STREAM_STATS_SECONDS)
 
     def _taken(self, frame: PendingFrame) -> PendingFrame:
         # The queue is first in, first out, like _waiting: its head is this frame's arrival.
@@ -223,33 +309,45 @@ class WatchingPipeline:
             batch.append(self._taken(self.queue.get_nowait()))
         return batch
 
-    async def _work(self) -> None:
+    async def _detect_stage(self) -> None:
         while True:
             batch = await self._next_batch()
-            detector = self.detector
-            assert detector is not None
             try:
-                results = await asyncio.to_thread(detector.detect, [frame.jpeg for frame in batch])
+                scored = await self.score(batch)
             except Exception:
                 log.exception("the detector failed on a batch of %d frames", len(batch))
                 metrics.FRAMES_FAILED.labels(stage="detector").inc(len(batch))
-                self._in_flight.clear()
+                # This batch's are the newest in flight: the one being applied is older.
+                for _ in batch:
+                    self._in_flight.pop()
                 continue
-            scored: list[tuple[PendingFrame, FrameResult]] = []
-            for frame, result in zip(batch, results, strict=True):
-                if isinstance(result, BadImage):
-                    log.warning("printer %s: picture not scored: %s", frame.printer_id, result)
-                    metrics.FRAMES_FAILED.labels(stage="picture").inc()
-                else:
-                    scored.append((frame, result))
+            await self._scored_batches.put((batch, scored))
+
+    async def _apply_stage(self) -> None:
+        while True:
+            batch, scored = await self._scored_batches.get()
             try:
                 if scored:
-                    await self._apply_batch(scored)
+                    await self.apply_scored(scored)
             finally:
                 for _ in batch:
                     self._in_flight.popleft()
 
-    async def _apply_batch(self, scored: list[tuple[PendingFrame, FrameResult]]) -> None:
+    async def score(self, batch: list[PendingFrame]) -> list[tuple[PendingFrame, FrameResult]]:
+        """The batch's frames with their results, in a thread; pictures that are not images are left out."""
+        detector = self.detector
+        assert detector is not None
+        results = await self.models.detect(detector, [(frame.organization_id, frame.jpeg) for frame in batch])
+        scored: list[tuple[PendingFrame, FrameResult]] = []
+        for frame, result in zip(batch, results, strict=True):
+            if isinstance(result, BadImage):
+                log.warning("printer %s: picture not scored: %s", frame.printer_id, result)
+                metrics.FRAMES_FAILED.labels(stage="picture").inc()
+            else:
+                scored.append((frame, result))
+        return scored
+
+    async def apply_scored(self, scored: list[tuple[PendingFrame, FrameResult]]) -> None:
         """The batch's frames in one transaction (one commit, one fsync on SQLite, for up to
         ``batch_size`` printers). If it fails, each frame is applied again in its own, so one
         printer's trouble (a deleted print, a picture that cannot be stored) loses no other
@@ -286,8 +384,10 @@ class WatchingPipeline:
             # orders by two transactions deadlock on PostgreSQL (seen at 1,000 printers).
             for index in sorted(range(len(scored)), key=lambda i: scored[i][0].printer_id):
                 frame, result = scored[index]
+                if await _already_applied(session, frame):
+                    continue
                 outcomes[index] = await apply_frame(session, bus, frame.printer_id, frame.jpeg, result,
-                                                    frame.received_at, data_dir=self.data_dir,
+                                                    frame.received_at, camera=frame.camera, data_dir=self.data_dir,
                                                     unlimited_hours=self.unlimited_hours, hours=hours)
             await hours.write(session)
             await session.commit()
@@ -301,8 +401,10 @@ class WatchingPipeline:
                 printer = await session.get(Printer, frame.printer_id)
                 if printer is not None:
                     await _lock_prints_in_order(session, [printer])
+                if await _already_applied(session, frame):
+                    return
                 outcome = await apply_frame(session, bus, frame.printer_id, frame.jpeg, result,
-                                            frame.received_at, data_dir=self.data_dir,
+                                            frame.received_at, camera=frame.camera, data_dir=self.data_dir,
                                             unlimited_hours=self.unlimited_hours)
                 await session.commit()
         except Exception:
@@ -347,6 +449,29 @@ class _SendsOnce(CommandBus):
         if sent and not self.replaying:
             self.sent.append((printer_id, message))
         return sent
+
+
+@functools.cache
+def _primary_claim() -> Update:
+    """The claim of a primary camera's picture for scoring, built once (building it per picture
+    cost about a tenth of a claimed upload's event-loop time); a Core UPDATE: the session holds
+    nothing it changes but the claim itself, which the caller does not read back."""
+    printers = cast(Table, Printer.__table__)
+    return (update(printers)
+            .where(printers.c.id == bindparam("claimed_printer"),
+                   or_(printers.c.last_scored_at.is_(None), printers.c.last_scored_at <= bindparam("scored_before")))
+            .values(last_scored_at=bindparam("claimed_at")))
+
+
+async def _already_applied(session: AsyncSession, frame: PendingFrame) -> bool:
+    """Whether a frame taken over from a dead scoring worker was applied before it died (its
+    stored frame is there); only taken-over frames pay for the look."""
+    if not frame.taken_over:
+        return False
+    found = await session.execute(
+        select(PredictionFrame.id).join(Printer, Printer.current_print_id == PredictionFrame.print_id)
+        .where(Printer.id == frame.printer_id, PredictionFrame.taken_at == frame.received_at).limit(1))
+    return found.first() is not None
 
 
 async def _lock_prints_in_order(session: AsyncSession, printers: list[Printer]) -> None:

@@ -21,15 +21,17 @@ AfterCommit = Callable[[], Awaitable[None]]
 
 
 class FrameSink(Protocol):
-    async def submit(self, printer_id: int, organization_id: int, jpeg_bytes: bytes, received_at: datetime) -> None:
-        """Take a verified JPEG picture of a printer's primary camera. Must return quickly:
-        it is awaited on the agent's upload request."""
+    async def submit(self, printer_id: int, organization_id: int, jpeg_bytes: bytes, received_at: datetime,
+                     *, camera: str | None = None) -> None:
+        """Take a verified JPEG picture of one of a printer's cameras (``camera`` names one
+        other than the primary, whose picture comes with None). Must return quickly: it is
+        awaited on the agent's upload request."""
 
 
 @runtime_checkable
 class ClaimingFrameSink(FrameSink, Protocol):
     async def claim(self, session: AsyncSession, printer: Printer, jpeg_bytes: bytes,
-                    received_at: datetime) -> AfterCommit | None:
+                    received_at: datetime, *, camera: str | None = None) -> AfterCommit | None:
         """Claim the picture in the caller's transaction; ``printer`` was read in ``session``
         with its owner and current print (``fleet.service.HOT_PATH_LOAD``). The caller commits,
         then awaits what is returned; if the commit fails, nothing was claimed and the
@@ -37,5 +39,6 @@ class ClaimingFrameSink(FrameSink, Protocol):
 
 
 class NullFrameSink:
-    async def submit(self, printer_id: int, organization_id: int, jpeg_bytes: bytes, received_at: datetime) -> None:
+    async def submit(self, printer_id: int, organization_id: int, jpeg_bytes: bytes, received_at: datetime,
+                     *, camera: str | None = None) -> None:
         return None

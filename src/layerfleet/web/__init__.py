@@ -14,10 +14,12 @@ from layerfleet.web import (
     fleet,
     library,
     linking_page,
+    models_page,
     notifications_page,
     prints,
 )
 
 router = APIRouter(include_in_schema=False)
-for module in (auth, fleet, prints, library, linking_page, credentials_page, notifications_page, action_link_page):
+for module in (auth, fleet, prints, library, linking_page, credentials_page, notifications_page, action_link_page,
+               models_page):
     router.include_router(module.router)

@@ -20,13 +20,16 @@ from layerfleet.api.deps import AppServices, Db, FleetStream, session_user
 from layerfleet.database import iso_z
 from layerfleet.detection import service as detection
 from layerfleet.detection.decisions import gauge_zone
+from layerfleet.detection.models import PredictionFrame
 from layerfleet.fleet import service as fleet
+from layerfleet.fleet.cameras import other_cameras
 from layerfleet.fleet.events import FleetEvents
 from layerfleet.fleet.models import (
     PAUSER_WORDS,
     FleetState,
     PausedBy,
     Printer,
+    PrinterCamera,
     fleet_state,
     job_progress,
     paused_by,
@@ -148,10 +151,11 @@ async def fleet_page(request: Request, db: Db, services: AppServices) -> Respons
 async def _print_history(db: AsyncSession, printer: Printer) -> dict[str, Any]:
     """The current print's scored frames: the detection graph, temperatures, the latest boxes."""
     current = printer.current_print
+    cameras = await other_cameras(db, printer.id)
     if current is None:
-        return {"frames": [], "boxes": None}
+        return {"frames": [], "boxes": None, "cameras": [_camera_tile(c, []) for c in cameras]}
     frames = await detection.frames_of_print(db, current.id)
-    latest = frames[-1] if frames else None
+    latest = next((f for f in reversed(frames) if f.camera is None), None)
     boxes = None
     if latest is not None and printer.pic_updated_at is not None and \
             (printer.pic_updated_at - latest.taken_at).total_seconds() <= BOXES_FRESH_SECONDS:
@@ -163,7 +167,19 @@ async def _print_history(db: AsyncSession, printer: Printer) -> dict[str, Any]:
                     "nozzle": _heater(f.temperatures, "tool0", "extruder"),
                     "bed": _heater(f.temperatures, "bed", "heater_bed")} for f in frames],
         "boxes": boxes,
+        "cameras": [_camera_tile(c, frames) for c in cameras],
     }
+
+
+def _camera_tile(camera: PrinterCamera, frames: list[PredictionFrame]) -> dict[str, Any]:
+    """Another camera's latest picture, with the boxes of its latest scored frame while fresh."""
+    latest = next((f for f in reversed(frames) if f.camera == camera.name), None)
+    boxes = None
+    if latest is not None and camera.pic_updated_at is not None and \
+            (camera.pic_updated_at - latest.taken_at).total_seconds() <= BOXES_FRESH_SECONDS:
+        boxes = {"taken_at": iso_z(latest.taken_at), "boxes": latest.boxes}
+    return {"name": camera.name, "nozzle": camera.nozzle, "picture": media_url("", camera.pic_path),
+            "picture_at": iso_z(camera.pic_updated_at), "ignore_masks": camera.ignore_masks or [], "boxes": boxes}
 
 
 @router.get("/printers/{printer_id}/")

@@ -32,6 +32,7 @@ EVENT_TEXT = {
     "PrinterOffline": "Printer offline while printing", "SliceFinished": "Slice finished",
     "SliceFailed": "Slice failed", "PrintJobCompleted": "Print job completed", "PrintJobFailed": "Print job failed",
     "PrintWatchNotify": "PrintWatch notification",
+    "QualityWarning": "Quality warning (warping, stringing, … seen; never paused)",
 }
 DEFAULT_EVENTS = ("FailureAlert", "FailureWarning", "PrintDone", "PrintCancelled", "PrinterOffline")
 

@@ -274,6 +274,11 @@ def timeline(print_: Print, alerts: list[Alert], seek: Seek | None = None) -> li
     add(print_.started_at, "Started")
 
     for alert in alerts:
+        if alert.kind == AlertKind.QUALITY.value:
+            score = (alert.details or {}).get("defect_score")
+            likelihood = f"Defect likelihood {_percent(score)}; " if isinstance(score, int | float) else ""
+            add(alert.created_at, "Quality defect seen", likelihood + "the print went on", "warn")
+            continue
         failure = alert.kind == AlertKind.FAILURE.value
         title = "Failure detected" if failure else "Possible failure detected"
         detail = f"Failure likelihood {_percent(alert.normalized_p)}"

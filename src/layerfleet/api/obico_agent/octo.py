@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse
 from layerfleet.agents import uploads
 from layerfleet.agents.lifecycle import clean_text
 from layerfleet.agents.uploads import as_bool
-from layerfleet.api.deps import AppServices, AppSettings, Db, FleetStream, PictureSink
+from layerfleet.api.deps import AppServices, AppSettings, Db, services_of
 from layerfleet.api.errors import FieldErrors
 from layerfleet.api.obico_agent.auth import AgentPrinter
 from layerfleet.api.obico_agent.bodies import client_address, read_body
@@ -23,6 +23,7 @@ router = APIRouter(prefix="/api/v1/octo", include_in_schema=False)
 MAX_FORM_BYTES = 64 * 1024
 MAX_PICTURE_REQUEST_BYTES = imaging.MAX_PICTURE_BYTES + 64 * 1024
 MAX_EVENT_TEXT = 64 * 1024
+MAX_CAMERA_NAME = 64  # printer_cameras.name
 
 
 def _printer_reply(printer: Printer) -> dict[str, Any]:
@@ -54,8 +55,10 @@ async def update_printer(request: Request, db: Db, printer: AgentPrinter) -> dic
 
 
 @router.post("/pic/")
-async def post_picture(request: Request, db: Db, printer: AgentPrinter, settings: AppSettings,
-                       events: FleetStream, sink: PictureSink) -> dict[str, str]:
+async def post_picture(request: Request, db: Db, printer: AgentPrinter) -> dict[str, str]:
+    # The services straight from the application rather than as three more dependencies: each
+    # one FastAPI resolves costs every picture of every printer.
+    services = services_of(request)
     body = await read_body(request, MAX_PICTURE_REQUEST_BYTES)
     data = body.files.get("pic")
     if data is None:
@@ -64,13 +67,18 @@ async def post_picture(request: Request, db: Db, printer: AgentPrinter, settings
         await imaging.check_picture(data)
     except imaging.BadImage as exc:
         raise FieldErrors({"pic": [f"Not a usable picture: {exc}."]}) from None
+    camera_name = body.fields.get("camera_name")
+    if camera_name is not None and (not isinstance(camera_name, str) or len(camera_name) > MAX_CAMERA_NAME):
+        raise FieldErrors({"camera_name": [f"Ensure this field has no more than {MAX_CAMERA_NAME} characters."]})
     picture = uploads.Picture(
         data=data,
         primary_camera=as_bool(body.fields.get("is_primary_camera", "true")) is not False,
         nozzle_camera=as_bool(body.fields.get("is_nozzle_camera", "false")) is True,
         viewing_boost=as_bool(body.fields.get("viewing_boost")) is True,
+        camera_name=clean_text(camera_name, MAX_CAMERA_NAME),
     )
-    await uploads.receive_picture(db, printer, picture, data_dir=settings.data_dir, events=events, sink=sink)
+    await uploads.receive_picture(db, printer, picture, data_dir=services.settings.data_dir,
+                                  events=services.fleet_events, sink=services.frame_sink)
     return {"result": "ok"}
 
 

@@ -2,10 +2,11 @@
 
 from fastapi import APIRouter
 
-from layerfleet.api.obico_v1 import alerts, notification_targets, print_uploads, printers, prints, users
+from layerfleet.api.obico_v1 import alerts, cameras, notification_targets, print_uploads, printers, prints, users
 
 router = APIRouter(prefix="/api/v1")
 router.include_router(printers.router)
+router.include_router(cameras.router)
 # Before the prints' routes: /prints/upload/ is not the print with id "upload".
 router.include_router(print_uploads.router)
 router.include_router(prints.router)

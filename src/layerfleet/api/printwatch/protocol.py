@@ -9,7 +9,9 @@ own: the clients divide by 640 and multiply by the picture's width and height), 
 ``[notify, action]``, ``smas`` ``[[short, ewma, long]]`` (see `layerfleet.printwatch.scoring`),
 ``action`` (``"pause"``, ``"cancel"`` or null) and ``settings``. ``settings`` is always null: the
 clients overwrite their own settings with any they are sent (and the OctoPrint plugin saves them,
-which restarts its services), and this server has none of its own to push yet.
+which restarts its services), and this server has none of its own to push yet. Beyond the seed,
+``defect_score`` and ``defect_boxes`` (same space as ``boxes``) report print-quality defects
+(warping, stringing, extrusion, surface): ``defect_detected`` keeps the seed's meaning (a failure).
 
 ==== ========================= =====================================================================
 code seed's message            answered when
@@ -128,10 +130,12 @@ async def _serve(work: Callable[[], Awaitable[dict[str, Any]]]) -> JSONResponse:
 def _infer_fields(result: service.InferResult) -> dict[str, Any]:
     scale_x = BOX_SPACE / result.width if result.width else 0.0
     scale_y = BOX_SPACE / result.height if result.height else 0.0
-    boxes = [
-        [round(box.xc * scale_x, 1), round(box.yc * scale_y, 1), round(box.w * scale_x, 1), round(box.h * scale_y, 1)]
-        for box in result.boxes
-    ]
+
+    def scaled(found: list[service.Box]) -> list[list[float]]:
+        return [[round(box.xc * scale_x, 1), round(box.yc * scale_y, 1), round(box.w * scale_x, 1),
+                 round(box.h * scale_y, 1)] for box in found]
+
+    boxes = scaled(result.boxes)
     smoothed = result.smoothed
     return {
         "defect_detected": "True" if result.defect_detected else "False",
@@ -141,6 +145,10 @@ def _infer_fields(result: service.InferResult) -> dict[str, Any]:
         "smas": [[round(smoothed.short, 4), round(smoothed.ewma, 4), round(smoothed.long, 4)]],
         "action": result.action.value if result.action is not None else None,
         "settings": None,
+        # Ours, beside the seed's fields (clients ignore keys they do not know): print-quality
+        # defects, one class "defect"; null / [] when the model has no defect output.
+        "defect_score": None if result.defect_score is None else round(result.defect_score, 4),
+        "defect_boxes": scaled(result.defect_boxes),
     }
 
 

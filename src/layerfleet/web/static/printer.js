@@ -160,6 +160,47 @@
     ], { yMin: 0, xLabel: time, yLabel: (y) => `${Math.round(y)}°` });
   }
 
+  // ---- the other cameras: each one's latest picture, its boxes and its ignore areas ----
+  function showCameras() {
+    const cameras = history.cameras || [];
+    $("#cameras-card").classList.toggle("hidden", !cameras.length);
+    const tiles = $("#camera-tiles");
+    tiles.replaceChildren();
+    for (const camera of cameras) {
+      const img = lf.el("img", { alt: `Latest picture from the camera ${camera.name}` });
+      const canvas = lf.el("canvas", { "aria-label": `Detection boxes and ignore areas over the camera ${camera.name}` });
+      const draw = () => drawCameraOverlay(canvas, img, camera);
+      img.addEventListener("load", draw);
+      if (camera.picture) img.src = camera.picture;
+      const words = camera.nozzle ? "nozzle camera, shown but not watched" : "watched";
+      const when = camera.picture_at ? `picture taken ${lf.when(camera.picture_at)}` : "no picture yet";
+      tiles.append(lf.el("figure", {},
+        lf.el("div", { class: "picture-frame" }, img, canvas),
+        lf.el("figcaption", { class: "small" }, lf.el("strong", { text: camera.name }), ` (${words}), ${when}`)));
+    }
+  }
+
+  function drawCameraOverlay(canvas, img, camera) {
+    const w = canvas.clientWidth, h = canvas.clientHeight;
+    canvas.width = w; canvas.height = h;
+    const ctx = canvas.getContext("2d");
+    ctx.lineWidth = 2;
+    ctx.font = "12px system-ui, sans-serif";
+    for (const [x0, y0, x1, y1] of camera.ignore_masks) {
+      ctx.fillStyle = "rgba(74,163,255,.25)"; ctx.strokeStyle = "#4aa3ff";
+      ctx.fillRect(x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h);
+      ctx.strokeRect(x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h);
+    }
+    if (camera.boxes && img.naturalWidth) {
+      const sx = w / img.naturalWidth, sy = h / img.naturalHeight;
+      ctx.strokeStyle = "#ff3b30"; ctx.fillStyle = "#ff3b30";
+      for (const [xc, yc, bw, bh, confidence] of camera.boxes.boxes) {
+        ctx.strokeRect((xc - bw / 2) * sx, (yc - bh / 2) * sy, bw * sx, bh * sy);
+        ctx.fillText(`${Math.round(confidence * 100)} %`, (xc - bw / 2) * sx + 3, (yc - bh / 2) * sy + 13);
+      }
+    }
+  }
+
   let historyTimer = null;
   function refreshHistorySoon() {
     if (historyTimer) return;
@@ -168,6 +209,7 @@
       try { history = await lf.api("GET", `/printers/${id}/history.json`); } catch (error) { return; }
       drawCharts();
       drawOverlay();
+      showCameras();
     }, 1000);
   }
 
@@ -276,6 +318,7 @@
   listMasks();
   drawCharts();
   drawOverlay();
+  showCameras();
   let lastPicture = card.picture;
   lf.live(`/events/fleet?printer=${id}`, ({ cards, removed }) => {
     if (removed.includes(id)) { lf.toast("This printer was deleted.", "bad"); return; }

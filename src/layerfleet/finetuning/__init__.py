@@ -1,0 +1,1 @@
+"""Learning from each farm: the organization's evidence, fine-tuning jobs, promotion and rollback."""

@@ -1,0 +1,179 @@
+"""The detector's training data (issue 19): the extra set split by group with its overlays
+masked, composites whose box covers the paste, clutter hard negatives, both deterministic, and
+image-level rows never taught as detection negatives."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from training.composites import CLUTTER_KINDS, clutter, composite, cutout_sources, feather_mask
+from training.data import DEFECT, FAILURE, SYNTHETIC_ROTATION, Sample, TrainingSet, sample_flags
+from training.extra import PINNED, SPLITS, mask_overlays, read_extra, read_manifest, split_groups
+
+REPO = Path(__file__).resolve().parents[1]
+EXTRA = REPO.parent / "shared" / "datasets" / "print-failures-extra"
+
+
+def normal_frame(seed: int = 0) -> Sample:
+    rng = np.random.default_rng(seed)
+    pixels = (rng.normal(110, 25, (240, 320, 3))).clip(0, 255).astype(np.uint8)
+    return Sample(Image.fromarray(pixels), np.zeros((0, 5), dtype=np.float32), failure=False, defect=False,
+                  kind="webcam")
+
+
+def labelled_source() -> Sample:
+    image = Image.new("RGB", (200, 160), (30, 30, 30))
+    draw = ImageDraw.Draw(image)
+    for i in range(12):  # bright strands inside the failure box
+        draw.line([(40 + 5 * i, 30), (150 - 4 * i, 120)], fill=(250, 240, 60), width=2)
+    draw.rectangle((10, 130, 60, 150), fill=(200, 60, 200))  # a defect box's contents
+    boxes = np.array([[FAILURE, 35, 25, 160, 125], [DEFECT, 10, 130, 60, 150], [FAILURE, 0, 0, 5, 5]],
+                     dtype=np.float32)
+    return Sample(image, boxes)
+
+
+def test_a_composites_box_covers_the_paste() -> None:
+    base, source = normal_frame(), labelled_source()
+    sources = cutout_sources([source], (FAILURE, DEFECT))
+    assert [index for _, index in sources] == [0, 1]  # the 5-pixel box is too small to cut out
+    for seed in range(20):
+        sample, index = sources[seed % 2]
+        made = composite(random.Random(seed), base, sample, index)
+        assert made.boxes.shape == (1, 5)
+        cls, x0, y0, x1, y1 = made.boxes[0].tolist()
+        assert cls == sample.boxes[index, 0]
+        assert made.extra["paste"] == (x0, y0, x1, y1)
+        changed = np.abs(np.asarray(made.image, dtype=np.int16) - np.asarray(base.image, dtype=np.int16)).sum(-1) > 0
+        ys, xs = np.nonzero(changed)
+        assert len(xs) > 0.2 * (x1 - x0) * (y1 - y0)  # the paste is there…
+        assert xs.min() >= x0 and xs.max() < x1 and ys.min() >= y0 and ys.max() < y1  # …and all inside the box
+        assert made.failure == (cls == FAILURE) and made.defect == (cls == DEFECT)
+        assert 0 <= x0 < x1 <= base.image.width and 0 <= y0 < y1 <= base.image.height
+
+
+def test_composites_and_clutter_are_deterministic_with_a_seed() -> None:
+    base, source = normal_frame(), labelled_source()
+    first = composite(random.Random(7), base, source, 0)
+    again = composite(random.Random(7), base, source, 0)
+    other = composite(random.Random(8), base, source, 0)
+    assert first.image.tobytes() == again.image.tobytes() and np.array_equal(first.boxes, again.boxes)
+    assert first.image.tobytes() != other.image.tobytes()
+    a, b = clutter(random.Random(3), base), clutter(random.Random(3), base)
+    assert a.image.tobytes() == b.image.tobytes() and a.extra == b.extra
+
+
+def test_clutter_is_a_negative_drawn_on_the_frame() -> None:
+    base = normal_frame()
+    seen: Counter[str] = Counter()
+    for seed in range(30):
+        made = clutter(random.Random(seed), base)
+        assert made.boxes.shape == (0, 5) and made.failure is False and made.defect is False
+        assert made.image.tobytes() != base.image.tobytes()
+        seen.update(made.extra["clutter"])  # type: ignore[arg-type]
+    assert set(seen) == set(CLUTTER_KINDS)
+    for kind in CLUTTER_KINDS:  # each kind alone changes the picture
+        only = clutter(random.Random(1), base, kinds=[kind])
+        assert only.extra["clutter"] == [kind] and only.image.tobytes() != base.image.tobytes(), kind
+    with pytest.raises(ValueError, match="unknown clutter"):
+        clutter(random.Random(1), base, kinds=["confetti"])
+
+
+def test_the_feathered_mask_is_transparent_at_its_edge_and_opaque_inside() -> None:
+    alpha = np.asarray(feather_mask(80, 60, 0.2))
+    assert alpha[0].max() == alpha[-1].max() == alpha[:, 0].max() == alpha[:, -1].max() == 0
+    assert alpha[30, 40] == 255
+    assert 0 < alpha[30, 8] < 255  # fades in
+
+
+def test_drawn_overlays_are_masked() -> None:
+    image = Image.new("RGB", (200, 150), (120, 110, 100))
+    draw = ImageDraw.Draw(image)
+    draw.line([(20, 20), (90, 80)], fill=(235, 40, 30), width=5)  # a red arrow
+    draw.rectangle((120, 30, 180, 90), outline=(40, 230, 40), width=3)  # a green detection box
+    draw.ellipse((10, 110, 40, 140), fill=(60, 60, 200))  # a blue part: not an overlay
+    masked = np.asarray(mask_overlays(image), dtype=np.int16)
+    r, g, b = masked[..., 0], masked[..., 1], masked[..., 2]
+    assert not ((r - g > 110) & (r - b > 110)).any() and not ((g - r > 90) & (g - b > 60)).any()
+    assert np.array_equal(masked[125, 25], [60, 60, 200])  # the part is untouched
+    assert abs(int(masked[50, 55, 0]) - 120) < 25  # the arrow's place looks like its surroundings
+    plain = Image.new("RGB", (50, 50), (120, 110, 100))
+    assert mask_overlays(plain) is plain
+
+
+def test_sample_flags_never_make_image_level_rows_detection_negatives() -> None:
+    image_level = Sample(normal_frame().image, np.zeros((0, 5), dtype=np.float32), failure=True, defect=None,
+                         boxed=False)
+    assert sample_flags(image_level, image_level.boxes).tolist() == [1.0, 0.0, 0.0, 0.0, 1.0]
+    boxed = Sample(normal_frame().image, np.array([[DEFECT, 1, 1, 50, 50]], dtype=np.float32), failure=False,
+                   gantry_known=False)
+    assert boxed.defect is True
+    assert sample_flags(boxed, boxed.boxes).tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+    cropped_away = np.zeros((0, 5), dtype=np.float32)
+    assert sample_flags(boxed, cropped_away).tolist() == [0.0, 0.0, 1.0, 1.0, 0.0]  # by the surviving boxes
+
+
+def test_image_level_samples_teach_the_image_heads_only() -> None:
+    import torch
+    from training.model import FailureDetector, detection_loss
+
+    model = FailureDetector(64, pretrained=False).eval()
+    images = torch.rand(2, 3, 64, 64) * 255
+    targets = [torch.zeros((0, 5)), torch.zeros((0, 5))]
+    image_level = torch.tensor([[1.0, 0.0, 0.0, 0.0, 1.0], [0.0, 1.0, 1.0, 0.0, 1.0]])
+    _, parts = detection_loss(model, images, targets, image_level)
+    assert parts["focal"] == 0.0 and parts["image"] > 0 and parts["defect"] > 0
+    boxed = image_level.clone()
+    boxed[:, 3] = 1.0
+    _, as_negatives = detection_loss(model, images, targets, boxed)
+    assert as_negatives["focal"] > 0  # boxed and empty: every cell is a negative
+    unknown = boxed.clone()
+    unknown[:, 2] = 0.0  # defects not known
+    unknown[:, 4] = 0.0  # gantries not labelled
+    _, failure_cells_only = detection_loss(model, images, targets, unknown)
+    assert 0 < failure_cells_only["focal"] < as_negatives["focal"]
+
+
+def test_the_synthetic_rotation_holds_every_kind_in_a_handful() -> None:
+    source = labelled_source()
+    dataset = TrainingSet([normal_frame(), source], size=64, synthetic=4)
+    assert dataset.synthetic_counts() == {"simulator": 2, "composite": 1, "clutter": 1}
+    assert set(SYNTHETIC_ROTATION) == {"simulator", "composite", "clutter"}
+    pixels, boxes, flags = dataset[len(dataset.samples) + 1]  # the composite
+    assert pixels.shape == (3, 64, 64) and len(boxes) <= 1 and flags[3] == 1.0
+    bare = TrainingSet([source], size=64, synthetic=3)  # no normal frame to paste on
+    assert bare.synthetic_counts() == {"simulator": 3, "composite": 0, "clutter": 0}
+
+
+@pytest.fixture(scope="module")
+def manifest() -> list[dict[str, str]]:
+    assert (EXTRA / "manifest.csv").is_file(), "the extra data set must be beside the project"
+    return read_manifest(EXTRA)
+
+
+def test_the_extra_set_is_split_by_group(manifest: list[dict[str, str]]) -> None:
+    assignment = split_groups(manifest)
+    assert set(assignment.values()) == set(SPLITS)
+    assert assignment == split_groups(manifest)  # deterministic
+    for group, split in PINNED.items():
+        assert assignment[group] == split
+    per_split = Counter(assignment[row["group"]] for row in manifest)
+    assert 0.15 <= per_split["holdout"] / len(manifest) <= 0.25
+    assert 0.08 <= per_split["val"] / len(manifest) <= 0.16
+    # A group is one key: no group can be in two splits. Every label is in the holdout groups.
+    held = {row["label"].split(":")[0] for row in manifest if assignment[row["group"]] == "holdout"}
+    assert held == {"failure", "defect", "normal"}
+
+
+def test_extra_samples_carry_their_labels(manifest: list[dict[str, str]]) -> None:
+    samples = read_extra(EXTRA, "holdout", limit=14)
+    kinds = {(s.kind, s.boxed, s.failure, s.defect) for s in samples}
+    assert ("webcam", False, True, None) in kinds  # image-level failures: defects unknown
+    assert ("webcam", True, False, False) in kinds  # normal frames of the unseen printer
+    defects = [s for s in samples if s.defect]
+    assert defects and all((s.boxes[:, 0] == DEFECT).any() for s in defects if s.boxed)
+    assert {s.group for s in samples} <= {g for g, split in split_groups(manifest).items() if split == "holdout"}

@@ -1,0 +1,134 @@
+"""The print-failures-extra set (`../shared/datasets/print-failures-extra/README.md`): its
+manifest, a split by the manifest's ``group``, and the drawn overlays masked out.
+
+The extra set has no split of its own. Groups (one printer's camera, one source photo, one
+folder) go whole to ``train``, ``val`` or ``holdout``; ``holdout`` is never trained on or used to
+pick a checkpoint, so `training.evaluate` can report on groups the model never saw. The second
+EmptyDeck printer and the Obico spaghetti examples (the only real webcam failures) are pinned to
+``holdout``: together they are the "unseen printer" case the detector must get right.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from training.data import DEFECT, FAILURE, Sample, read_yolo_boxes
+
+DEFAULT_EXTRA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "print-failures-extra"
+SPLITS = ("train", "val", "holdout")
+SPLIT_SEED = 20261203
+SHARES = {"holdout": 0.2, "val": 0.12}  # of each stratum's images; the rest trains
+PINNED = {"emptydeck:P1": "train", "emptydeck:P2": "holdout", "obico:spaghetti-examples": "holdout"}
+# Manifest notes of images with something drawn on them (arrows, detection boxes, text).
+OVERLAY_MARKS = ("arrow drawn", "box drawn", "text or arrows drawn")
+
+
+def read_manifest(root: Path) -> list[dict[str, str]]:
+    with (root / "manifest.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _stratum(rows: list[dict[str, str]]) -> str:
+    labels = {row["label"].split(":")[0] for row in rows}
+    return "failure" if "failure" in labels else "defect" if "defect" in labels else "normal"
+
+
+def split_groups(rows: list[dict[str, str]], seed: int = SPLIT_SEED) -> dict[str, str]:
+    """Group → split. Groups are stratified by their label (failure / defect / normal),
+    shuffled with ``seed`` and filled into holdout and val up to their shares of each stratum's
+    images; pinned groups go where `PINNED` says and count towards their stratum."""
+    by_group: dict[str, list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        by_group[row["group"]].append(row)
+    strata: dict[str, list[str]] = defaultdict(list)
+    for group in sorted(by_group):
+        strata[_stratum(by_group[group])].append(group)
+    assignment: dict[str, str] = {}
+    for stratum, groups in sorted(strata.items()):
+        total = sum(len(by_group[g]) for g in groups)
+        filled = {split: sum(len(by_group[g]) for g in groups if PINNED.get(g) == split) for split in SPLITS}
+        free = [g for g in groups if g not in PINNED]
+        random.Random(f"{seed}:{stratum}").shuffle(free)
+        for group in groups:
+            if group in PINNED:
+                assignment[group] = PINNED[group]
+        for group in free:
+            size = len(by_group[group])
+            split = next((s for s in ("holdout", "val") if filled[s] + size <= SHARES[s] * total), "train")
+            assignment[group] = split
+            filled[split] += size
+    return assignment
+
+
+def mask_overlays(image: Image.Image) -> Image.Image:
+    """Paint out strongly saturated red and green marks (drawn arrows, detection boxes, captions)
+    with the blurred surroundings, so an overlay never becomes a cue for either class: arrows
+    are on failures, boxes on normal frames and text on camera-setup photos."""
+    pixels = np.asarray(image, dtype=np.int16)
+    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
+    red = (r > 170) & (r - g > 110) & (r - b > 110)
+    green = (g > 170) & (g - r > 90) & (g - b > 60)
+    marks = Image.fromarray(((red | green) * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(9))
+    mark = np.asarray(marks) > 0
+    if not mark.any():
+        return image
+    keep = (~mark).astype(np.float32)
+    radius = max(4.0, image.width / 40)
+    # Normalised convolution: the blur of the kept pixels divided by the blur of the kept mask.
+    kept = Image.fromarray((np.asarray(image, dtype=np.float32) * keep[..., None]).astype(np.uint8))
+    weight = np.asarray(Image.fromarray((keep * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)),
+                        dtype=np.float32)
+    spread = np.asarray(kept.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
+    filled = spread * 255 / np.maximum(weight, 1.0)[..., None]
+    out = np.where(mark[..., None], filled.clip(0, 255), np.asarray(image, dtype=np.float32))
+    return Image.fromarray(out.astype(np.uint8))
+
+
+def _limited(rows: list[dict[str, str]], limit: int) -> list[dict[str, str]]:
+    """A small subset that still holds every kind of row (smoke runs and CI)."""
+    kinds: dict[tuple[str, str, bool], list[dict[str, str]]] = defaultdict(list)
+    for row in rows:
+        kinds[(row["kind"], row["label"].split(":")[0], row["n_boxes"] == "")].append(row)
+    chosen: list[dict[str, str]] = []
+    for _kind, members in sorted(kinds.items()):
+        chosen.extend(members[: max(1, limit // len(kinds))])
+    return chosen
+
+
+def read_extra(root: Path, split: str, limit: int | None = None, seed: int = SPLIT_SEED) -> list[Sample]:
+    """The extra set's images of one split. Rows with a label file are detection samples
+    (classes 0 = failure, 2 = defect); image-level rows carry their image label only and are
+    never detection negatives (``boxed`` is False)."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}")
+    rows = read_manifest(root)
+    assignment = split_groups(rows, seed)
+    rows = [row for row in rows if assignment[row["group"]] == split]
+    if limit is not None:
+        rows = _limited(rows, limit)
+    samples = []
+    for row in rows:
+        image = Image.open(root / row["file"]).convert("RGB")
+        if any(mark in row["note"] for mark in OVERLAY_MARKS):
+            image = mask_overlays(image)
+        label = root / "labels" / (Path(row["file"]).stem + ".txt")
+        kind = row["label"].split(":")[0]
+        if row["n_boxes"] != "" and label.exists():
+            boxes = read_yolo_boxes(label, *image.size)
+            failure = bool((boxes[:, 0] == FAILURE).any())
+            defect = bool((boxes[:, 0] == DEFECT).any()) or kind == "defect"
+            samples.append(Sample(image, boxes, failure=failure, defect=defect, boxed=True,
+                                  group=row["group"], kind=row["kind"], defect_type=row["defect_type"],
+                                  gantry_known=False))
+        else:
+            # A failure photo's defects were never looked for: unknown, not absent.
+            samples.append(Sample(image, np.zeros((0, 5), dtype=np.float32), failure=kind == "failure",
+                                  defect=True if kind == "defect" else None, boxed=False, group=row["group"],
+                                  kind=row["kind"], defect_type=row["defect_type"], gantry_known=False))
+    return samples
