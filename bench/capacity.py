@@ -254,6 +254,7 @@ class Options:
     keep_logs: Path | None
     workers: int = 0
     redis_url: str = DEFAULT_REDIS_URL
+    detection_threads: int = 0
 
 
 async def seed_owner(url: str) -> str:
@@ -580,6 +581,8 @@ async def run_step(options: Options, pictures: tuple[list[bytes], list[bytes]]) 
         else:
             url = f"sqlite+aiosqlite:///{root / 'layerfleet.db'}"
         env = {"LAYERFLEET_DATABASE_URL": url, "LAYERFLEET_LOG_LEVEL": options.server_log_level}
+        if options.detection_threads:
+            env["LAYERFLEET_DETECTION_THREADS"] = str(options.detection_threads)
         namespace = f"bench-capacity-{os.getpid()}-{n}"
         if options.workers:
             env |= {"LAYERFLEET_REDIS_URL": options.redis_url, "LAYERFLEET_REDIS_NAMESPACE": namespace,
@@ -833,6 +836,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--workers", type=int, default=0,
                         help="scoring on this many `layerfleet worker` processes (the server only receives; Redis)")
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="with --workers")
+    parser.add_argument("--detection-threads", type=int, default=0,
+                        help="LAYERFLEET_DETECTION_THREADS of the server and workers (default: all cores)")
     args = parser.parse_args(argv)
     if args.printers < 1 or args.duration <= 0 or not 0 <= args.spaghetti_share <= 1:
         parser.error("--printers ≥ 1, --duration > 0 and 0 ≤ --spaghetti-share ≤ 1")
@@ -841,7 +846,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         status_interval=args.status_interval, picture_interval=args.picture_interval,
         spaghetti_share=args.spaghetti_share, database=args.database, postgres_url=args.postgres_url,
         link_concurrency=args.link_concurrency, server_log_level=args.server_log_level, keep_logs=args.keep_logs,
-        workers=args.workers, redis_url=args.redis_url,
+        workers=args.workers, redis_url=args.redis_url, detection_threads=args.detection_threads,
     )
     return args, options
 
