@@ -58,7 +58,8 @@ class RecordingSink:
     def __init__(self) -> None:
         self.frames: list[tuple[int, int, bytes]] = []
 
-    async def submit(self, printer_id: int, organization_id: int, jpeg_bytes: bytes, received_at: Any) -> None:
+    async def submit(self, printer_id: int, organization_id: int, jpeg_bytes: bytes, received_at: Any,
+                     *, camera: str | None = None) -> None:
         self.frames.append((printer_id, organization_id, jpeg_bytes))
 
 

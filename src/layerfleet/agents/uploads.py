@@ -254,8 +254,6 @@ async def _after_commit(printer: Printer, picture: Picture, received_at: datetim
     try:
         if then is not None:
             await then()
-        elif hand_over and camera is None:
-            await sink.submit(printer.id, printer.organization_id, picture.data, received_at)
         elif hand_over:
             await sink.submit(printer.id, printer.organization_id, picture.data, received_at, camera=camera)
     except Exception:
