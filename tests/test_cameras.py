@@ -344,14 +344,19 @@ async def _scored(pipeline: Any, count: int) -> bool:
 
 # --- the printer page -------------------------------------------------------------------------------------
 
-async def test_the_printer_page_shows_every_camera_with_its_boxes(
-        live_url: str, farm: Farm, settings: Settings, page: Page) -> None:  # noqa: F811
+async def three_cameras(live_url: str, farm: Farm) -> tuple[Member, Printer]:
+    """A watched printer whose agent sent a picture of its primary, side and nozzle cameras."""
     owner = await farm.member()
     printer, _, _ = await watched_printer(farm, owner, name="Two views")
     async with httpx.AsyncClient(base_url=live_url, timeout=10) as agent:
         for fields in ({}, {"camera_name": SIDE, "is_primary_camera": "false"},
                        {"camera_name": "nozzle", "is_primary_camera": "false", "is_nozzle_camera": "true"}):
             assert (await post_picture(agent, printer, jpeg(640, 480, (90, 90, 90)), **fields)).status_code == 200
+    return owner, printer
+
+async def test_the_printer_page_shows_every_camera_with_its_boxes(
+        live_url: str, farm: Farm, settings: Settings, page: Page) -> None:  # noqa: F811
+    owner, printer = await three_cameras(live_url, farm)
     watch = Rounds(farm, settings, printer)
     await watch.frame(SIDE, FAILING_P, now())  # the side camera's latest frame has a box in the middle
     await sign_in(page, live_url, owner.user.email, then=f"/printers/{printer.id}/")
@@ -376,6 +381,46 @@ async def test_the_printer_page_shows_every_camera_with_its_boxes(
         return data.some((v, i) => i % 4 === 3 && v > 0);
     }""")
     assert nozzle_red is False  # never scored: nothing drawn
+
+
+async def test_an_ignore_area_drawn_on_another_camera_is_that_camera_s_own(
+        live_url: str, farm: Farm, page: Page) -> None:  # noqa: F811
+    owner, printer = await three_cameras(live_url, farm)
+    await sign_in(page, live_url, owner.user.email, then=f"/printers/{printer.id}/")
+    picker = page.locator("#mask-camera")
+    await expect(picker.locator("option")).to_have_text(["Main camera", SIDE])  # a nozzle camera is not watched
+    await picker.select_option(SIDE)
+    await expect(page.locator("#mask-list")).to_contain_text("No ignore areas.")
+    await page.get_by_role("button", name="Draw an ignore area").click()
+    canvas = page.locator(f'#camera-tiles canvas[data-camera="{SIDE}"]')
+    await canvas.scroll_into_view_if_needed()
+    box = await canvas.bounding_box()
+    assert box is not None
+    await page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    await page.mouse.down()
+    await page.mouse.move(box["x"] + box["width"] * 0.9, box["y"] + box["height"] * 0.8, steps=5)
+    await page.mouse.up()
+    await expect(page.locator("#toasts")).to_contain_text("Ignore area saved")
+    await expect(page.locator("#mask-list")).to_contain_text("Area 1: from 50 %, 50 % to 90 %, 80 %")
+    cameras = await cameras_of(farm, printer)
+    assert cameras[SIDE].ignore_masks == [pytest.approx([0.5, 0.5, 0.9, 0.8], abs=0.01)]
+    assert cameras["nozzle"].ignore_masks in (None, [])
+    assert (await load(farm, Printer, printer.id)).ignore_masks in (None, [])  # the main camera keeps none
+    painted = await canvas.evaluate("""(c) => {
+        const ctx = c.getContext('2d');
+        const at = (fx, fy) =>
+            Array.from(ctx.getImageData(Math.round(fx * c.width), Math.round(fy * c.height), 1, 1).data);
+        return [at(0.7, 0.65), at(0.2, 0.2)];
+    }""")
+    assert painted[0][3] > 0 and painted[0][2] > painted[0][0]  # blue inside the area
+    assert painted[1][3] == 0
+
+    await picker.select_option("Main camera")
+    await expect(page.locator("#mask-list")).to_contain_text("No ignore areas.")
+    await picker.select_option(SIDE)
+    await page.get_by_role("button", name="Remove ignore area 1").click()
+    await expect(page.locator("#mask-list")).to_contain_text("No ignore areas.")
+    assert (await cameras_of(farm, printer))[SIDE].ignore_masks == []
 
 
 # --- the agent's cameras ---------------------------------------------------------------------------------

@@ -28,7 +28,6 @@ from typing import Any
 
 import httpx
 import pytest
-from redis.asyncio import Redis
 from sqlalchemy import func, select, text
 
 from conftest import POSTGRES_SERVER, local_port_answers
@@ -36,6 +35,7 @@ from layerfleet.database import create_engine
 from layerfleet.detection.models import PredictionFrame
 from layerfleet.fleet.models import PrinterEvent
 from layerfleet.prints.models import Print
+from redis_helpers import forget_namespace
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 NGINX_SITE = REPOSITORY / "deploy" / "nginx" / "layerfleet.conf"
@@ -210,11 +210,7 @@ async def test_killing_a_server_behind_the_proxy_loses_nothing(tmp_path: Path) -
                     await _run_scenario(client, farm, servers, engine)
         finally:
             await engine.dispose()
-            redis: Any = Redis.from_url("redis://127.0.0.1:6379/0")
-            keys = [key async for key in redis.scan_iter(f"{namespace}:*")]
-            if keys:
-                await redis.delete(*keys)
-            await redis.aclose()
+            await forget_namespace("redis://127.0.0.1:6379/0", namespace)
 
 
 async def _printers(client: httpx.AsyncClient) -> list[dict[str, Any]]:

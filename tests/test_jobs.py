@@ -21,6 +21,7 @@ from conftest import local_port_answers
 from layerfleet.config import Settings
 from layerfleet.jobs import InProcessJobQueue, JobQueue, create_job_queue
 from layerfleet.jobs.redis_queue import RedisJobQueue
+from redis_helpers import forget_namespace
 
 REDIS_URL = os.environ.get("LAYERFLEET_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 REDIS_UP = local_port_answers(6379)
@@ -44,11 +45,7 @@ async def namespace() -> AsyncIterator[str]:
     name = f"test-jobs-{uuid.uuid4().hex}"
     yield name
     if REDIS_UP:
-        raw = Redis.from_url(REDIS_URL)
-        keys = [key async for key in raw.scan_iter(match=f"{name}:*")]
-        if keys:
-            await raw.delete(*keys)
-        await raw.aclose()
+        await forget_namespace(REDIS_URL, name)
 
 
 @pytest.fixture

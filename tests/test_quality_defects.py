@@ -74,8 +74,13 @@ def test_a_model_without_the_defect_output_keeps_working(tmp_path: Path) -> None
     assert result.score == pytest.approx(0.05)
     assert result.defect_score is None and result.defect_boxes == []
     assert result.as_json()["defect_score"] is None
-    shipped = Detector()  # trained before issue 19: three outputs
-    assert shipped.detect_one(picture()).defect_score is None
+
+
+def test_the_shipped_model_reports_defects() -> None:
+    shipped = Detector()  # trained with the defect head (issue 19): five outputs
+    assert shipped.has_defects
+    score = shipped.detect_one(picture()).defect_score
+    assert score is not None and 0.0 <= score <= 1.0
 
 
 def test_detect_json_reports_the_defect_output(defect_model: Path, tmp_path: Path) -> None:
@@ -173,7 +178,8 @@ async def test_the_printwatch_answer_carries_the_defect_fields(app: Any, client:
                                                                key: str, defect_model: Path) -> None:  # noqa: F811
     await register(client, key)
     shipped = await infer(client, key)
-    assert shipped["statusCode"] == 200 and shipped["defect_score"] is None and shipped["defect_boxes"] == []
+    assert shipped["statusCode"] == 200 and 0.0 <= shipped["defect_score"] <= 1.0
+    assert isinstance(shipped["defect_boxes"], list)
     shared = app.state.services.printwatch_inference
     app.state.services.printwatch_inference = PrintWatchInference(load=lambda: Detector(defect_model))
     try:

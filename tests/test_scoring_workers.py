@@ -30,6 +30,7 @@ from layerfleet.fleet.models import Printer
 from layerfleet.prints.models import Print
 from layerfleet.watching.frame_stream import GROUP, FrameStream
 from layerfleet.watching.pipeline import PendingFrame, WatchingPipeline
+from redis_helpers import forget_namespace
 from test_notifications import free_port
 from test_watching import watched_printer
 from test_worker import REDIS_URL, _redis_answers
@@ -45,13 +46,7 @@ async def namespace() -> AsyncIterator[str]:
         pytest.skip("no Redis at 127.0.0.1:6379")
     name = f"test-{uuid.uuid4().hex[:8]}"
     yield name
-    client = Redis.from_url(REDIS_URL)
-    try:
-        keys = [key async for key in client.scan_iter(f"{name}:*")]
-        if keys:
-            await client.delete(*keys)
-    finally:
-        await client.aclose()
+    await forget_namespace(REDIS_URL, name)
 
 
 def scaled(settings: Settings, namespace: str, **changes: Any) -> Settings:

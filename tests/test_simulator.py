@@ -231,6 +231,57 @@ async def test_the_simulate_command_runs_printers_and_reuses_them(live_url: str,
     assert state.stat().st_mode & 0o777 == 0o600
 
 
+async def test_the_simulate_command_gives_each_printer_the_cameras_asked_for(
+        live_url: str, farm: Farm, tmp_path: Path) -> None:
+    owner = await farm.member()
+    process = _simulate(live_url, owner.token, tmp_path / "sim.json", "--cameras", "2", "--preheated",
+                        "--picture-interval", "1")
+    try:
+        async with httpx.AsyncClient(base_url=live_url, headers=owner.headers, timeout=10) as api:
+            async def both_cameras_seen() -> list[list[dict[str, Any]]] | None:
+                listed = (await api.get("/api/v1/printers/")).json()
+                if len(listed) != 2:
+                    return None
+                cameras = [(await api.get(f"/api/v1/printers/{p['id']}/cameras/")).json() for p in listed]
+                seen = all(sorted((c["name"] or "") for c in each if c["pic"]) == ["", "side-1"] for each in cameras)
+                return cameras if seen else None
+
+            cameras = await poll(both_cameras_seen, within=90)
+            side = next(c for c in cameras[0] if c["name"] == "side-1")
+            assert side["primary"] is False and side["nozzle"] is False
+            printer_id = (await api.get("/api/v1/printers/")).json()[0]["id"]
+
+            async def side_picture() -> bytes | None:
+                # The latest picture replaces the one before (a second apart): ask again if it went.
+                listed = (await api.get(f"/api/v1/printers/{printer_id}/cameras/")).json()
+                url = next(c for c in listed if c["name"] == "side-1")["pic"]["img_url"]
+                answer = await api.get(url)
+                return answer.content if answer.status_code == 200 else None
+
+            picture = await poll(side_picture, within=30)
+            assert Image.open(io.BytesIO(picture)).size == (640, 480)
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=20)
+    assert process.returncode == 0, output
+
+
+def test_another_simulated_camera_sees_the_same_bed_from_elsewhere() -> None:
+    printer = SimulatedPrinter("views", seed=3)
+    main, side = SimulatedCamera(printer).render(), SimulatedCamera(printer, view=1).render()
+    main_image, side_image = Image.open(io.BytesIO(main)), Image.open(io.BytesIO(side))
+    assert main_image.size == side_image.size
+    difference = sum(abs(a - b) for a, b in zip(main_image.convert("L").getdata(), side_image.convert("L").getdata(),
+                                                strict=True))
+    assert difference / (main_image.width * main_image.height) > 2  # another view, not the same picture
+
+
+def test_simulate_refuses_a_bad_camera_count() -> None:
+    result = subprocess.run([sys.executable, "-m", "layerfleet", "simulate", "--server", "http://x", "--token", "t",
+                             "--cameras", "9"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "cameras per printer are 1 to 4" in result.stderr
+
+
 def test_simulate_refuses_a_bad_fail_rate() -> None:
     result = subprocess.run([sys.executable, "-m", "layerfleet", "simulate", "--server", "http://x", "--token", "t",
                              "--fail-rate", "2"], capture_output=True, text=True, timeout=60)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from defect_models import tiny_model
 from layerfleet.detection import Detector
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,15 +66,17 @@ def test_train_a_few_steps_export_and_load(tmp_path: Path) -> None:
     assert 0.0 <= figures["defect_auroc"] <= 1.0 and 0.0 <= figures["auroc"] <= 1.0
 
 
-def test_evaluate_reports_n_a_for_the_defect_figures_of_the_shipped_model() -> None:
+def test_evaluate_reports_the_shipped_model_s_defect_figures_and_n_a_for_a_model_without_them(
+        tmp_path: Path) -> None:
     run = [sys.executable, "-m", "training.evaluate", "--data", str(DATA), "--extra", str(EXTRA), "--sets", "extra-val"]
     table = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert table.returncode == 0, table.stderr[-3000:]
     rows = {line.split()[0]: line.split()[1:] for line in table.stdout.splitlines()[2:] if line.strip()}
-    assert rows["defect_auroc"] == ["n/a"] and rows["ap50_defect"] == ["n/a"]
+    assert 0.5 < float(rows["defect_auroc"][0]) <= 1.0 and 0.0 <= float(rows["ap50_defect"][0]) <= 1.0
     assert 0.5 < float(rows["auroc"][0]) <= 1.0
-    figures = json.loads(subprocess.run([*run, "--json"], cwd=REPO, capture_output=True, text=True,
-                                        timeout=600).stdout)["sets"]["extra-val"]
-    assert figures["defect_auroc"] is None and figures["defect_images"] > 0
+    older = tiny_model(tmp_path / "older.onnx", with_defects=False)  # as the 2026-11-21 model: no defect output
+    figures = json.loads(subprocess.run([*run, "--model", str(older), "--json"], cwd=REPO, capture_output=True,
+                                        text=True, timeout=600).stdout)["sets"]["extra-val"]
+    assert figures["defect_auroc"] is None and figures["ap50_defect"] is None and figures["defect_images"] > 0
     bad = subprocess.run([*run[:-1], "val,nowhere"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown set" in bad.stderr

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
@@ -18,6 +17,7 @@ from redis.asyncio import Redis
 from conftest import Farm
 from layerfleet.app import create_app
 from layerfleet.config import Settings
+from redis_helpers import forget_namespace
 from test_eiger_api import V3, basic, cube_stl, wait_for_slice
 from test_slicing import needs_prusaslicer
 
@@ -69,11 +69,7 @@ async def test_a_worker_process_slices_what_a_server_queued(settings: Settings, 
             worker.terminate()
             output, _ = await asyncio.wait_for(worker.communicate(), 30)
             assert worker.returncode == 0, output.decode()
-        redis: Any = Redis.from_url(REDIS_URL)
-        keys = [key async for key in redis.scan_iter(f"{namespace}:*")]
-        if keys:
-            await redis.delete(*keys)
-        await redis.aclose()
+        await forget_namespace(REDIS_URL, namespace)
 
 
 def test_worker_needs_redis(tmp_path: Path) -> None:

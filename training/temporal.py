@@ -11,9 +11,10 @@ counts per print the first warning (`should_alert`) and the first pause (`should
 - **normal prints** — false warnings and false pauses per 100 print-hours:
   simulated prints (simulator.render: a part growing on a bed, one scene per printer, prints of
   one printer in a row so its baseline carries over), and the print-failures-extra set's real
-  webcam sequences (EmptyDeck, printers P1 and P2; frames before 0.85 × the annotated failure
-  onset only). That set keeps ~8 frames per timelapse, so each frame stands for ``--hold``
-  consecutive scored frames (default 15: 2.5 minutes) — stated beside the figures.
+  webcam sequences (EmptyDeck, printers P1 and P2, also each apart: P1 is in the training split,
+  P2 never is; frames before 0.85 × the annotated failure onset only). That set keeps ~8 frames
+  per timelapse, so each frame stands for ``--hold`` consecutive scored frames (default 15: 2.5
+  minutes) — stated beside the figures.
 - **failing prints** — simulated prints that turn to spaghetti at a random frame: the share
   paused before they end, and the time from the onset to the pause (p50 / p90 / max).
 """
@@ -136,13 +137,14 @@ def webcam_sequences(data: Path) -> dict[str, dict[str, list[tuple[int, Path]]]]
             for printer, sequences in found.items()}
 
 
-def webcam(detector: Detector, data: Path, hold: int) -> list[PrintOutcome]:
-    outcomes = []
-    for sequences in webcam_sequences(data).values():
+def webcam(detector: Detector, data: Path, hold: int) -> dict[str, list[PrintOutcome]]:
+    """printer → its sequences' outcomes (one decision state per printer, as on a farm)."""
+    outcomes: dict[str, list[PrintOutcome]] = {}
+    for printer, sequences in sorted(webcam_sequences(data).items()):
         watcher = Watcher()
         for frames in sequences.values():
             ps = score_all(detector, [path.read_bytes() for _, path in frames])
-            outcomes.append(watcher.watch([p for p in ps for _ in range(hold)]))
+            outcomes.setdefault(printer, []).append(watcher.watch([p for p in ps for _ in range(hold)]))
     return outcomes
 
 
@@ -196,7 +198,12 @@ def main() -> None:
         "simulated_failing": failing_figures(failing),
     }
     if (args.extra / "manifest.csv").is_file():
-        figures["webcam_normal"] = {**normal_figures(webcam(detector, args.extra, args.hold)), "hold": args.hold}
+        # Printers apart too: the extra set's split trains on P1 and holds P2 back (training.extra).
+        by_printer = webcam(detector, args.extra, args.hold)
+        every = [outcome for outcomes in by_printer.values() for outcome in outcomes]
+        figures["webcam_normal"] = {**normal_figures(every), "hold": args.hold}
+        for printer, outcomes in by_printer.items():
+            figures[f"webcam_normal_{printer}"] = {**normal_figures(outcomes), "hold": args.hold}
     figures["seconds"] = round(time.perf_counter() - started, 1)
     if args.json:
         print(json.dumps(figures))

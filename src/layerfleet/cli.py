@@ -610,6 +610,12 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _camera_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 4:
+        raise argparse.ArgumentTypeError(f"cameras per printer are 1 to 4, not {text!r}")
+    return int(text)
+
+
 def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
     import httpx
 
@@ -651,7 +657,7 @@ def cmd_simulate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"  {len(links)} simulated printer(s) on {args.server}; Ctrl-C stops them", flush=True)
         cadence = Cadence(watched_picture=args.picture_interval)
         results = await run_farm(args.server, links, options, cadence=cadence, seed=args.seed, stop=stop,
-                                 failing_first=args.fail_first)
+                                 failing_first=args.fail_first, cameras=args.cameras)
         if all(result is Stopped.REQUESTED for result in results):
             print(f"  simulator stopped ({len(results)} printers)", flush=True)
         else:
@@ -825,6 +831,9 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--picture-interval", type=float, default=10.0, metavar="SECONDS",
                           help="seconds between webcam pictures while printing and watched (default 10, as "
                           "real agents)")
+    simulate.add_argument("--cameras", type=_camera_count, default=1, metavar="N",
+                          help="cameras per printer, 1–4 (default 1): the main one and side views named "
+                          "side-1… that the detector watches too")
     simulate.add_argument("--name", default="Simulated printer", help="printer name prefix")
     simulate.add_argument("--state", type=Path, help="token file (default: DATA_DIR/simulated-printers.json)")
     simulate.add_argument("--seed", type=int, help="random seed, for repeatable runs")

@@ -136,6 +136,9 @@ class Settings(BaseSettings):
         default=256 * 1024**2, ge=0, description="Frames stop being kept when the data disk has less free space")
     timelapse_retention_interval_seconds: float = Field(
         default=3600.0, gt=0, description="How often old frames and videos are looked for")
+    scored_frames_keep_days: float = Field(
+        default=14.0, ge=0, description="Days the pictures of an ended print's scored frames stay, but those an "
+        "alert, a feedback shot, a quality defect or fine-tuning may need (0: forever)")
     db_echo: bool = False
     log_level: str = "info"
 

@@ -30,7 +30,8 @@ class PredictionFrame(Base):
     # [[xc, yc, w, h, confidence], …] in the frame's pixels; masked boxes are not in here.
     boxes: Mapped[list[list[float]]] = mapped_column(JSON, default=list)
     ignored_boxes: Mapped[int] = mapped_column(Integer, default=0)
-    image_path: Mapped[str] = mapped_column(String(512))
+    # Both None once retention removed the pictures (``watching.retention``); the row stays.
+    image_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     tagged_image_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     # The heaters as the agent last reported them when the frame was scored:
     # {"tool0": [actual, target], "bed": [actual, target]} — a print's temperature history.

@@ -73,6 +73,7 @@ async def collect(session: AsyncSession, organization_id: int, media_root: Path)
                PrintShotFeedback.answer.in_([FeedbackAnswer.LOOKS_BAD.value, FeedbackAnswer.LOOKS_OK.value])))).all()
     shot_paths = {path for path, _, _ in answers}
     # A shot shows the frame with boxes drawn when it had any: its plain picture is the frame's.
+    # A frame whose pictures retention removed (``watching.retention``) lends nothing.
     plain = {tagged or image: image for tagged, image in (await session.execute(
         select(PredictionFrame.tagged_image_path, PredictionFrame.image_path)
         .join(Print, Print.id == PredictionFrame.print_id)
@@ -81,6 +82,8 @@ async def collect(session: AsyncSession, organization_id: int, media_root: Path)
                    PredictionFrame.image_path.in_(shot_paths))))).all()}
     for path, answer, print_id in answers:
         image = plain.get(path, path)
+        if image is None:
+            continue
         labelled[image] = EvidenceFrame(image, answer == FeedbackAnswer.LOOKS_BAD.value, print_id, "feedback")
 
     alerted = list((await session.execute(select(Print).where(
@@ -99,8 +102,9 @@ async def collect(session: AsyncSession, organization_id: int, media_root: Path)
             frames = list((await session.execute(
                 select(PredictionFrame.image_path).where(PredictionFrame.print_id == print_.id)
                 .order_by(PredictionFrame.p.desc(), PredictionFrame.id).limit(FRAMES_PER_PRINT_VERDICT))).scalars())
-        for image in frames:
-            labelled.setdefault(image, EvidenceFrame(image, failure, print_.id, why))
+        for picture in frames:
+            if picture is not None:
+                labelled.setdefault(picture, EvidenceFrame(picture, failure, print_.id, why))
 
     present = [frame for frame in labelled.values() if (media_root / frame.image_path).is_file()]
     uuids = {print_id: uuid for print_id, uuid in (await session.execute(

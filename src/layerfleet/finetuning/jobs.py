@@ -14,7 +14,6 @@ root and applies the promotion rule."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib.util
 import json
 import logging
@@ -35,6 +34,7 @@ from layerfleet.detection.model_versions import ModelStatus, ModelVersion
 from layerfleet.detection.runtime import shipped_model_path
 from layerfleet.finetuning import evidence, service
 from layerfleet.jobs import JobQueue
+from layerfleet.jobs.hand_over import HandOverLoop
 from layerfleet.media import media_root
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,7 @@ class FinetuneJobs:
         self.workers = workers
         self.sole_worker = sole_worker
         self.runner = FinetuneRunner(sessionmaker, settings, on_change=on_change)
-        self._task: asyncio.Task[None] | None = None
-        self._wakeup = asyncio.Event()
+        self._hand_over = HandOverLoop(self.hand_over, what="finetune", interval=POLL_SECONDS)
 
     async def start(self) -> None:
         if self.workers == 0:
@@ -96,28 +95,15 @@ class FinetuneJobs:
                 await session.execute(update(ModelVersion).where(ModelVersion.status.in_(service.ACTIVE))
                                       .values(status=ModelStatus.QUEUED.value, enqueued_at=None))
                 await session.commit()
-        self._task = asyncio.create_task(self._poll(), name="finetune-poller")
+        self._hand_over.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+        await self._hand_over.close()
         await self.queue.close()
 
     def wake(self) -> None:
         """Look for new jobs now (one was just added) rather than at the next poll."""
-        self._wakeup.set()
-
-    async def _poll(self) -> None:
-        while True:
-            try:
-                await self.hand_over()
-            except Exception:
-                log.exception("looking for fine-tuning jobs failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
-            self._wakeup.clear()
+        self._hand_over.wake()
 
     async def hand_over(self) -> int:
         """Enqueue the QUEUED versions nobody has handed over yet; give up on those whose worker died."""

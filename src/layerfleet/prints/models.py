@@ -67,6 +67,8 @@ class Print(Base):
     # Quality defects (``watching.quality``): frames that showed one, and the print's one warning.
     defect_frames: Mapped[int] = mapped_column(Integer, default=0)
     quality_alerted_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When retention removed the pictures of its scored frames that no one needs (``watching.retention``).
+    scored_frames_pruned_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     feedbacks: Mapped[list[PrintShotFeedback]] = relationship(
         back_populates="print", order_by="PrintShotFeedback.id", lazy="selectin",

@@ -171,7 +171,10 @@ class ReportService:
             chosen.append(predictions[-1])
         frames = []
         for frame in sorted(chosen, key=lambda f: f.frame_number):
-            path = media_root(self._data_dir) / (frame.tagged_image_path or frame.image_path)
+            picture = frame.tagged_image_path or frame.image_path
+            if picture is None:  # removed by retention (``watching.retention``)
+                continue
+            path = media_root(self._data_dir) / picture
             try:
                 frames.append((f"Frame {frame.frame_number}, {frame.taken_at:%H:%M:%S} UTC", frame.normalized_p,
                                path.read_bytes()))

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 
+from layerfleet.printer_agent.camera import NamedCamera
 from layerfleet.printer_agent.runner import AgentRunner, Cadence, Stopped
 from layerfleet.simulator.printer import SimulatedCamera, SimulatedPrinter, SimulationOptions
 
@@ -148,14 +149,17 @@ async def run_farm(
     seed: int | None = None,
     stop: asyncio.Event | None = None,
     failing_first: int = 0,
+    cameras: int = 1,
 ) -> list[Stopped]:
     """Run one simulated printer per link until ``stop`` is set (or every agent gave up);
-    the first print of the first ``failing_first`` printers fails early."""
+    the first print of the first ``failing_first`` printers fails early. Each printer has
+    ``cameras`` cameras: the main one and others named ``side-1``, ``side-2``…"""
     runners: list[AgentRunner] = []
     for index, link in enumerate(links):
         printer_options = replace(options, first_print_fails=index < failing_first)
         printer = SimulatedPrinter(link.name, printer_options, seed=None if seed is None else seed + index)
-        runners.append(AgentRunner(server, link.token, printer, SimulatedCamera(printer),
+        others = [NamedCamera(f"side-{view}", SimulatedCamera(printer, view=view)) for view in range(1, cameras)]
+        runners.append(AgentRunner(server, link.token, printer, SimulatedCamera(printer), cameras=others,
                                    cadence=cadence, label=link.name))
     tasks = [asyncio.create_task(runner.run()) for runner in runners]
     if stop is not None:

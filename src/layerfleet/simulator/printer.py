@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, replace
 
 import httpx
+from PIL import ImageOps
 
 from layerfleet.printer_agent.connector import (
     Connector,
@@ -314,17 +315,26 @@ class SimulatedPrinter(Connector):
 
 class SimulatedCamera:
     """Frames of the simulated printer's bed: the part grows with progress; spaghetti shows
-    when the print is failing. Rendering runs in a worker thread, off the event loop."""
+    when the print is failing. Rendering runs in a worker thread, off the event loop.
 
-    def __init__(self, printer: SimulatedPrinter, *, quality: int = 80) -> None:
+    ``view`` 0 is the printer's main camera; another view looks at the same bed from the other
+    side and closer (mirrored, cropped by a tenth a side per view), as a second camera would."""
+
+    def __init__(self, printer: SimulatedPrinter, *, quality: int = 80, view: int = 0) -> None:
         self.printer = printer
         self.quality = quality
+        self.view = view
         self.frames = 0
 
     def render(self) -> bytes:
         self.frames += 1
         image, _ = render_frame(self.printer.scene, self.printer.progress, spaghetti=self.printer.spaghetti,
                                 seed=self.printer.frame_seed)
+        if self.view:
+            width, height = image.size
+            crop = min(0.1 * self.view, 0.3)
+            box = (round(width * crop), round(height * crop), round(width * (1 - crop)), round(height * (1 - crop)))
+            image = ImageOps.mirror(image.crop(box).resize((width, height)))
         out = io.BytesIO()
         image.save(out, "JPEG", quality=self.quality)
         return out.getvalue()

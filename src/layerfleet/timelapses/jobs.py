@@ -32,6 +32,7 @@ from layerfleet.detection.models import Alert, PredictionFrame
 from layerfleet.detection.runtime import Detector
 from layerfleet.fleet.models import Printer
 from layerfleet.jobs import JobQueue
+from layerfleet.jobs.hand_over import HandOverLoop
 from layerfleet.media import media_root, remove_media
 from layerfleet.prints import service as prints
 from layerfleet.prints.models import Print
@@ -40,6 +41,7 @@ from layerfleet.timelapses.analysis import UploadScoring, score_frame
 from layerfleet.timelapses.models import TimelapseJob, TimelapsePurpose, TimelapseStatus
 from layerfleet.timelapses.video import NoFrames, Tag, compile_videos, sample_frames
 from layerfleet.watching.frames import create_feedback_shots
+from layerfleet.watching.retention import apply_scored_frame_retention
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +66,8 @@ class TimelapseJobs:
         self.sole_worker = sole_worker
         self.stale = timedelta(seconds=stale_seconds)
         self.runner = TimelapseRunner(sessionmaker, settings, detector=detector, stale=self.stale)
-        self._tasks: list[asyncio.Task[None]] = []
-        self._wakeup = asyncio.Event()
+        self._hand_over = HandOverLoop(self.hand_over, what="timelapse", interval=POLL_SECONDS)
+        self._retention: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         if self.workers == 0:
@@ -81,28 +83,20 @@ class TimelapseJobs:
                 await session.commit()
                 if getattr(released, "rowcount", 0):
                     log.info("%d timelapse job(s) from before the start will run", released.rowcount)  # type: ignore[attr-defined]
-        self._tasks = [asyncio.create_task(self._poll(), name="timelapse-poller"),
-                       asyncio.create_task(self._retain(), name="timelapse-retention")]
+        self._hand_over.start()
+        self._retention = asyncio.create_task(self._retain(), name="timelapse-retention")
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._hand_over.close()
+        if self._retention is not None:
+            self._retention.cancel()
+            await asyncio.gather(self._retention, return_exceptions=True)
+            self._retention = None
         await self.queue.close()
 
     def wake(self) -> None:
         """Look for new jobs now (a request just added one) rather than at the next poll."""
-        self._wakeup.set()
-
-    async def _poll(self) -> None:
-        while True:
-            try:
-                await self.hand_over()
-            except Exception:
-                log.exception("looking for timelapse jobs failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), POLL_SECONDS)
-            self._wakeup.clear()
+        self._hand_over.wake()
 
     async def hand_over(self) -> int:
         """Enqueue the jobs nobody has taken: new ones, and those whose worker died."""
@@ -129,6 +123,10 @@ class TimelapseJobs:
                 await apply_retention(self.sessionmaker, self.settings)
             except Exception:
                 log.exception("timelapse retention failed; trying again later")
+            try:
+                await apply_scored_frame_retention(self.sessionmaker, self.settings)
+            except Exception:
+                log.exception("scored-frame retention failed; trying again later")
             await asyncio.sleep(self.settings.timelapse_retention_interval_seconds)
 
 
@@ -292,10 +290,11 @@ class TimelapseRunner:
             frames = [frame.path for frame in kept]
             times = [frame.taken_at for frame in kept]
             tags = _tags_for(times, scored)
-        else:  # nothing kept (an upload, or recording off): the detector's own frames
-            frames = [root / frame.image_path for frame in scored]
-            times = [frame.taken_at for frame in scored]
-            tags = [Tag(frame.boxes, frame.normalized_p) for frame in scored]
+        else:  # nothing kept (an upload, or recording off): the detector's own frames, those still stored
+            pictured = [(frame, frame.image_path) for frame in scored if frame.image_path is not None]
+            frames = [root / image for _, image in pictured]
+            times = [frame.taken_at for frame, _ in pictured]
+            tags = [Tag(frame.boxes, frame.normalized_p) for frame, _ in pictured]
         if not frames:
             return TimelapseStatus.SKIPPED, "No frames of this print were kept."
         poster_index = None

@@ -53,8 +53,24 @@
     }
   }
 
-  // ---- camera overlay: detection boxes and ignore areas ----
-  let drawing = false, dragStart = null, dragNow = null;
+  // ---- camera overlays: detection boxes and ignore areas ----
+  // Ignore areas are edited for one camera at a time: `maskCamera` null is the main camera
+  // (the printer's own ignore_masks), otherwise another camera's name.
+  let drawing = false, dragStart = null, dragNow = null, maskCamera = null;
+  const maskCameraSelect = $("#mask-camera");
+
+  function masksOf(camera) {
+    if (camera === null) return masks;
+    const other = (history.cameras || []).find((c) => c.name === camera);
+    return other ? other.ignore_masks : [];
+  }
+
+  function drawDrag(ctx, w, h, camera) {
+    if (!(dragStart && dragNow && camera === maskCamera)) return;
+    ctx.setLineDash([6, 4]); ctx.strokeStyle = "#fff";
+    ctx.strokeRect(dragStart.x * w, dragStart.y * h, (dragNow.x - dragStart.x) * w, (dragNow.y - dragStart.y) * h);
+    ctx.setLineDash([]);
+  }
 
   function drawOverlay() {
     const w = overlay.clientWidth, h = overlay.clientHeight;
@@ -77,39 +93,50 @@
         ctx.fillText(`${Math.round(confidence * 100)} %`, (xc - bw / 2) * sx + 3, (yc - bh / 2) * sy + 13);
       }
     }
-    if (dragStart && dragNow) {
-      ctx.setLineDash([6, 4]); ctx.strokeStyle = "#fff";
-      ctx.strokeRect(dragStart.x * w, dragStart.y * h, (dragNow.x - dragStart.x) * w, (dragNow.y - dragStart.y) * h);
-      ctx.setLineDash([]);
-    }
+    drawDrag(ctx, w, h, null);
   }
 
   function listMasks() {
-    const list = $("#mask-list");
+    const list = $("#mask-list"), current = masksOf(maskCamera);
     list.replaceChildren();
-    masks.forEach((mask, index) => {
+    current.forEach((mask, index) => {
       const pct = mask.map((v) => `${Math.round(v * 100)} %`);
       const remove = lf.el("button", { type: "button", class: "small secondary", text: "Remove", "aria-label": `Remove ignore area ${index + 1}` });
-      remove.addEventListener("click", () => saveMasks(masks.filter((_, i) => i !== index), "Ignore area removed."));
+      remove.addEventListener("click", () => saveMasks(current.filter((_, i) => i !== index), "Ignore area removed."));
       list.append(lf.el("li", { style: "margin:.25rem 0" }, `Area ${index + 1}: from ${pct[0]}, ${pct[1]} to ${pct[2]}, ${pct[3]} `, remove));
     });
-    if (!masks.length) list.append(lf.el("li", { class: "muted", text: "No ignore areas." }));
+    if (!current.length) list.append(lf.el("li", { class: "muted", text: "No ignore areas." }));
+  }
+
+  function redrawAll() {
+    listMasks();
+    drawOverlay();
+    showCameras();
   }
 
   async function saveMasks(next, message) {
     try {
-      const saved = await lf.api("PATCH", `/api/v1/printers/${id}/`, { ignore_masks: next });
-      masks = saved.ignore_masks;
+      const saved = await lf.api("PATCH", `/api/v1/printers/${id}/cameras/`, { camera: maskCamera, ignore_masks: next });
+      for (const camera of saved) {
+        if (camera.primary) { masks = camera.ignore_masks; continue; }
+        const shown = (history.cameras || []).find((c) => c.name === camera.name);
+        if (shown) shown.ignore_masks = camera.ignore_masks;
+      }
       lf.toast(message);
     } catch (error) {
       lf.toast(`The ignore areas were not saved: ${error.message}`, "bad");
     }
-    listMasks();
-    drawOverlay();
+    redrawAll();
   }
 
-  function point(event) {
-    const rect = overlay.getBoundingClientRect();
+  // The canvas ignore areas are drawn on: the main picture's, or the selected camera's tile.
+  function maskCanvas() {
+    if (maskCamera === null) return overlay;
+    return [...document.querySelectorAll("#camera-tiles canvas")].find((c) => c.dataset.camera === maskCamera) || null;
+  }
+
+  function point(canvas, event) {
+    const rect = canvas.getBoundingClientRect();
     return { x: Math.min(1, Math.max(0, (event.clientX - rect.left) / rect.width)), y: Math.min(1, Math.max(0, (event.clientY - rect.top) / rect.height)) };
   }
 
@@ -117,29 +144,48 @@
     drawing = on;
     drawButton.setAttribute("aria-pressed", String(on));
     drawButton.textContent = on ? "Drag over the picture… (Esc to stop)" : "Draw an ignore area";
-    overlay.classList.toggle("drawing", on);
+    for (const canvas of [overlay, ...document.querySelectorAll("#camera-tiles canvas")]) {
+      canvas.classList.toggle("drawing", on && canvas === maskCanvas());
+    }
   }
 
-  drawButton.addEventListener("click", () => setDrawing(!drawing));
-  document.addEventListener("keydown", (event) => { if (event.key === "Escape" && drawing) { dragStart = dragNow = null; setDrawing(false); drawOverlay(); } });
-  overlay.addEventListener("pointerdown", (event) => {
-    if (!drawing) return;
-    overlay.setPointerCapture(event.pointerId);
-    dragStart = dragNow = point(event);
+  // Drag handlers for one camera's canvas; `camera` null is the main picture.
+  function editable(canvas, camera, redraw) {
+    canvas.addEventListener("pointerdown", (event) => {
+      if (!drawing || camera !== maskCamera) return;
+      canvas.setPointerCapture(event.pointerId);
+      dragStart = dragNow = point(canvas, event);
+    });
+    canvas.addEventListener("pointermove", (event) => { if (dragStart && camera === maskCamera) { dragNow = point(canvas, event); redraw(); } });
+    canvas.addEventListener("pointerup", (event) => {
+      if (!dragStart || camera !== maskCamera) return;
+      const end = point(canvas, event), start = dragStart;
+      dragStart = dragNow = null;
+      setDrawing(false);
+      if (Math.abs(end.x - start.x) < 0.01 || Math.abs(end.y - start.y) < 0.01) {
+        lf.toast("That area is too small; drag across the part of the picture to ignore.", "bad");
+        redraw();
+        return;
+      }
+      saveMasks([...masksOf(camera), [start.x, start.y, end.x, end.y]], "Ignore area saved: the detector disregards it from the next picture on.");
+    });
+  }
+
+  drawButton.addEventListener("click", () => {
+    if (!drawing && maskCamera !== null) {
+      const canvas = maskCanvas();
+      if (canvas) canvas.scrollIntoView({ block: "nearest" });
+    }
+    setDrawing(!drawing);
   });
-  overlay.addEventListener("pointermove", (event) => { if (dragStart) { dragNow = point(event); drawOverlay(); } });
-  overlay.addEventListener("pointerup", (event) => {
-    if (!dragStart) return;
-    const end = point(event), start = dragStart;
+  maskCameraSelect.addEventListener("change", () => {
+    maskCamera = maskCameraSelect.value === "" ? null : maskCameraSelect.value;
     dragStart = dragNow = null;
     setDrawing(false);
-    if (Math.abs(end.x - start.x) < 0.01 || Math.abs(end.y - start.y) < 0.01) {
-      lf.toast("That area is too small; drag across the part of the picture to ignore.", "bad");
-      drawOverlay();
-      return;
-    }
-    saveMasks([...masks, [start.x, start.y, end.x, end.y]], "Ignore area saved: the detector disregards it from the next picture on.");
+    listMasks();
   });
+  document.addEventListener("keydown", (event) => { if (event.key === "Escape" && drawing) { dragStart = dragNow = null; setDrawing(false); drawOverlay(); showCameras(); } });
+  editable(overlay, null, drawOverlay);
   pic.addEventListener("load", drawOverlay);
   new ResizeObserver(drawOverlay).observe(overlay);
 
@@ -162,15 +208,19 @@
 
   // ---- the other cameras: each one's latest picture, its boxes and its ignore areas ----
   function showCameras() {
+    if (dragStart) return;  // rebuilt after the drag, not under the pointer
     const cameras = history.cameras || [];
     $("#cameras-card").classList.toggle("hidden", !cameras.length);
+    showMaskCameras(cameras.filter((c) => !c.nozzle).map((c) => c.name));
     const tiles = $("#camera-tiles");
     tiles.replaceChildren();
     for (const camera of cameras) {
       const img = lf.el("img", { alt: `Latest picture from the camera ${camera.name}` });
-      const canvas = lf.el("canvas", { "aria-label": `Detection boxes and ignore areas over the camera ${camera.name}` });
+      const canvas = lf.el("canvas", { "aria-label": `Detection boxes and ignore areas over the camera ${camera.name}`, "data-camera": camera.name });
       const draw = () => drawCameraOverlay(canvas, img, camera);
       img.addEventListener("load", draw);
+      if (!camera.nozzle) editable(canvas, camera.name, draw);
+      canvas.classList.toggle("drawing", drawing && camera.name === maskCamera);
       if (camera.picture) img.src = camera.picture;
       const words = camera.nozzle ? "nozzle camera, shown but not watched" : "watched";
       const when = camera.picture_at ? `picture taken ${lf.when(camera.picture_at)}` : "no picture yet";
@@ -178,6 +228,18 @@
         lf.el("div", { class: "picture-frame" }, img, canvas),
         lf.el("figcaption", { class: "small" }, lf.el("strong", { text: camera.name }), ` (${words}), ${when}`)));
     }
+  }
+
+  // The camera picker of the ignore areas: the main camera and every watched other camera.
+  function showMaskCameras(names) {
+    const wanted = ["", ...names];
+    const have = [...maskCameraSelect.options].map((o) => o.value);
+    if (wanted.join("\n") !== have.join("\n")) {
+      maskCameraSelect.replaceChildren(...wanted.map((name) => lf.el("option", { value: name, text: name || "Main camera" })));
+      if (maskCamera !== null && !names.includes(maskCamera)) { maskCamera = null; setDrawing(false); listMasks(); }
+      maskCameraSelect.value = maskCamera === null ? "" : maskCamera;
+    }
+    $("#mask-camera-label").classList.toggle("hidden", !names.length);
   }
 
   function drawCameraOverlay(canvas, img, camera) {
@@ -199,6 +261,7 @@
         ctx.fillText(`${Math.round(confidence * 100)} %`, (xc - bw / 2) * sx + 3, (yc - bh / 2) * sy + 13);
       }
     }
+    drawDrag(ctx, w, h, camera.name);
   }
 
   let historyTimer = null;
