@@ -255,6 +255,7 @@ class Options:
     workers: int = 0
     redis_url: str = DEFAULT_REDIS_URL
     detection_threads: int = 0
+    model: Path | None = None  # the detector's ONNX file (default: the shipped one)
 
 
 async def seed_owner(url: str) -> str:
@@ -583,6 +584,8 @@ async def run_step(options: Options, pictures: tuple[list[bytes], list[bytes]]) 
         env = {"LAYERFLEET_DATABASE_URL": url, "LAYERFLEET_LOG_LEVEL": options.server_log_level}
         if options.detection_threads:
             env["LAYERFLEET_DETECTION_THREADS"] = str(options.detection_threads)
+        if options.model is not None:
+            env["LAYERFLEET_MODEL_PATH"] = str(options.model.resolve())
         namespace = f"bench-capacity-{os.getpid()}-{n}"
         if options.workers:
             env |= {"LAYERFLEET_REDIS_URL": options.redis_url, "LAYERFLEET_REDIS_NAMESPACE": namespace,
@@ -838,6 +841,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
     parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="with --workers")
     parser.add_argument("--detection-threads", type=int, default=0,
                         help="LAYERFLEET_DETECTION_THREADS of the server and workers (default: all cores)")
+    parser.add_argument("--model", type=Path, help="the detector's ONNX file (default: the shipped one), "
+                        "to run an earlier model beside the shipped one")
     args = parser.parse_args(argv)
     if args.printers < 1 or args.duration <= 0 or not 0 <= args.spaghetti_share <= 1:
         parser.error("--printers ≥ 1, --duration > 0 and 0 ≤ --spaghetti-share ≤ 1")
@@ -846,7 +851,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         status_interval=args.status_interval, picture_interval=args.picture_interval,
         spaghetti_share=args.spaghetti_share, database=args.database, postgres_url=args.postgres_url,
         link_concurrency=args.link_concurrency, server_log_level=args.server_log_level, keep_logs=args.keep_logs,
-        workers=args.workers, redis_url=args.redis_url, detection_threads=args.detection_threads,
+        workers=args.workers, redis_url=args.redis_url, detection_threads=args.detection_threads, model=args.model,
     )
     return args, options
 
