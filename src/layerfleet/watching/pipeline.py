@@ -209,12 +209,9 @@ class WatchingPipeline:
             claimed = await session.execute(_primary_claim(), {
                 "claimed_printer": printer.id, "claimed_at": received_at, "scored_before": received_at - self.interval})
         else:
-            claim = update(PrinterCamera).where(
-                PrinterCamera.printer_id == printer.id, PrinterCamera.name == camera,
-                or_(PrinterCamera.last_scored_at.is_(None),
-                    PrinterCamera.last_scored_at <= received_at - self.interval))
-            claimed = await session.execute(
-                claim.values(last_scored_at=received_at).execution_options(synchronize_session=False))
+            claimed = await session.execute(_camera_claim(), {
+                "claimed_printer": printer.id, "claimed_camera": camera, "claimed_at": received_at,
+                "scored_before": received_at - self.interval})
         if getattr(claimed, "rowcount", 0) != 1:
             return None  # scored one recently: this picture only updates the camera's picture
         frame = PendingFrame(printer.id, printer.organization_id, jpeg_bytes, received_at, camera)
@@ -460,6 +457,16 @@ def _primary_claim() -> Update:
     return (update(printers)
             .where(printers.c.id == bindparam("claimed_printer"),
                    or_(printers.c.last_scored_at.is_(None), printers.c.last_scored_at <= bindparam("scored_before")))
+            .values(last_scored_at=bindparam("claimed_at")))
+
+
+@functools.cache
+def _camera_claim() -> Update:
+    """The claim of another camera's picture, on its ``printer_cameras`` row; built once, as above."""
+    cameras = cast(Table, PrinterCamera.__table__)
+    return (update(cameras)
+            .where(cameras.c.printer_id == bindparam("claimed_printer"), cameras.c.name == bindparam("claimed_camera"),
+                   or_(cameras.c.last_scored_at.is_(None), cameras.c.last_scored_at <= bindparam("scored_before")))
             .values(last_scored_at=bindparam("claimed_at")))
 
 
