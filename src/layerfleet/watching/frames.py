@@ -256,10 +256,10 @@ async def _charge_detection_hours(session: AsyncSession, printer: Printer, print
     print_.watched_seconds += seconds
     if unlimited:
         return
-    if hours is not None:
-        hours.charge(printer.owner, seconds)
-    else:
-        await _draw_hours(session, printer.user_id, seconds)
+    ledger = hours if hours is not None else HoursLedger()
+    ledger.charge(printer.owner, seconds)
+    if hours is None:
+        await ledger.write(session)  # a frame applied alone draws its hours at once
 
 
 async def apply_frame(
