@@ -20,9 +20,9 @@ def _run(coroutine):  # type: ignore[no-untyped-def]
     return asyncio.run(coroutine)
 
 
-async def _own_postgres_database() -> str:
+async def own_postgres_database(suffix: str = "migrations") -> str:
     """A database of this test's own, so the one the other tests hold stays untouched."""
-    name = f"{make_url(POSTGRES_URL).database}_migrations"
+    name = f"{make_url(POSTGRES_URL).database}_{suffix}"
     server = make_url(POSTGRES_URL).set(database="postgres").render_as_string(hide_password=False)
     admin = create_engine(server, pooled=False).execution_options(isolation_level="AUTOCOMMIT")
     async with admin.connect() as conn:
@@ -48,7 +48,7 @@ async def _diff_and_tables(url: str) -> tuple[list[object], set[str]]:
 @pytest.mark.parametrize("backend_name", BACKENDS)
 def test_migrations_create_exactly_the_models_schema_and_downgrade(backend_name: str, tmp_path: Path) -> None:
     if backend_name == "postgresql":
-        url = _run(_own_postgres_database())
+        url = _run(own_postgres_database())
     else:
         url = f"sqlite+aiosqlite:///{tmp_path / 'migrations.db'}"
     migrate(url)

@@ -14,9 +14,8 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import select, text, update
-from sqlalchemy.engine import make_url
 
-from conftest import BACKENDS, POSTGRES_URL, Farm, Member
+from conftest import BACKENDS, Farm, Member
 from layerfleet.accounts import service as accounts
 from layerfleet.config import Settings
 from layerfleet.database import create_engine, create_sessionmaker, downgrade, migrate, utcnow
@@ -32,6 +31,7 @@ from layerfleet.timelapses.jobs import TimelapseJobs
 from layerfleet.watching import retention
 from layerfleet.watching.frames import frame_paths
 from layerfleet.watching.retention import apply_scored_frame_retention
+from test_migrations import own_postgres_database
 
 PASSWORD = "password-123"  # conftest's Farm.member
 KEEP_DAYS = 14.0
@@ -278,17 +278,6 @@ async def test_a_verdict_without_alert_frames_still_has_its_most_suspicious_fram
 
 # --- the migration -----------------------------------------------------------------------------------
 
-async def _own_postgres_database() -> str:
-    name = f"{make_url(POSTGRES_URL).database}_frame_links"
-    server = make_url(POSTGRES_URL).set(database="postgres").render_as_string(hide_password=False)
-    admin = create_engine(server, pooled=False).execution_options(isolation_level="AUTOCOMMIT")
-    async with admin.connect() as conn:
-        await conn.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        await conn.execute(text(f"CREATE DATABASE {name}"))
-    await admin.dispose()
-    return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-
-
 async def _seed(url: str) -> None:
     engine = create_engine(url, pooled=False)
     try:
@@ -324,7 +313,7 @@ async def _rows(url: str, sql: str) -> list[Any]:
 def test_the_migration_keeps_alerts_frame_links_both_ways(backend_name: str, tmp_path: Path) -> None:
     """On SQLite the nullable column rebuilds ``prediction_frames``; dropping the old table would
     set every alert's frame to NULL, and rebuilding ``prints`` would delete all a print owns."""
-    url = asyncio.run(_own_postgres_database()) if backend_name == "postgresql" \
+    url = asyncio.run(own_postgres_database("frame_links")) if backend_name == "postgresql" \
         else f"sqlite+aiosqlite:///{tmp_path / 'links.db'}"
     migrate(url)
     asyncio.run(_seed(url))
