@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select, update
 
 from conftest import Farm
+from layerfleet import media
 from layerfleet.accounts.models import Role
 from layerfleet.config import Settings
 from layerfleet.media import media_root
@@ -103,7 +104,7 @@ async def test_a_compilation_killed_midway_is_done_after_the_restart(
         await session.commit()
 
     await farm.run(ask)
-    folder = media_root(data_dir) / timelapses.print_folder(print_.organization_id, print_.id)
+    folder = media_root(data_dir) / media.print_folder(print_.organization_id, print_.id)
     first = ServeProcess(database_url, data_dir, namespace)
     try:
         first.wait_until_up()
@@ -134,7 +135,7 @@ async def test_a_compilation_killed_midway_is_done_after_the_restart(
     assert job.attempts == 2
     assert not list(folder.glob(".video-*"))  # what the killed run left is gone
     # Frames are removed once both videos exist (LAYERFLEET_TIMELAPSE_KEEP_FRAMES_DAYS=0).
-    assert not (folder / timelapses.KEPT_FRAMES).exists()
+    assert not (folder / media.KEPT_FRAMES).exists()
 
 
 async def test_frames_and_videos_are_removed_on_schedule(farm: Farm, settings: Settings, tmp_path: Path) -> None:
@@ -144,8 +145,8 @@ async def test_frames_and_videos_are_removed_on_schedule(farm: Farm, settings: S
     print_ = await print_with_frames(farm, owner, kept.data_dir, 12)
     job = await compile_now(farm, kept, print_)
     assert job.status == TimelapseStatus.DONE.value, job.error
-    folder = media_root(kept.data_dir) / timelapses.print_folder(print_.organization_id, print_.id)
-    assert len(list((folder / timelapses.KEPT_FRAMES).iterdir())) == 12  # kept for two days
+    folder = media_root(kept.data_dir) / media.print_folder(print_.organization_id, print_.id)
+    assert len(list((folder / media.KEPT_FRAMES).iterdir())) == 12  # kept for two days
 
     async def age(days: float) -> None:
         async def move(session: Any) -> None:
@@ -158,7 +159,7 @@ async def test_frames_and_videos_are_removed_on_schedule(farm: Farm, settings: S
     assert await apply_retention(farm.sessionmaker, kept) == (0, 0)
     await age(2.1)
     assert await apply_retention(farm.sessionmaker, kept) == (1, 0)
-    assert not (folder / timelapses.KEPT_FRAMES).exists() and (folder / timelapses.VIDEO).exists()
+    assert not (folder / media.KEPT_FRAMES).exists() and (folder / timelapses.VIDEO).exists()
     await age(31)
     assert await apply_retention(farm.sessionmaker, kept) == (0, 1)
     gone = await _print(farm, print_.id)
@@ -172,7 +173,7 @@ async def test_deleting_a_print_deletes_its_media(client: httpx.AsyncClient, far
     print_ = await print_with_frames(farm, admin, settings.data_dir, 6)
     job = await compile_now(farm, settings, print_)
     assert job.status == TimelapseStatus.DONE.value, job.error
-    folder = media_root(settings.data_dir) / timelapses.print_folder(print_.organization_id, print_.id)
+    folder = media_root(settings.data_dir) / media.print_folder(print_.organization_id, print_.id)
     shown = (await client.get(f"/api/v1/prints/{print_.id}/", headers=admin.headers)).json()
     assert (await client.get(shown["video_url"], headers=admin.headers)).status_code == 200
     assert (folder / timelapses.POSTER).exists()
@@ -196,8 +197,8 @@ async def test_a_print_shorter_than_the_minimum_gets_no_video(farm: Farm, settin
     job = await compile_now(farm, settings, print_)
     assert job.status == TimelapseStatus.SKIPPED.value and "shorter than 300 s" in (job.error or "")
     assert (await _print(farm, print_.id)).video_path is None
-    folder = media_root(settings.data_dir) / timelapses.print_folder(print_.organization_id, print_.id)
-    assert not (folder / timelapses.KEPT_FRAMES).exists() and not (folder / timelapses.VIDEO).exists()
+    folder = media_root(settings.data_dir) / media.print_folder(print_.organization_id, print_.id)
+    assert not (folder / media.KEPT_FRAMES).exists() and not (folder / timelapses.VIDEO).exists()
 
 
 async def test_deleting_a_printer_deletes_its_pictures_and_its_prints_media(
@@ -208,12 +209,12 @@ async def test_deleting_a_printer_deletes_its_pictures_and_its_prints_media(
     assert job.status == TimelapseStatus.DONE.value, job.error
     assert print_.printer_id is not None
     root = media_root(settings.data_dir)
-    print_folder = root / timelapses.print_folder(print_.organization_id, print_.id)
+    print_folder = root / media.print_folder(print_.organization_id, print_.id)
     pictures = root / f"orgs/{print_.organization_id}/printers/{print_.printer_id}"
     (pictures / "pic").mkdir(parents=True, exist_ok=True)
     (pictures / "pic" / "1.jpg").write_bytes(b"\xff\xd8\xff\xd9")
     other = await print_with_frames(farm, await farm.member(Role.ADMIN, organization="Farm B"), settings.data_dir, 2)
-    other_folder = root / timelapses.print_folder(other.organization_id, other.id)
+    other_folder = root / media.print_folder(other.organization_id, other.id)
     assert print_folder.exists() and other_folder.exists()
     answer = await client.delete(f"/api/v1/printers/{print_.printer_id}/", headers=admin.headers)
     assert answer.status_code == 200

@@ -21,6 +21,7 @@ from PIL import Image
 
 from browser import browser, page, sign_in  # noqa: F401  (fixtures)
 from conftest import Farm
+from layerfleet import media
 from layerfleet.config import Settings
 from layerfleet.database import utcnow
 from layerfleet.media import media_root
@@ -89,6 +90,24 @@ def redness(frame: np.ndarray, xs: slice, ys: slice) -> float:
     return float((region[..., 0] - (region[..., 1] + region[..., 2]) / 2).mean())
 
 
+async def test_a_picture_stored_as_another_with_the_same_bytes_is_a_link_and_counted_once(tmp_path: Path) -> None:
+    kept, scored = "orgs/1/prints/5/video-frames/0000000000001.jpg", "orgs/1/prints/5/frames/000001.jpg"
+    await media.store_media(tmp_path, kept, b"picture")
+    await media.store_media(tmp_path, scored, b"picture", same_as=kept)
+    root = media_root(tmp_path)
+    assert (root / scored).stat().st_ino == (root / kept).stat().st_ino
+    assert timelapses.folder_bytes(root / "orgs/1/prints") == len(b"picture")
+    # Other bytes, or no file to link: a copy of its own.
+    await media.store_media(tmp_path, "orgs/1/prints/5/frames/000002.jpg", b"another", same_as=kept)
+    await media.store_media(tmp_path, "orgs/1/prints/5/frames/000003.jpg", b"third", same_as="orgs/1/nothing.jpg")
+    assert (root / "orgs/1/prints/5/frames/000002.jpg").read_bytes() == b"another"
+    assert (root / "orgs/1/prints/5/frames/000002.jpg").stat().st_nlink == 1
+    assert timelapses.folder_bytes(root / "orgs/1/prints") == len(b"picture" + b"another" + b"third")
+    # Removing either name leaves the other whole (the video's frames go once it is made).
+    await media.remove_media(tmp_path, kept)
+    assert (root / scored).read_bytes() == b"picture" and not list(root.rglob("*.part"))
+
+
 async def test_a_simulated_print_ends_with_both_videos_a_poster_and_ranges(
         video_server: str, video_settings: Settings, farm: Farm) -> None:
     owner = await farm.member()
@@ -111,6 +130,12 @@ async def test_a_simulated_print_ends_with_both_videos_a_poster_and_ranges(
                 return sum(1 for r in records if box_of(r)) >= 3
 
             await until(failing_frames, 60)
+            # A scored frame that is also the picture kept for the video is one file with two names.
+            folder = media_root(video_settings.data_dir) / media.print_folder(printer.organization_id, started["id"])
+            kept = {p.stat().st_ino for p in (folder / media.KEPT_FRAMES).glob("*.jpg")}
+            scored = [p.stat() for p in (folder / "frames").glob("*.jpg")]
+            assert kept and scored
+            assert any(s.st_ino in kept and s.st_nlink == 2 for s in scored)
             # Paused by the detector, or still printing: cancelling ends it either way.
             current = (await api.get(f"/api/v1/prints/{started['id']}/")).json()
             if current["finished_at"] is None and current["cancelled_at"] is None:
@@ -199,7 +224,7 @@ async def print_with_frames(farm: Farm, owner: Any, data_dir: Path, count: int, 
     for n in range(count):
         image, _ = render_frame(scene, n / count, spaghetti=1.0 if spaghetti_from is not None and n >= spaghetti_from
                                 else 0.0, seed=5, width=size[0], height=size[1])
-        path = media_root(data_dir) / timelapses.kept_frame_path(print_.organization_id, print_.id,
+        path = media_root(data_dir) / media.kept_frame_path(print_.organization_id, print_.id,
                                                                   start + timedelta(seconds=10 * n))
         path.parent.mkdir(parents=True, exist_ok=True)
         image.save(path, "JPEG", quality=85)

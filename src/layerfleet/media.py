@@ -24,23 +24,59 @@ def media_url(base_url: str, relative_path: str | None) -> str | None:
     return f"{base_url.rstrip('/')}/media/{relative_path}"
 
 
+def print_folder(organization_id: int, print_id: int) -> str:
+    return f"{organization_prefix(organization_id)}prints/{print_id}"
+
+
+# The primary camera's pictures kept for the print's video, one per timelapse interval.
+KEPT_FRAMES = "video-frames"
+
+
+def kept_frame_path(organization_id: int, print_id: int, taken_at: datetime) -> str:
+    stamp = int(taken_at.timestamp() * 1000)
+    return f"{print_folder(organization_id, print_id)}/{KEPT_FRAMES}/{stamp:013d}.jpg"
+
+
 def picture_path(organization_id: int, printer_id: int, kind: str, taken_at: datetime) -> str:
     stamp = int(taken_at.timestamp() * 1000)
     return f"{organization_prefix(organization_id)}printers/{printer_id}/{kind}/{stamp}.jpg"
 
 
-def _write(root: Path, relative: str, data: bytes) -> None:
+def _holds(file: Path, data: bytes) -> bool:
+    try:
+        if file.stat().st_size != len(data):
+            return False
+        return file.read_bytes() == data
+    except OSError:
+        return False
+
+
+def _write(root: Path, relative: str, data: bytes, same_as: str | None = None) -> None:
     target = root / relative
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Written aside and renamed, so a reader never serves half a picture.
+    # Written (or linked) aside and renamed, so a reader never serves half a picture.
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
+        source = root / same_as if same_as is not None else None
+        if source is not None and _holds(source, data):
+            os.close(fd)
+            os.unlink(tmp)
+            try:
+                os.link(source, tmp)
+            except OSError:  # gone meanwhile, another file system, links not allowed: a copy
+                _write_file(tmp, data)
+        else:
+            with os.fdopen(fd, "wb") as out:
+                out.write(data)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _write_file(path: str, data: bytes) -> None:
+    with open(path, "xb") as out:
+        out.write(data)
 
 
 def write_media(data_dir: Path, relative: str, data: bytes) -> None:
@@ -48,8 +84,11 @@ def write_media(data_dir: Path, relative: str, data: bytes) -> None:
     _write(media_root(data_dir), relative, data)
 
 
-async def store_media(data_dir: Path, relative: str, data: bytes) -> None:
-    await asyncio.to_thread(_write, media_root(data_dir), relative, data)
+async def store_media(data_dir: Path, relative: str, data: bytes, *, same_as: str | None = None) -> None:
+    """Keep ``data`` at ``relative``. When the file at ``same_as`` holds the same bytes, the new
+    name is a hard link to it, not a second copy: a scored frame is often the very picture kept
+    for the print's video, and removing either name leaves the other whole."""
+    await asyncio.to_thread(_write, media_root(data_dir), relative, data, same_as)
 
 
 def _remove(root: Path, relative: str) -> None:

@@ -33,7 +33,7 @@ from layerfleet.detection.runtime import Detector
 from layerfleet.fleet.models import Printer
 from layerfleet.jobs import JobQueue
 from layerfleet.jobs.hand_over import HandOverLoop
-from layerfleet.media import media_root, remove_media
+from layerfleet.media import KEPT_FRAMES, media_root, print_folder, remove_media
 from layerfleet.prints import service as prints
 from layerfleet.prints.models import Print
 from layerfleet.timelapses import service
@@ -262,7 +262,7 @@ class TimelapseRunner:
                        else self.settings.timelapse_min_cancelled_seconds)
             if (ended - print_.started_at).total_seconds() >= minimum:
                 return None
-        await asyncio.to_thread(_remove_folder, self.data_dir, print_.organization_id, print_.id, service.KEPT_FRAMES)
+        await asyncio.to_thread(_remove_folder, self.data_dir, print_.organization_id, print_.id, KEPT_FRAMES)
         return f"The print ran shorter than {minimum:.0f} s."
 
     # -- compiling ---------------------------------------------------------------------------------
@@ -282,7 +282,7 @@ class TimelapseRunner:
                 .order_by(PredictionFrame.taken_at))).scalars())
             records = await prints.prediction_records(session, print_)
         root = media_root(self.data_dir)
-        folder = root / service.print_folder(organization_id, print_id)
+        folder = root / print_folder(organization_id, print_id)
         # The claim makes this run the print's only one: what a dead run wrote aside is garbage.
         await asyncio.to_thread(_remove_matching, folder, (".video-*.mp4", ".poster-*.jpg"))
         kept = await asyncio.to_thread(service.kept_frames, self.data_dir, organization_id, print_id)
@@ -385,7 +385,7 @@ def _tags_for(times: list[datetime], scored: list[PredictionFrame]) -> list[Tag 
 
 
 def _remove_folder(data_dir: Path, organization_id: int, print_id: int, name: str) -> None:
-    shutil.rmtree(media_root(data_dir) / service.print_folder(organization_id, print_id) / name, ignore_errors=True)
+    shutil.rmtree(media_root(data_dir) / print_folder(organization_id, print_id) / name, ignore_errors=True)
 
 
 async def _remove_kept_frames(sessionmaker: async_sessionmaker[AsyncSession], data_dir: Path, job_id: int) -> None:
@@ -393,7 +393,7 @@ async def _remove_kept_frames(sessionmaker: async_sessionmaker[AsyncSession], da
         job = await session.get(TimelapseJob, job_id)
         if job is None:
             return
-        await asyncio.to_thread(_remove_folder, data_dir, job.organization_id, job.print_id, service.KEPT_FRAMES)
+        await asyncio.to_thread(_remove_folder, data_dir, job.organization_id, job.print_id, KEPT_FRAMES)
         job.frames_removed_at = utcnow()
         await session.commit()
 

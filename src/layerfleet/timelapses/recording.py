@@ -24,9 +24,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from layerfleet.database import utcnow
 from layerfleet.fleet.models import EventClass, Printer, PrinterEvent
 from layerfleet.fleet.service import HOT_PATH_LOAD
-from layerfleet.media import media_root, write_media
+from layerfleet.media import kept_frame_path, media_root, write_media
 from layerfleet.prints.models import Print
-from layerfleet.timelapses.service import kept_frame_path
 from layerfleet.watching.sink import AfterCommit, ClaimingFrameSink, FrameSink
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from layerfleet.media import media_root, organization_prefix
+from layerfleet.media import KEPT_FRAMES, media_root, organization_prefix, print_folder
 from layerfleet.prints.models import Print
 from layerfleet.timelapses.models import TimelapseJob, TimelapsePurpose, TimelapseStatus
 
@@ -28,20 +28,10 @@ TAGGED_VIDEO = "timelapse-tagged.mp4"
 POSTER = "poster.jpg"
 PREDICTION_JSON = "prediction.json"
 FRAME_TIMES = "video-frame-times.json"
-KEPT_FRAMES = "video-frames"
-
-
-def print_folder(organization_id: int, print_id: int) -> str:
-    return f"{organization_prefix(organization_id)}prints/{print_id}"
 
 
 def media_of(print_: Print, name: str) -> str:
     return f"{print_folder(print_.organization_id, print_.id)}/{name}"
-
-
-def kept_frame_path(organization_id: int, print_id: int, taken_at: datetime) -> str:
-    stamp = int(taken_at.timestamp() * 1000)
-    return f"{print_folder(organization_id, print_id)}/{KEPT_FRAMES}/{stamp:013d}.jpg"
 
 
 @dataclass(frozen=True)
@@ -109,11 +99,18 @@ async def remove_printer_media(data_dir: Path, organization_id: int, printer_id:
 
 
 def folder_bytes(folder: Path) -> int:
-    total = 0
+    """Bytes on disk under ``folder``; a file with several names (a scored frame linked to its
+    kept video frame) counts once."""
+    total, seen = 0, set()
     for root, _dirs, files in os.walk(folder):
         for name in files:
             with contextlib.suppress(OSError):
-                total += os.lstat(os.path.join(root, name)).st_size
+                stat = os.lstat(os.path.join(root, name))
+                if stat.st_nlink > 1:
+                    if (stat.st_dev, stat.st_ino) in seen:
+                        continue
+                    seen.add((stat.st_dev, stat.st_ino))
+                total += stat.st_size
     return total
 
 

@@ -18,10 +18,9 @@ from layerfleet.accounts.models import User
 from layerfleet.database import utcnow
 from layerfleet.errors import Invalid, Unavailable
 from layerfleet.fleet import service as fleet
-from layerfleet.media import media_root, organization_prefix
+from layerfleet.media import media_root, organization_prefix, print_folder
 from layerfleet.prints.models import Print
 from layerfleet.timelapses.models import TimelapseJob, TimelapsePurpose, TimelapseStatus
-from layerfleet.timelapses.service import print_folder
 from layerfleet.timelapses.video import BadVideo, VideoInfo, probe_video
 
 MAX_SPEED = 100_000.0  # print seconds per video second: a week in six seconds

@@ -34,7 +34,7 @@ from layerfleet.fleet.actions import PrinterActions
 from layerfleet.fleet.models import ActionOnFailure, Printer, PrinterCamera
 from layerfleet.fleet.service import HOT_PATH_LOAD
 from layerfleet.fleet.watch_reasons import is_paused, should_watch
-from layerfleet.media import organization_prefix, store_media
+from layerfleet.media import kept_frame_path, print_folder, store_media
 from layerfleet.notifications import outbox
 from layerfleet.notifications.models import NotificationEvent
 from layerfleet.prints.models import Print, PrintShotFeedback
@@ -106,7 +106,7 @@ def tagged_jpeg(jpeg: bytes, boxes: Sequence[Box]) -> bytes:
 
 
 def frame_paths(print_: Print, number: int, camera: str | None = None) -> tuple[str, str]:
-    base = f"{organization_prefix(print_.organization_id)}prints/{print_.id}"
+    base = print_folder(print_.organization_id, print_.id)
     name = f"{number:06d}" if camera is None else f"{number:06d}-{camera_slug(camera)}"
     return f"{base}/frames/{name}.jpg", f"{base}/tagged/{name}.jpg"
 
@@ -308,7 +308,9 @@ async def apply_frame(
 
     image_path, tagged_path = frame_paths(print_, scores.frame, camera)
     has_tags = any(box[4] > decisions.VISUALIZATION_THRESH for box in boxes)
-    await store_media(data_dir, image_path, jpeg)
+    # The primary camera's picture may be the one kept for the video this interval: one copy.
+    kept = kept_frame_path(print_.organization_id, print_.id, taken_at) if camera is None else None
+    await store_media(data_dir, image_path, jpeg, same_as=kept)
     if has_tags:
         await store_media(data_dir, tagged_path, await asyncio.to_thread(tagged_jpeg, jpeg, boxes))
     frame = PredictionFrame(
