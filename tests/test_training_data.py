@@ -141,7 +141,7 @@ def test_image_level_samples_teach_the_image_heads_only() -> None:
 def test_the_synthetic_rotation_holds_every_kind_in_a_handful() -> None:
     source = labelled_source()
     dataset = TrainingSet([normal_frame(), source], size=64, synthetic=4)
-    assert dataset.synthetic_counts() == {"simulator": 1, "composite": 2, "clutter": 1}
+    assert dataset.synthetic_counts() == {"simulator": 2, "composite": 1, "clutter": 1}
     assert set(SYNTHETIC_ROTATION) == {"simulator", "composite", "clutter"}
     pixels, boxes, flags = dataset[len(dataset.samples) + 1]  # the composite
     assert pixels.shape == (3, 64, 64) and len(boxes) <= 1 and flags[3] == 1.0

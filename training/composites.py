@@ -74,9 +74,8 @@ def composite(rng: random.Random, base: Sample, source: Sample, box_index: int) 
     patch = source.image.crop(crop)
     image = base.image.copy()
     bw, bh = image.size
-    # Size on the frame: a tenth to a half of its width (a whole printer in view makes a
-    # failure small), aspect kept, never beyond the frame.
-    scale = rng.uniform(0.1, 0.5) * bw / patch.width
+    # Size on the frame: a fifth to a half of its width, aspect kept, never beyond the frame.
+    scale = rng.uniform(0.18, 0.5) * bw / patch.width
     scale = min(scale, 0.9 * bw / patch.width, 0.9 * bh / patch.height)
     pw, ph = max(MIN_CUTOUT, int(patch.width * scale)), max(MIN_CUTOUT, int(patch.height * scale))
     patch = patch.resize((pw, ph), Image.Resampling.BILINEAR)

@@ -18,10 +18,9 @@ from layerfleet.simulator.render import FILAMENT_COLOURS, Scene, draw_spaghetti,
 
 Boxes = np.ndarray  # (k, 5): class, x0, y0, x1, y1 in pixels of the image they belong to
 FAILURE, GANTRY, DEFECT = 0, 1, 2
-# Synthetic samples per six: the simulator's frames (what the demo's failures look like),
-# composites of real failures and defects, and clutter hard negatives. Composites get half:
-# real webcam failures from unseen cameras were the shipped model's weak spot (docs/model.md).
-SYNTHETIC_ROTATION = ("simulator", "composite", "clutter", "composite", "simulator", "composite")
+# Synthetic samples per five: the simulator's frames (what the demo's failures look like),
+# composites of real failures and defects, and clutter hard negatives.
+SYNTHETIC_ROTATION = ("simulator", "composite", "clutter", "simulator", "composite")
 
 
 @dataclass
@@ -231,16 +230,11 @@ class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
         from training.composites import clutter, composite
 
         kind = self.synthetic_kind(index)
-        # Half on the webcam frames, half on any normal picture: the webcam frames are one
-        # printer's, and a failure must be learnt apart from the printer it was pasted on.
-        base = rng.choice(self.webcam_normals if rng.random() < 0.5 else self.negatives or self.webcam_normals)
         if kind == "composite":
-            made = composite(rng, base, *rng.choice(self.cutouts))
-            if rng.random() < 0.3:  # spaghetti spreads: a second blob on the same frame
-                made = composite(rng, made, *rng.choice(self.cutouts))
-            return made
+            source, box = rng.choice(self.cutouts)
+            return composite(rng, rng.choice(self.webcam_normals), source, box)
         if kind == "clutter":
-            return clutter(rng, base)
+            return clutter(rng, rng.choice(self.webcam_normals))
         made = synthetic_sample(rng, self.negatives)
         made.defect = False  # simulator frames and drawn spaghetti have no quality defect
         return made

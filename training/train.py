@@ -67,7 +67,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=320)
     parser.add_argument("--export-size", type=int, default=256,
                         help="input size of the exported model (trained at --size with scale augmentation)")
-    parser.add_argument("--synthetic", type=int, default=640,
+    parser.add_argument("--synthetic", type=int, default=480,
                         help="synthetic samples (simulator, composites, clutter) added per epoch")
     parser.add_argument("--freeze", type=int, default=3, help="backbone blocks kept frozen (after the stem)")
     parser.add_argument("--lr", type=float, default=2e-3)
