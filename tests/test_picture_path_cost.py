@@ -225,10 +225,10 @@ async def test_a_failing_frame_does_not_lose_the_others_and_a_pause_is_sent_once
 
     real_store = frames_module.store_media
 
-    async def store(data_dir: Any, path: str, data: bytes) -> None:
+    async def store(data_dir: Any, path: str, data: bytes, *, same_as: str | None = None) -> None:
         if f"/prints/{prints[1].id}/" in path:
             raise OSError("disk trouble")
-        await real_store(data_dir, path, data)
+        await real_store(data_dir, path, data, same_as=same_as)
 
     monkeypatch.setattr(frames_module, "store_media", store)
     transport = httpx.ASGITransport(app=watching_app)
