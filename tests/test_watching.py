@@ -300,7 +300,12 @@ def watching_app(settings: Settings) -> Any:
 
 
 async def test_the_pipeline_scores_one_frame_per_interval_of_watched_printers_only(
-        watching_app: Any, farm: Farm) -> None:
+        settings: Settings, farm: Farm) -> None:
+    # An interval of its own, long enough for six uploads on a loaded machine.
+    watching_app = create_app(settings.model_copy(update={"detection_enabled": True,
+                                                          "detection_interval_seconds": 3.0}),
+                              command_bus=InProcessCommandBus())
+    watching_app.state.services.watching.detector = ScriptedDetector()
     owner = await farm.member()
     watched = await farm.printer(owner, status=PRINTING)
     await farm.print(watched, current=True)
@@ -319,8 +324,8 @@ async def test_the_pipeline_scores_one_frame_per_interval_of_watched_printers_on
                 break
             await asyncio.sleep(0.02)
         await asyncio.sleep(0.2)
-        assert pipeline.scored == 1  # three pictures within a second: one is scored
-        await asyncio.sleep(1.0)
+        assert pipeline.scored == 1  # three pictures within the interval: one is scored
+        await asyncio.sleep(3.0)
         await agent.post("/api/v1/octo/pic/", headers=agent_headers(watched),
                          files={"pic": ("p.jpg", jpeg(640, 480), "image/jpeg")})
         for _ in range(100):
