@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import tempfile
 from datetime import datetime
 from pathlib import Path, PurePosixPath
@@ -51,32 +52,36 @@ def _holds(file: Path, data: bytes) -> bool:
         return False
 
 
+def _link(source: Path, target: Path) -> bool:
+    """``target`` made another name of ``source`` (linked aside, then renamed); False when the
+    file system will not link (``source`` gone meanwhile, another file system, links refused)."""
+    aside = target.with_name(f".{target.name}.{secrets.token_hex(6)}.part")
+    try:
+        os.link(source, aside)
+    except OSError:
+        return False
+    try:
+        os.replace(aside, target)
+    except BaseException:
+        aside.unlink(missing_ok=True)
+        raise
+    return True
+
+
 def _write(root: Path, relative: str, data: bytes, same_as: str | None = None) -> None:
     target = root / relative
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Written (or linked) aside and renamed, so a reader never serves half a picture.
+    if same_as is not None and _holds(root / same_as, data) and _link(root / same_as, target):
+        return
+    # Written aside and renamed, so a reader never serves half a picture.
     fd, tmp = tempfile.mkstemp(dir=target.parent, suffix=".part")
     try:
-        source = root / same_as if same_as is not None else None
-        if source is not None and _holds(source, data):
-            os.close(fd)
-            os.unlink(tmp)
-            try:
-                os.link(source, tmp)
-            except OSError:  # gone meanwhile, another file system, links not allowed: a copy
-                _write_file(tmp, data)
-        else:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def _write_file(path: str, data: bytes) -> None:
-    with open(path, "xb") as out:
-        out.write(data)
 
 
 def write_media(data_dir: Path, relative: str, data: bytes) -> None:
