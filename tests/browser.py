@@ -6,10 +6,13 @@ downloaded by `playwright install`. Without it the tests skip, except in CI, whe
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
+import psutil
 import pytest
 from playwright.async_api import Browser, Page, async_playwright
 
@@ -25,15 +28,44 @@ def chromium_or_skip() -> Path:
     pytest.skip(f"Chromium is not at {CHROMIUM} (apt-get install chromium)")
 
 
+# Closing has no timeout of its own in Playwright, and Chromium now and then never answers a
+# close: a whole CI run once sat in one test's teardown until its limit. Closing is bounded; a
+# browser that will not close is killed.
+CLOSE_WITHIN = 20.0
+
+
+async def _closed_within(closing: Awaitable[None], seconds: float = CLOSE_WITHIN) -> bool:
+    try:
+        await asyncio.wait_for(closing, seconds)
+    except TimeoutError:
+        return False
+    return True
+
+
+def _kill_our_chromium() -> int:
+    killed = 0
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if "chrom" in process.name():
+                process.kill()
+                killed += 1
+    return killed
+
+
 @pytest.fixture
 async def browser() -> AsyncIterator[Browser]:
     executable = chromium_or_skip()
-    async with async_playwright() as playwright:
+    playwright = await async_playwright().start()
+    try:
         launched = await playwright.chromium.launch(executable_path=str(executable), args=CHROMIUM_ARGS)
         try:
             yield launched
         finally:
-            await launched.close()
+            if not await _closed_within(launched.close()):
+                print(f"Chromium did not close within {CLOSE_WITHIN} s: killed {_kill_our_chromium()} processes")
+                await _closed_within(launched.close())
+    finally:
+        await _closed_within(playwright.stop())
 
 
 @pytest.fixture
@@ -44,7 +76,7 @@ async def page(browser: Browser) -> AsyncIterator[Page]:
     try:
         yield opened
     finally:
-        await context.close()
+        await _closed_within(context.close())  # the browser fixture kills a browser that hangs here
 
 
 MEMBER_PASSWORD = "password-123"  # conftest's Farm.member

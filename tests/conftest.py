@@ -9,12 +9,14 @@ Moonraker, PrusaSlicer, Chromium, nginx, Mosquitto, an SMTP server) and, for eac
 from __future__ import annotations
 
 import asyncio
+import gc
+import io
 import os
 import secrets
 import shutil
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -303,6 +305,21 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
         _outcomes[part, outcome] += 1
         if report.skipped and isinstance(report.longrepr, tuple):
             _skip_reasons.setdefault(part, set()).add(str(report.longrepr[2]).removeprefix("Skipped: "))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    # pytest-timeout's stack shows only an idle event loop: what a hung test awaits is in its
+    # unfinished tasks, so a timed-out test's report carries them.
+    report: pytest.TestReport = yield
+    if report.failed and call.excinfo is not None and "Timeout" in str(call.excinfo.value):
+        stacks = io.StringIO()
+        for task in [o for o in gc.get_objects() if isinstance(o, asyncio.Task) and not o.done()]:
+            print(task, file=stacks)
+            task.print_stack(file=stacks)
+        report.sections.append(("asyncio tasks not done at the timeout", stacks.getvalue()))
+    return report
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

@@ -490,7 +490,7 @@ async def test_two_cameras_end_to_end_spaghetti_on_the_second_alone_is_paused_th
                 assert runner.commands_received[-1]["cmd"] == "pause"
             finally:
                 runner.stop()
-                assert await task == Stopped.REQUESTED
+                assert await asyncio.wait_for(task, 30) == Stopped.REQUESTED  # an agent stops promptly
     stored = await rows(farm, Alert, printer_id=printer.id)
     failure = next(a for a in stored if a.kind == "FAILURE")
     shown = await load(farm, PredictionFrame, failure.frame_id)

@@ -584,4 +584,4 @@ async def test_an_emailed_resume_link_resumes_a_simulated_printer_over_its_webso
                 assert state() is PrinterState.PRINTING
         finally:
             runner.stop()
-            assert await task is Stopped.REQUESTED
+            assert await asyncio.wait_for(task, 30) is Stopped.REQUESTED

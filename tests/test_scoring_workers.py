@@ -129,7 +129,7 @@ async def test_a_server_scores_nothing_itself_and_a_worker_scores_what_it_receiv
                 assert services.watching.detector is None and services.watching.scored == 0
             finally:
                 runner.stop()
-                assert await task is Stopped.REQUESTED
+                assert await asyncio.wait_for(task, 30) is Stopped.REQUESTED
     finally:
         output = await stop(worker)
     assert "scoring frames" in output

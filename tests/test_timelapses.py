@@ -177,7 +177,7 @@ async def test_a_simulated_print_ends_with_both_videos_a_poster_and_ranges(
             assert (await anonymous.get(done["video_url"])).status_code == 401
     finally:
         runner.stop()
-        assert await task is Stopped.REQUESTED
+        assert await asyncio.wait_for(task, 30) is Stopped.REQUESTED
 
     # The tagged video's boxes sit where prediction_json says.
     plain_frames, tagged_frames = decoded_frames(video), decoded_frames(tagged)

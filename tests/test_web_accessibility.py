@@ -124,7 +124,7 @@ async def test_a_print_is_paused_from_the_keyboard_alone(live_url: str, farm: Fa
         await expect(page.locator("#cards .badge")).to_have_text("Paused")
     finally:
         runner.stop()
-        await task
+        await asyncio.wait_for(task, 30)
 
 
 async def _true(value: bool) -> bool:
