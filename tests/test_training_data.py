@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 from training.composites import CLUTTER_KINDS, clutter, composite, cutout_sources, feather_mask
-from training.data import DEFECT, FAILURE, SYNTHETIC_ROTATION, Sample, TrainingSet, sample_flags
+from training.data import DEFECT, FAILURE, SHIPPED, SYNTHETIC_ROTATION, WIDE, Sample, TrainingSet, sample_flags
 from training.extra import PINNED, SPLITS, mask_overlays, read_extra, read_manifest, split_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,6 +148,55 @@ def test_the_synthetic_rotation_holds_every_kind_in_a_handful() -> None:
     assert pixels.shape == (3, 64, 64) and len(boxes) <= 1 and flags[3] == 1.0
     bare = TrainingSet([source], size=64, synthetic=3)  # no normal frame to paste on
     assert bare.synthetic_counts() == {"simulator": 3, "composite": 0, "clutter": 0}
+
+
+def test_a_mix_s_box_weight_lowers_what_composites_teach_the_box_heads_only() -> None:
+    import torch
+    from training.model import FailureDetector, detection_loss
+
+    frames = [normal_frame(seed) for seed in range(3)]
+    source = labelled_source()
+    shipped = TrainingSet([*frames, source], size=96, synthetic=6)
+    assert shipped.mix == SHIPPED
+    light = TrainingSet([*frames, source], size=96, synthetic=6, mix=replace(WIDE, box_weight=0.25))
+    assert light.synthetic_counts() == {"simulator": 2, "composite": 3, "clutter": 1}
+    first = len(shipped.samples)
+    kinds = [light.synthetic_kind(i) for i in range(6)]
+    for i, kind in enumerate(kinds):
+        weight = light[first + i][2][3].item()
+        assert weight == (0.25 if kind == "composite" else 1.0)
+        assert shipped[first + i][2][3].item() == 1.0
+    assert all(light[i][2][3].item() == 1.0 for i in range(first))  # real samples keep their weight
+
+    model = FailureDetector(96, pretrained=False).eval()
+    composite_index = first + kinds.index("composite")
+    images, targets, flags = (torch.stack([light[composite_index][0]]), [light[composite_index][1]],
+                              torch.stack([light[composite_index][2]]))
+    assert len(targets[0]) >= 1  # the pasted box survived the crop
+    _, light_parts = detection_loss(model, images, targets, flags)
+    full = flags.clone()
+    full[:, 3] = 1.0
+    _, full_parts = detection_loss(model, images, targets, full)
+    assert light_parts["focal"] == pytest.approx(0.25 * full_parts["focal"], rel=1e-4)
+    assert light_parts["box"] == pytest.approx(0.25 * full_parts["box"], rel=1e-4) and full_parts["box"] > 0
+    assert light_parts["image"] == pytest.approx(full_parts["image"])  # the image label teaches in full
+
+
+def test_the_wide_mix_pastes_on_any_normal_picture_smaller_and_sometimes_twice() -> None:
+    webcam = normal_frame(1)
+    photo = Sample(normal_frame(2).image, np.zeros((0, 5), dtype=np.float32), failure=False, defect=False,
+                   kind="photo")
+    dataset = TrainingSet([webcam, photo, labelled_source()], size=96, synthetic=600, mix=WIDE)
+    made = [dataset.made_up(random.Random(i), i) for i in range(600)]
+    composites = [m for m in made if m.kind == "composite"]
+    assert len(composites) == 300
+    bases = Counter("webcam" if np.array_equal(np.asarray(c.image)[:5, :5], np.asarray(webcam.image)[:5, :5])
+                    else "other" for c in composites)
+    assert bases["other"] > 60 and bases["webcam"] > 60
+    twice = sum(1 for c in composites if len(c.boxes) == 2)
+    assert 50 < twice < 130  # 30 % of 300
+    widths = [c.boxes[-1, 3] - c.boxes[-1, 1] for c in composites]
+    assert min(widths) < 0.17 * webcam.image.width  # below the shipped mix's smallest
 
 
 @pytest.fixture(scope="module")

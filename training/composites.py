@@ -62,9 +62,10 @@ def _match_colours(patch: np.ndarray, target: np.ndarray, strength: float) -> np
     return matched
 
 
-def composite(rng: random.Random, base: Sample, source: Sample, box_index: int) -> Sample:
+def composite(rng: random.Random, base: Sample, source: Sample, box_index: int, min_scale: float = 0.18) -> Sample:
     """``source``'s box ``box_index`` pasted onto ``base`` (a normal frame); the result's new
-    box is exactly the pasted rectangle, with the source box's class."""
+    box is exactly the pasted rectangle, with the source box's class. It is ``min_scale`` to a
+    half of the frame's width."""
     cls, x0, y0, x1, y1 = source.boxes[box_index].tolist()
     margin = 0.08
     w, h = x1 - x0, y1 - y0
@@ -74,8 +75,8 @@ def composite(rng: random.Random, base: Sample, source: Sample, box_index: int) 
     patch = source.image.crop(crop)
     image = base.image.copy()
     bw, bh = image.size
-    # Size on the frame: a fifth to a half of its width, aspect kept, never beyond the frame.
-    scale = rng.uniform(0.18, 0.5) * bw / patch.width
+    # Aspect kept, never beyond the frame.
+    scale = rng.uniform(min_scale, 0.5) * bw / patch.width
     scale = min(scale, 0.9 * bw / patch.width, 0.9 * bh / patch.height)
     pw, ph = max(MIN_CUTOUT, int(patch.width * scale)), max(MIN_CUTOUT, int(patch.height * scale))
     patch = patch.resize((pw, ph), Image.Resampling.BILINEAR)

@@ -23,6 +23,27 @@ FAILURE, GANTRY, DEFECT = 0, 1, 2
 SYNTHETIC_ROTATION = ("simulator", "composite", "clutter", "simulator", "composite")
 
 
+@dataclass(frozen=True)
+class SyntheticMix:
+    """How the synthetic samples are made. ``SHIPPED`` made the shipped model; ``WIDE`` is the
+    second run's mix (docs/model.md, "A second run, not shipped"), kept to be tried again with a
+    lower ``box_weight``: its composites raised recall on unseen cameras but taught the box head
+    to fire on real normal frames."""
+
+    rotation: tuple[str, ...] = SYNTHETIC_ROTATION
+    any_base: float = 0.0  # share of composites and clutter drawn on any normal picture, not a webcam frame
+    min_scale: float = 0.18  # a cut-out's smallest width on the frame, as a share of the frame's
+    second_blob: float = 0.0  # share of composites that get a second cut-out
+    # Weight of a composite's cells (classes and boxes) in the loss; its image label keeps 1.
+    box_weight: float = 1.0
+
+
+SHIPPED = SyntheticMix()
+WIDE = SyntheticMix(rotation=("simulator", "composite", "clutter", "composite", "simulator", "composite"),
+                    any_base=0.5, min_scale=0.1, second_blob=0.3)
+MIXES = {"shipped": SHIPPED, "wide": WIDE}
+
+
 @dataclass
 class Sample:
     image: Image.Image
@@ -37,6 +58,8 @@ class Sample:
     defect_type: str = ""
     # Gantries are boxed in print-failures only: elsewhere an unboxed gantry is not a negative.
     gantry_known: bool = True
+    # How much the sample's cells teach the class and box heads (0 when not boxed).
+    box_weight: float = 1.0
     extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -178,14 +201,15 @@ def is_normal(sample: Sample) -> bool:
 def sample_flags(sample: Sample, boxes: Boxes) -> torch.Tensor:
     """[failure, defect, defect known, boxed, gantry known] of a sample after augmentation:
     boxed samples are labelled by the boxes that survived the crop, image-level ones by their
-    image label."""
+    image label. "boxed" is the weight of the sample's cells: 0 for image-level rows."""
     if sample.boxed:
         failure = bool((boxes[:, 0] == FAILURE).any())
         defect = bool((boxes[:, 0] == DEFECT).any())
         known = sample.defect is not None
     else:
         failure, defect, known = bool(sample.failure), bool(sample.defect), sample.defect is not None
-    return torch.tensor([failure, defect, known, sample.boxed, sample.gantry_known], dtype=torch.float32)
+    boxed = sample.box_weight if sample.boxed else 0.0
+    return torch.tensor([failure, defect, known, boxed, sample.gantry_known], dtype=torch.float32)
 
 
 class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
@@ -193,7 +217,8 @@ class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
     on real negatives (`synthetic_sample`), composites of real failure and defect cut-outs on
     normal webcam frames, and clutter hard negatives (`training.composites`)."""
 
-    def __init__(self, samples: list[Sample], size: int, synthetic: int, seed: int = 0) -> None:
+    def __init__(self, samples: list[Sample], size: int, synthetic: int, seed: int = 0,
+                 mix: SyntheticMix = SHIPPED) -> None:
         from training.composites import cutout_sources
 
         self.samples = samples
@@ -204,6 +229,7 @@ class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
         self.size = size
         self.synthetic = synthetic
         self.seed = seed
+        self.mix = mix
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -213,7 +239,7 @@ class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
         """Which kind the ``index``-th synthetic sample is: a fixed rotation, so that even a
         handful of synthetic samples (CI) holds every kind; kinds that lack material (no
         cut-outs, no normal frames) fall back to the simulator."""
-        kind = SYNTHETIC_ROTATION[index % len(SYNTHETIC_ROTATION)]
+        kind = self.mix.rotation[index % len(self.mix.rotation)]
         if kind == "composite" and not (self.cutouts and self.webcam_normals):
             return "simulator"
         if kind == "clutter" and not self.webcam_normals:
@@ -221,7 +247,7 @@ class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
         return kind
 
     def synthetic_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(SYNTHETIC_ROTATION, 0)
+        counts = dict.fromkeys(self.mix.rotation, 0)
         for index in range(self.synthetic):
             counts[self.synthetic_kind(index)] += 1
         return counts
@@ -230,11 +256,19 @@ class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
         from training.composites import clutter, composite
 
         kind = self.synthetic_kind(index)
+        mix = self.mix
+        # Drawn only when the mix asks, so the shipped mix makes the very samples it always made.
+        on_any = mix.any_base > 0 and rng.random() < mix.any_base and bool(self.negatives)
         if kind == "composite":
             source, box = rng.choice(self.cutouts)
-            return composite(rng, rng.choice(self.webcam_normals), source, box)
+            made = composite(rng, rng.choice(self.negatives if on_any else self.webcam_normals), source, box,
+                             min_scale=mix.min_scale)
+            if mix.second_blob > 0 and rng.random() < mix.second_blob:  # spaghetti spreads
+                made = composite(rng, made, *rng.choice(self.cutouts), min_scale=mix.min_scale)
+            made.box_weight = mix.box_weight
+            return made
         if kind == "clutter":
-            return clutter(rng, rng.choice(self.webcam_normals))
+            return clutter(rng, rng.choice(self.negatives if on_any else self.webcam_normals))
         made = synthetic_sample(rng, self.negatives)
         made.defect = False  # simulator frames and drawn spaghetti have no quality defect
         return made

@@ -168,7 +168,7 @@ def detection_loss(
         positive = index >= 0
         if positive.any():
             cls_target[i, positive, label[positive]] = 1.0
-            box_losses.append(_giou_loss(boxes[i, positive], target[index[positive], 1:]))
+            box_losses.append(flags[i, 3] * _giou_loss(boxes[i, positive], target[index[positive], 1:]))
             positives += int(positive.sum())
     normaliser = max(1.0, float(positives))
     prob = torch.sigmoid(cls_logits)

@@ -11,6 +11,7 @@ samples each epoch (`TrainingSet`: simulator frames, composites, clutter).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from layerfleet.detection.imaging import letterbox
-from training.data import Sample, TrainingSet, collate, read_split
+from training.data import MIXES, Sample, TrainingSet, collate, read_split
 from training.evaluate import auroc
 from training.export import export_onnx
 from training.extra import DEFAULT_EXTRA, read_extra
@@ -69,6 +70,10 @@ def main() -> None:
                         help="input size of the exported model (trained at --size with scale augmentation)")
     parser.add_argument("--synthetic", type=int, default=480,
                         help="synthetic samples (simulator, composites, clutter) added per epoch")
+    parser.add_argument("--mix", choices=sorted(MIXES), default="shipped",
+                        help="how the synthetic samples are made (training.data.SyntheticMix)")
+    parser.add_argument("--composite-box-weight", type=float,
+                        help="weight of composites' cells in the class and box losses (default: the mix's)")
     parser.add_argument("--freeze", type=int, default=3, help="backbone blocks kept frozen (after the stem)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--limit", type=int, help="use only this many images of each split (smoke runs)")
@@ -96,7 +101,10 @@ def main() -> None:
         train += read_extra(args.extra, "train", args.limit)
         val += read_extra(args.extra, "val", args.limit)
     synthetic = args.synthetic if args.limit is None else min(args.synthetic, 4)
-    dataset = TrainingSet(train, args.size, synthetic, args.seed)
+    mix = MIXES[args.mix]
+    if args.composite_box_weight is not None:
+        mix = dataclasses.replace(mix, box_weight=args.composite_box_weight)
+    dataset = TrainingSet(train, args.size, synthetic, args.seed, mix)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch, shuffle=True, collate_fn=collate, num_workers=args.workers,
         drop_last=len(dataset) > args.batch, persistent_workers=args.workers > 0,
@@ -115,6 +123,7 @@ def main() -> None:
     total = args.steps or args.epochs * steps_per_epoch
     warmup = min(steps_per_epoch, max(1, total // 10))
     bases = [group["lr"] for group in optimiser.param_groups]
+    say(f"synthetic mix {args.mix}: {mix}")
     say(f"train {len(train)} images + {dataset.synthetic} synthetic/epoch, val {len(val)}; {total} steps")
     say(f"synthetic per epoch: {json.dumps(dataset.synthetic_counts())}; "
         f"{len(dataset.cutouts)} cut-outs, {len(dataset.webcam_normals)} normal frames to paste on")
