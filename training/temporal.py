@@ -177,6 +177,27 @@ def failing_figures(outcomes: list[PrintOutcome]) -> dict[str, float]:
     }
 
 
+def temporal_figures(detector: Detector, extra: Path, *, printers: int = 6, prints: int = 2, failing: int = 2,
+                     hours: float = 2.0, hold: int = 15, seed: int = 1) -> dict[str, object]:
+    """Every figure of the module's docstring, for one model (``main``'s defaults)."""
+    started = time.perf_counter()
+    normal, failed = simulated(detector, printers, prints, hours, failing, seed)
+    figures: dict[str, object] = {
+        "model": str(detector.model_path.name),
+        "simulated_normal": normal_figures(normal),
+        "simulated_failing": failing_figures(failed),
+    }
+    if (extra / "manifest.csv").is_file():
+        # Printers apart too: the extra set's split trains on P1 and holds P2 back (training.extra).
+        by_printer = webcam(detector, extra, hold)
+        every = [outcome for outcomes in by_printer.values() for outcome in outcomes]
+        figures["webcam_normal"] = {**normal_figures(every), "hold": hold}
+        for printer, outcomes in by_printer.items():
+            figures[f"webcam_normal_{printer}"] = {**normal_figures(outcomes), "hold": hold}
+    figures["seconds"] = round(time.perf_counter() - started, 1)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
@@ -189,22 +210,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    detector = Detector(args.model or shipped_model_path())
-    started = time.perf_counter()
-    normal, failing = simulated(detector, args.printers, args.prints, args.hours, args.failing, args.seed)
-    figures: dict[str, object] = {
-        "model": str(detector.model_path.name),
-        "simulated_normal": normal_figures(normal),
-        "simulated_failing": failing_figures(failing),
-    }
-    if (args.extra / "manifest.csv").is_file():
-        # Printers apart too: the extra set's split trains on P1 and holds P2 back (training.extra).
-        by_printer = webcam(detector, args.extra, args.hold)
-        every = [outcome for outcomes in by_printer.values() for outcome in outcomes]
-        figures["webcam_normal"] = {**normal_figures(every), "hold": args.hold}
-        for printer, outcomes in by_printer.items():
-            figures[f"webcam_normal_{printer}"] = {**normal_figures(outcomes), "hold": args.hold}
-    figures["seconds"] = round(time.perf_counter() - started, 1)
+    figures = temporal_figures(Detector(args.model or shipped_model_path()), args.extra, printers=args.printers,
+                               prints=args.prints, failing=args.failing, hours=args.hours, hold=args.hold,
+                               seed=args.seed)
     if args.json:
         print(json.dumps(figures))
         return
