@@ -11,7 +11,6 @@ so a message that must come after it (an event) can wait for it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -21,6 +20,7 @@ from sqlalchemy import Table, bindparam, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from layerfleet.fleet.models import Printer
+from layerfleet.pacing import woken_within
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,7 @@ class StatusWriter:
             while True:
                 self._wake.clear()
                 if not self._closed:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.interval)
+                    await woken_within(self._wake, self.interval)
                 await self._flush()
                 if not self._waiting:
                     return  # idle: the next submit starts a new task

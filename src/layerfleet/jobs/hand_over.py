@@ -8,9 +8,10 @@ it won with a conditional UPDATE, so two processes never enqueue one row."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+
+from layerfleet.pacing import woken_within
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,5 @@ class HandOverLoop:
             except Exception:
                 # The database may be away for a moment; the rows wait for the next round.
                 log.exception("handing %s jobs to the queue failed; trying again", self.what)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.interval)
+            await woken_within(self._wakeup, self.interval)
             self._wakeup.clear()

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
@@ -44,6 +43,7 @@ from layerfleet.notifications.models import (
     OutboxEvent,
 )
 from layerfleet.notifications.quiet_hours import quiet_until
+from layerfleet.pacing import woken_within
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,7 @@ class Notifier:
                     await self.prune()
             except Exception:
                 log.exception("the notification loop failed; trying again")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._woken.wait(), timeout=self.settings.notification_poll_seconds)
+            await woken_within(self._woken, self.settings.notification_poll_seconds)
             self._woken.clear()
 
     async def release_claims(self) -> int:

@@ -28,6 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from layerfleet import __version__
+from layerfleet.pacing import woken_within
 from layerfleet.printer_agent.camera import Camera, NamedCamera, SnapshotUrlCamera
 from layerfleet.printer_agent.connector import (
     PRINT_END_EVENTS,
@@ -349,11 +350,8 @@ class AgentRunner:
             else:
                 delay = self.cadence.idle_status
             self._wake_status.clear()
-            try:
-                await asyncio.wait_for(self._wake_status.wait(), delay)
+            if await woken_within(self._wake_status, delay):
                 continue  # woken by an event or a server message: restart at the active pace
-            except TimeoutError:
-                pass
             if self.connected:
                 self._queue(self.status_message())
 
@@ -368,8 +366,7 @@ class AgentRunner:
             in_print = self.connector.snapshot().state.in_print
             watched = self.should_watch or self.viewing
             delay = self.cadence.watched_picture if in_print and watched else self.cadence.unwatched_picture
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake_picture.wait(), delay)
+            await woken_within(self._wake_picture, delay)
 
     # -- websocket ---------------------------------------------------------------------------
 
@@ -524,5 +521,4 @@ class AgentRunner:
             await socket.send(json.dumps({"passthru": reply}, default=str))
 
     async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
+        await woken_within(self._stop, seconds)
