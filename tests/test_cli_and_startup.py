@@ -7,6 +7,7 @@ import re
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,10 +47,17 @@ class Server:
         for line in self.process.stdout:
             self.output += line
             if "Uvicorn running" in line or "Application startup complete" in line:
+                # Read on for as long as it runs: a full pipe would block the server's next log line.
+                threading.Thread(target=self._read_on, daemon=True).start()
                 return self
             if time.monotonic() > deadline:
                 break
         raise AssertionError(f"server did not start:\n{self.output}")
+
+    def _read_on(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.output += line
 
     @property
     def url(self) -> str:
@@ -57,7 +65,12 @@ class Server:
 
     def __exit__(self, *exc: object) -> None:
         self.process.terminate()
-        self.process.wait(timeout=20)
+        try:
+            self.process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            raise AssertionError(f"the server did not stop within 20 s of SIGTERM; its last output:\n"
+                                 f"{self.output[-4000:]}") from None
 
 
 @contextmanager
