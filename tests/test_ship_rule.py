@@ -86,3 +86,18 @@ def test_the_command_judges_the_shipped_model_against_its_own_figures(tmp_path: 
 
 def _mean(figures: dict[str, Any]) -> float:
     return float(figures["per_frame"]["val"]["auroc"] + figures["per_frame"]["extra-val"]["auroc"]) / 2
+
+
+def test_the_kept_figures_are_the_shipped_model_s_and_no_other_s(tmp_path: Path) -> None:
+    from training.ship import SHIPPED_FIGURES, saved_figures
+
+    from layerfleet.detection.runtime import shipped_model_path
+
+    defaults = {"printers": 6, "prints": 2, "failing": 2, "hours": 2.0}
+    kept = saved_figures(SHIPPED_FIGURES, shipped_model_path(), defaults)
+    assert kept is not None, "the shipped model changed: refresh training/shipped-figures.json (--figures)"
+    assert kept["temporal"]["webcam_normal_P1"]["print_hours"] > 5 and kept["per_frame"]["val"]["images"] > 100
+    assert saved_figures(SHIPPED_FIGURES, shipped_model_path(), {**defaults, "hours": 0.25}) is None
+    other = tmp_path / "other.onnx"
+    other.write_bytes(shipped_model_path().read_bytes() + b"\0")
+    assert saved_figures(SHIPPED_FIGURES, other, defaults) is None
