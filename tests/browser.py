@@ -35,8 +35,10 @@ CLOSE_WITHIN = 20.0
 
 
 async def _closed_within(closing: Awaitable[None], seconds: float = CLOSE_WITHIN) -> bool:
+    # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation (layerfleet.pacing).
     try:
-        await asyncio.wait_for(closing, seconds)
+        async with asyncio.timeout(seconds):
+            await closing
     except TimeoutError:
         return False
     return True
