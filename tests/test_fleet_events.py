@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from conftest import Farm, local_port_answers
-from layerfleet.fleet.events import FleetEvents, RedisFleetEvents
+from layerfleet.fleet.events import FleetEvents, RedisFleetEvents, Subscription
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -29,6 +29,26 @@ async def test_subscribers_get_their_organizations_changes_coalesced() -> None:
         assert await farm_a.changes(0.05) == set()  # 100 announcements, one read
         assert events.subscriber_count == 2
     assert events.subscriber_count == 0
+
+
+async def test_a_page_s_stream_cancelled_as_a_change_arrives_stops() -> None:
+    # The page's stream loops on changes(); a cancellation landing as the change wakes it must
+    # not be lost (asyncio.wait_for loses it on 3.11: the loop would wait out its keep-alive).
+    events = FleetEvents()
+    for steps_between in range(6):
+        async with events.subscribe(1) as subscription:
+            async def stream(subscription: Subscription = subscription) -> None:
+                while True:
+                    await subscription.changes(5.0)
+
+            task = asyncio.create_task(stream())
+            await asyncio.sleep(0.01)
+            events.publish(1, [3])
+            for _ in range(steps_between):
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=0.5)
+            assert done, f"the stream outlived its cancellation ({steps_between} steps after the change)"
 
 
 async def test_a_subscriber_waits_until_something_changes() -> None:

@@ -169,7 +169,8 @@ class AgentConnection:
         self.pending[ref] = future
         try:
             await self.send({"passthru": {"target": target, "func": func, "args": args, "kwargs": kwargs, "ref": ref}})
-            return await asyncio.wait_for(future, wait_seconds)
+            async with asyncio.timeout(wait_seconds):
+                return await future
         finally:
             self.pending.pop(ref, None)
 

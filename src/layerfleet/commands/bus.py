@@ -94,7 +94,8 @@ class InProcessCommandBus(CommandBus):
         if deliver is None:
             return False
         try:
-            await asyncio.wait_for(deliver(message), self._delivery_timeout)
+            async with asyncio.timeout(self._delivery_timeout):
+                await deliver(message)
         except Exception:
             log.warning("delivery to printer %s failed", printer_id, exc_info=True)
             return False

@@ -68,7 +68,8 @@ class RedisCommandBus(InProcessCommandBus):
         if self._listener is None:
             self._listener = asyncio.create_task(self._listen())
             self._refresher = asyncio.create_task(self._refresh())
-        await asyncio.wait_for(self._ready.wait(), 10)
+        async with asyncio.timeout(10):
+            await self._ready.wait()
 
     def _spawn(self, coroutine: Any) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -105,7 +106,8 @@ class RedisCommandBus(InProcessCommandBus):
             receivers = await self.redis.publish(self._channel(holder), json.dumps(envelope))
             if not receivers:
                 return False
-            return await asyncio.wait_for(answer, self._delivery_timeout)
+            async with asyncio.timeout(self._delivery_timeout):
+                return await answer
         except TimeoutError:
             return False
         finally:

@@ -205,7 +205,8 @@ class FinetuneRunner:
         process = await asyncio.create_subprocess_exec(*command, cwd=root_dir, stdout=asyncio.subprocess.PIPE,
                                                        stderr=asyncio.subprocess.PIPE)
         try:
-            stdout, stderr = await asyncio.wait_for(process.communicate(), self.settings.finetune_timeout_seconds)
+            async with asyncio.timeout(self.settings.finetune_timeout_seconds):
+                stdout, stderr = await process.communicate()
         except (TimeoutError, asyncio.CancelledError):
             process.kill()
             await process.wait()

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from layerfleet import pubsub
+from layerfleet.pacing import woken_within
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,7 @@ class Subscription:
 
     async def changes(self, wait_seconds: float) -> set[int]:
         """The ids changed since the last call; an empty set when ``wait_seconds`` pass first."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._ready.wait(), wait_seconds)
+        await woken_within(self._ready, wait_seconds)
         changed, self._changed = self._changed, set()
         self._ready.clear()
         return changed
@@ -123,7 +123,8 @@ class RedisFleetEvents(FleetEvents):
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._listen(), name="fleet-events-listen"),
                            asyncio.create_task(self._send(), name="fleet-events-send")]
-        await asyncio.wait_for(self._ready.wait(), 10)
+        async with asyncio.timeout(10):
+            await self._ready.wait()
 
     async def _send(self) -> None:
         while True:

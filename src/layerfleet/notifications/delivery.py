@@ -328,8 +328,8 @@ class Notifier:
         """Send in a thread under the timeout; the outcome in words."""
         timeout = self.settings.notification_send_timeout_seconds
         try:
-            await asyncio.wait_for(asyncio.to_thread(
-                channels.send, url, message, webhook_secret=webhook_secret, timeout=timeout), timeout=timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.to_thread(channels.send, url, message, webhook_secret=webhook_secret, timeout=timeout)
         except channels.SendFailed as exc:
             return SendOutcome(False, str(exc))
         except TimeoutError:

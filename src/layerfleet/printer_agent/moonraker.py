@@ -18,7 +18,6 @@ status updates is still reported as started and ended.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import posixpath
@@ -34,6 +33,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from layerfleet import __version__
+from layerfleet.pacing import woken_within
 from layerfleet.printer_agent.connector import (
     Connector,
     ConnectorError,
@@ -126,8 +126,7 @@ class MoonrakerConnector(Connector):
         self._emit = emit
         self._closing = False
         self._task = asyncio.create_task(self._run(), name=f"moonraker {self.http_url}")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_attempt.wait(), self.timeout)
+        await woken_within(self._first_attempt, self.timeout)
 
     async def close(self) -> None:
         self._closing = True
@@ -291,7 +290,8 @@ class MoonrakerConnector(Connector):
             message["params"] = params
         try:
             await ws.send(json.dumps(message))
-            return await asyncio.wait_for(future, self.timeout if reply_within is None else reply_within)
+            async with asyncio.timeout(self.timeout if reply_within is None else reply_within):
+                return await future
         except ConnectionClosed as exc:
             raise ConnectorError(f"connection to Moonraker lost during {method}") from exc
         except TimeoutError as exc:

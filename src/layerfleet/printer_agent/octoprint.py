@@ -12,7 +12,6 @@ backoff (1 s doubling to 30 s, jittered).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import random
@@ -28,6 +27,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import WebSocketException
 
+from layerfleet.pacing import woken_within
 from layerfleet.printer_agent.connector import (
     Connector,
     ConnectorError,
@@ -128,8 +128,7 @@ class OctoPrintConnector(Connector):
         so that the first snapshot and `snapshot_url` are meaningful."""
         self._emit = emit
         self._watcher = asyncio.create_task(self._watch(), name=f"octoprint watcher {self.url}")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_contact.wait(), self.timeout * 2)
+        await woken_within(self._first_contact, self.timeout * 2)
 
     async def close(self) -> None:
         tasks = [t for t in (self._watcher, *self._tasks) if t is not None]

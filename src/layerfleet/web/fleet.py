@@ -244,8 +244,9 @@ class CardFeed:
             return {p.id: printer_card(p) for p in await fleet.list_printers(db, organization_id, ids=printer_ids)}
 
 
-def card_feed(request: Request) -> CardFeed:
-    """The one place the web layer reads the process's card feed (made by the app factory)."""
+async def card_feed(request: Request) -> CardFeed:
+    """The one place the web layer reads the process's card feed (made by the app factory); a
+    coroutine, as the dependencies of api.deps are, so that FastAPI does not hop to a thread."""
     feed: CardFeed = request.app.state.card_feed
     return feed
 
