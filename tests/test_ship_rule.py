@@ -89,7 +89,7 @@ def _mean(figures: dict[str, Any]) -> float:
 
 
 def test_the_kept_figures_are_the_shipped_model_s_and_no_other_s(tmp_path: Path) -> None:
-    from training.ship import SHIPPED_FIGURES, saved_figures
+    from training.ship import MEASUREMENT, SHIPPED_FIGURES, saved_figures
 
     from layerfleet.detection.runtime import shipped_model_path
 
@@ -101,3 +101,6 @@ def test_the_kept_figures_are_the_shipped_model_s_and_no_other_s(tmp_path: Path)
     other = tmp_path / "other.onnx"
     other.write_bytes(shipped_model_path().read_bytes() + b"\0")
     assert saved_figures(SHIPPED_FIGURES, other, defaults) is None
+    older = tmp_path / "older.json"
+    older.write_text(json.dumps({**kept, "measurement": MEASUREMENT - 1}))
+    assert saved_figures(older, shipped_model_path(), defaults) is None  # measured another way

@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from training.temporal import SECONDS_PER_FRAME, PrintOutcome, Watcher, failing_figures, normal_figures
+import pytest
+from training.temporal import SECONDS_PER_FRAME, PrintOutcome, Watcher, failing_figures, normal_figures, score_all
+
+from layerfleet.detection.runtime import FrameResult
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,6 +41,32 @@ def test_the_first_30_frames_of_a_print_are_safe_and_the_baseline_carries_over()
     for _ in range(3):
         noisy.watch([0.6] * 720)
     assert noisy.watch([0.6] * 720).paused_at is None
+
+
+class _Found:
+    """A detector whose frames are given: (image score, box confidences)."""
+
+    def __init__(self, frames: list[tuple[float, list[float]]]) -> None:
+        self.frames = frames
+
+    def prepare(self, data: bytes) -> int:
+        return int(data)
+
+    def run(self, frames: list[int]) -> list[FrameResult]:
+        results = []
+        for index in frames:
+            score, confidences = self.frames[index]
+            boxes = [(10.0, 10.0, 5.0, 5.0, c) for c in confidences]
+            results.append(FrameResult(score=score, p=sum(confidences), boxes=boxes))
+        return results
+
+
+def test_each_frame_weighs_as_the_server_weighs_it() -> None:
+    # The server steps its rules on the larger of the box sum and 2 × the image score
+    # (detection.evidence); the box sum alone would miss a failure the image head is sure of.
+    detector = _Found([(0.9, [0.1]), (0.0, [0.6, 0.3]), (0.02, [])])
+    ps = score_all(detector, [b"0", b"1", b"2"])  # type: ignore[arg-type]
+    assert ps == pytest.approx([1.8, 0.9, 0.04])
 
 
 def test_false_alarms_are_counted_per_100_print_hours() -> None:

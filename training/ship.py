@@ -42,6 +42,9 @@ KEEP = 3  # exit status when the candidate does not ship
 # The shipped model's figures at the default sizes, so a run is judged in one measurement, not
 # two; used only while the shipped model is the one they were measured on.
 SHIPPED_FIGURES = Path(__file__).with_name("shipped-figures.json")
+# Raised whenever what the figures measure changes, so saved figures of an older measurement are
+# not compared with new ones (2: training.temporal weighs frames as the server does, 2026-12-04).
+MEASUREMENT = 2
 
 
 @dataclass(frozen=True)
@@ -54,8 +57,8 @@ def model_figures(model: Path, data: Path, extra: Path, **temporal: Any) -> dict
     """What the rule reads of one model: per-frame figures of ``PER_FRAME_SETS`` and the
     temporal figures (``temporal`` passes sizes to `training.temporal.temporal_figures`)."""
     per_frame = evaluate_sets(model, PER_FRAME_SETS, data, extra)
-    return {"model": str(model), "model_sha256": sha256(model), "sizes": temporal, "per_frame": per_frame,
-            "temporal": temporal_figures(Detector(model), extra, **temporal)}
+    return {"model": str(model), "model_sha256": sha256(model), "measurement": MEASUREMENT, "sizes": temporal,
+            "per_frame": per_frame, "temporal": temporal_figures(Detector(model), extra, **temporal)}
 
 
 def sha256(model: Path) -> str:
@@ -63,11 +66,13 @@ def sha256(model: Path) -> str:
 
 
 def saved_figures(path: Path, model: Path, sizes: dict[str, Any]) -> dict[str, Any] | None:
-    """The figures saved at ``path`` if they are ``model``'s at these sizes."""
+    """The figures saved at ``path`` if they are ``model``'s at these sizes, measured as now."""
     if not path.is_file():
         return None
     saved: dict[str, Any] = json.loads(path.read_text())
-    return saved if saved.get("model_sha256") == sha256(model) and saved.get("sizes") == sizes else None
+    same = (saved.get("model_sha256") == sha256(model) and saved.get("sizes") == sizes
+            and saved.get("measurement") == MEASUREMENT)
+    return saved if same else None
 
 
 def _number(figures: dict[str, Any], *keys: str) -> float:

@@ -36,6 +36,7 @@ import numpy as np
 
 from layerfleet.detection import Detector
 from layerfleet.detection.decisions import PrinterBaseline, PrintScores, advance, should_alert, should_pause
+from layerfleet.detection.evidence import evidence
 from layerfleet.detection.runtime import shipped_model_path
 from layerfleet.simulator.render import Scene, render_frame
 
@@ -82,7 +83,7 @@ def score_all(detector: Detector, jpegs: list[bytes]) -> list[float]:
     ps: list[float] = []
     for start in range(0, len(jpegs), BATCH):
         frames = [detector.prepare(data) for data in jpegs[start:start + BATCH]]
-        ps.extend(result.p for result in detector.run(frames))
+        ps.extend(evidence(result, result.boxes) for result in detector.run(frames))  # as the server weighs them
     return ps
 
 

@@ -1,7 +1,7 @@
 """An uploaded timelapse checked by the detector with a live print's rules.
 
 Each sampled frame is scored, its ``p`` taken as a live frame's is (ignore masks of the named
-printer, `watching.frames.evidence`), the print's state advanced by the reference rules
+printer, `detection.evidence`), the print's state advanced by the reference rules
 (`detection.decisions`) and the frame recorded. The baseline is the video's own (a fresh
 printer baseline): an old video must not move the live camera's noise level. A likely failure
 raises a WARNING alert, a clear one a FAILURE alert (once each, as a live print whose pause
@@ -17,12 +17,13 @@ from pathlib import Path
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from layerfleet.detection import decisions
+from layerfleet.detection.evidence import evidence
 from layerfleet.detection.models import Alert, AlertKind, PredictionFrame
 from layerfleet.detection.runtime import FrameResult
 from layerfleet.fleet.models import Printer
 from layerfleet.media import store_media
 from layerfleet.prints.models import Print
-from layerfleet.watching.frames import evidence, frame_paths, outside_masks, tagged_jpeg
+from layerfleet.watching.frames import frame_paths, outside_masks, tagged_jpeg
 from layerfleet.watching.quality import defect_boxes
 
 

@@ -28,6 +28,7 @@ from sqlalchemy.orm.attributes import set_committed_value
 from layerfleet.accounts.models import User
 from layerfleet.commands.bus import CommandBus
 from layerfleet.detection import decisions
+from layerfleet.detection.evidence import Box, evidence
 from layerfleet.detection.models import Alert, AlertKind, PredictionFrame
 from layerfleet.detection.runtime import FrameResult
 from layerfleet.fleet.actions import PrinterActions
@@ -42,13 +43,11 @@ from layerfleet.watching.quality import defect_boxes, quality_warning
 
 log = logging.getLogger(__name__)
 
-Box = tuple[float, float, float, float, float]  # xc, yc, w, h, confidence (pixels)
 ALERT_COOLDOWN = timedelta(seconds=90)
 # Watched time is charged frame to frame; a longer gap (agent away, camera down) is not.
 MAX_CHARGED_GAP_SECONDS = 60.0
 FEEDBACK_SHOTS = 7
 FEEDBACK_SPACING = timedelta(minutes=2)
-SCORE_TO_P = 2.0  # a certain failure (score 1) weighs like the reference network's typical spaghetti
 
 
 def is_printing(printer: Printer) -> bool:
@@ -71,23 +70,6 @@ def outside_masks(boxes: Sequence[Box], masks: Sequence[Sequence[float]], width:
         if not any(m[0] <= x <= m[2] and m[1] <= y <= m[3] for m in masks):
             kept.append(box)
     return kept
-
-
-def evidence(result: FrameResult, kept: Sequence[Box]) -> float:
-    """The frame's ``p`` for the decision rules.
-
-    The reference network's p (the sum of its box confidences) runs to 2–4 on plain spaghetti;
-    our boxes are fewer and less confident (p ≈ 1), while our image head is the calibrated
-    signal (val AUROC 0.98). So p is the larger of the box sum and the image score on the
-    reference's scale, the latter shrunk by the share of box confidence that ignore masks
-    removed: evidence under a mask does not count, whichever head saw it.
-    """
-    box_sum = sum(box[4] for box in kept)
-    from_score = SCORE_TO_P * result.score
-    found = sum(box[4] for box in result.boxes)
-    if found > 0:
-        from_score *= box_sum / found
-    return float(max(box_sum, from_score))
 
 
 def tagged_jpeg(jpeg: bytes, boxes: Sequence[Box]) -> bytes:
