@@ -13,7 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 from training.composites import CLUTTER_KINDS, clutter, composite, cutout_sources, feather_mask
-from training.data import DEFECT, FAILURE, SHIPPED, SYNTHETIC_ROTATION, WIDE, Sample, TrainingSet, sample_flags
+from training.data import (
+    DEFECT,
+    FAILURE,
+    SHIPPED,
+    SYNTHETIC_ROTATION,
+    WIDE,
+    Sample,
+    TrainingSet,
+    sample_flags,
+    with_webcam_normals_repeated,
+)
 from training.extra import PINNED, SPLITS, mask_overlays, read_extra, read_manifest, split_groups
 
 REPO = Path(__file__).resolve().parents[1]
@@ -197,6 +207,35 @@ def test_the_wide_mix_pastes_on_any_normal_picture_smaller_and_sometimes_twice()
     assert 50 < twice < 130  # 30 % of 300
     widths = [c.boxes[-1, 3] - c.boxes[-1, 1] for c in composites]
     assert min(widths) < 0.17 * webcam.image.width  # below the shipped mix's smallest
+
+
+def test_real_normal_webcam_frames_can_be_seen_more_often_each_copy_augmented_anew() -> None:
+    webcam = normal_frame(1)
+    photo = Sample(normal_frame(2).image, np.zeros((0, 5), dtype=np.float32), failure=False, defect=False,
+                   kind="photo")
+    failure = labelled_source()
+    samples = [webcam, photo, failure]
+    assert with_webcam_normals_repeated(samples, 1) == samples
+    tripled = with_webcam_normals_repeated(samples, 3)
+    assert len(tripled) == 5 and tripled[:3] == samples
+    assert tripled[3] is webcam and tripled[4] is webcam  # only the real normal webcam frame
+    with pytest.raises(ValueError):
+        with_webcam_normals_repeated(samples, 0)
+
+    once = TrainingSet(samples, size=64, synthetic=6)
+    thrice = TrainingSet(tripled, size=64, synthetic=6)
+    assert len(thrice) == len(once) + 2
+    # What synthetic samples are drawn on is as before: a copy is not one more base to paste on.
+    assert thrice.negatives == once.negatives and thrice.webcam_normals == once.webcam_normals
+    copies = [thrice[i][0] for i in (0, 3, 4)]
+    assert not torch_equal(copies[0], copies[1]) and not torch_equal(copies[1], copies[2])
+
+
+def torch_equal(a: object, b: object) -> bool:
+    import torch
+
+    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+    return bool(torch.equal(a, b))
 
 
 @pytest.fixture(scope="module")

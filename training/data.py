@@ -198,6 +198,17 @@ def is_normal(sample: Sample) -> bool:
     return sample.boxed and not sample.failure and sample.defect is False
 
 
+def with_webcam_normals_repeated(samples: list[Sample], times: int) -> list[Sample]:
+    """``samples`` with their real normal webcam frames ``times`` times over, the copies at the
+    end (each copy is augmented anew, its rng seeded by its index). A false alarm on a real
+    webcam is what an operator feels, and the data hold few such frames against many failure
+    photos: these are the hard negatives to see more often."""
+    if times < 1:
+        raise ValueError("times must be at least 1")
+    normals = [s for s in samples if is_normal(s) and s.kind == "webcam"]
+    return samples + normals * (times - 1)
+
+
 def sample_flags(sample: Sample, boxes: Boxes) -> torch.Tensor:
     """[failure, defect, defect known, boxed, gantry known] of a sample after augmentation:
     boxed samples are labelled by the boxes that survived the crop, image-level ones by their
@@ -222,7 +233,9 @@ class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
         from training.composites import cutout_sources
 
         self.samples = samples
-        self.negatives = [s for s in samples if is_normal(s)]
+        # Once each, though a sample may be in ``samples`` more than once (repeated hard negatives):
+        # what synthetic samples are drawn on stays as it was.
+        self.negatives = [s for s in {id(s): s for s in samples}.values() if is_normal(s)]
         # Composites and clutter want real webcam frames; photos stand in when none are loaded.
         self.webcam_normals = [s for s in self.negatives if s.kind == "webcam"] or self.negatives
         self.cutouts = cutout_sources(samples, (FAILURE, DEFECT))

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from layerfleet.detection.imaging import letterbox
-from training.data import MIXES, Sample, TrainingSet, collate, read_split
+from training.data import MIXES, Sample, TrainingSet, collate, read_split, with_webcam_normals_repeated
 from training.evaluate import auroc
 from training.export import export_onnx
 from training.extra import DEFAULT_EXTRA, read_extra
@@ -74,6 +74,8 @@ def main() -> None:
                         help="how the synthetic samples are made (training.data.SyntheticMix)")
     parser.add_argument("--composite-box-weight", type=float,
                         help="weight of composites' cells in the class and box losses (default: the mix's)")
+    parser.add_argument("--webcam-normals", type=int, default=1, metavar="TIMES",
+                        help="real normal webcam frames seen this many times an epoch (hard negatives)")
     parser.add_argument("--freeze", type=int, default=3, help="backbone blocks kept frozen (after the stem)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--limit", type=int, help="use only this many images of each split (smoke runs)")
@@ -104,6 +106,8 @@ def main() -> None:
     mix = MIXES[args.mix]
     if args.composite_box_weight is not None:
         mix = dataclasses.replace(mix, box_weight=args.composite_box_weight)
+    real = len(train)
+    train = with_webcam_normals_repeated(train, args.webcam_normals)
     dataset = TrainingSet(train, args.size, synthetic, args.seed, mix)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch, shuffle=True, collate_fn=collate, num_workers=args.workers,
@@ -124,7 +128,8 @@ def main() -> None:
     warmup = min(steps_per_epoch, max(1, total // 10))
     bases = [group["lr"] for group in optimiser.param_groups]
     say(f"synthetic mix {args.mix}: {mix}")
-    say(f"train {len(train)} images + {dataset.synthetic} synthetic/epoch, val {len(val)}; {total} steps")
+    say(f"train {real} images (+ {len(train) - real} repeated normal webcam frames) + {dataset.synthetic} "
+        f"synthetic/epoch, val {len(val)}; {total} steps")
     say(f"synthetic per epoch: {json.dumps(dataset.synthetic_counts())}; "
         f"{len(dataset.cutouts)} cut-outs, {len(dataset.webcam_normals)} normal frames to paste on")
 
