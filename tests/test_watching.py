@@ -28,7 +28,7 @@ from layerfleet.prints.models import Print, PrintShotFeedback
 from layerfleet.watching.frames import FrameOutcome, apply_frame, pick_feedback_frames
 
 FAILING_P, CLEAN_P = 0.9, 0.05
-DECISION_P_OF_A_SURE_FAILURE = 2.0  # watching.SCORE_TO_P × score 1
+DECISION_P_OF_A_SURE_FAILURE = 2.0  # detection.evidence.SCORE_TO_P × score 1
 
 
 def result(p: float, *, at: tuple[float, float] = (320, 240), boxes: int = 1) -> FrameResult:
