@@ -21,7 +21,7 @@ class PredictionFrame(Base):
     print_id: Mapped[int] = mapped_column(ForeignKey("prints.id", ondelete="CASCADE"), index=True)
     frame_number: Mapped[int] = mapped_column(Integer)
     taken_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-    p: Mapped[float] = mapped_column(Float)  # the decision rules' input (`watching.evidence`)
+    p: Mapped[float] = mapped_column(Float)  # the decision rules' input (`detection.evidence`)
     score: Mapped[float] = mapped_column(Float, default=0.0)  # the image head's failure probability
     ewm_mean: Mapped[float] = mapped_column(Float)
     rolling_mean_short: Mapped[float] = mapped_column(Float)
