@@ -6,15 +6,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import json
 import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.http11 import Request, Response
 
 from agent_helpers import prints_of, until
 from conftest import Farm
@@ -91,6 +96,41 @@ async def _open_print(farm: Farm, printer_id: int) -> object:
 
 async def _is(value: bool) -> bool:
     return value
+
+
+async def test_the_first_frame_of_a_connection_says_who_the_agent_is_even_behind_kept_events() -> None:
+    # A server that only looks the printer up and records the websocket's frames.
+    frames: list[dict[str, Any]] = []
+    got_two = asyncio.Event()
+
+    def lookup(connection: ServerConnection, request: Request) -> Response | None:
+        if request.path.startswith("/api/v1/octo/printer/"):
+            return connection.respond(HTTPStatus.OK, json.dumps({"printer": {"id": 1, "name": "sim"}}))
+        return None
+
+    async def websocket(connection: ServerConnection) -> None:
+        async for raw in connection:
+            frames.append(json.loads(raw))
+            if len(frames) >= 2:
+                got_two.set()
+
+    printer = SimulatedPrinter("sim", SimulationOptions(idle_seconds=(3600, 3600)), seed=1)
+    async with serve(websocket, "127.0.0.1", 0, process_request=lookup) as server:
+        port = server.sockets[0].getsockname()[1]
+        runner = AgentRunner(f"http://127.0.0.1:{port}", "token", printer, cadence=FAST)
+        # An event the agent heard before it reached the server: kept, and sent first.
+        runner._on_event(Event.PRINTER_STATE_CHANGED, {"state": "Operational"})
+        task = asyncio.create_task(runner.run())
+        try:
+            async with asyncio.timeout(15):
+                await got_two.wait()
+        finally:
+            runner.stop()
+            assert await asyncio.wait_for(task, 15) is Stopped.REQUESTED
+    first = frames[0]
+    assert first["event"]["event_type"] == Event.PRINTER_STATE_CHANGED.value
+    assert first["settings"]["agent"]["name"] == "layerfleet_agent"
+    assert "event" not in frames[1] and frames[1]["settings"]["agent"]["name"] == "layerfleet_agent"
 
 
 def test_backoff_grows_to_its_ceiling_with_jitter() -> None:

@@ -300,9 +300,12 @@ class AgentRunner:
         if ts is not None:
             message["current_print_ts"] = ts
         if with_settings:
-            message["settings"] = {"agent": {"name": self.name, "version": __version__},
-                                   **self.connector.host_settings()}
+            message["settings"] = self.settings()
         return message
+
+    def settings(self) -> dict[str, Any]:
+        """Who this agent is and what it runs on (the Printer object's settings, seed 001)."""
+        return {"agent": {"name": self.name, "version": __version__}, **self.connector.host_settings()}
 
     def _on_event(self, event: Event, data: dict[str, Any]) -> None:
         # Called by the connector, possibly from a callback; the worker does the async part.
@@ -385,9 +388,7 @@ class AgentRunner:
                     self._connected.set()
                     backoff.reset()
                     log.info("%s: connected to %s", self.label, self.ws_url)
-                    # Events kept while away go first, in order, then the state now with settings:
-                    # the server must see the old print end before it hears of the new one.
-                    self._queue(self.status_message(with_settings=True))
+                    self._introduce()
                     self._wake_sender.set()
                     self._become_active()
                     await self._receive(socket)
@@ -418,6 +419,14 @@ class AgentRunner:
                 self._connected.clear()
                 self._drop_plain_statuses()
             await self._sleep(backoff.next_delay())
+
+    def _introduce(self) -> None:
+        # Events kept while away go first, in order, then the state now: the server must see the
+        # old print end before it hears of the new one. The first of them carries the settings too,
+        # so the server never shows a state it got from this agent without knowing the agent.
+        if self._outbox:
+            self._outbox[0]["settings"] = self.settings()
+        self._queue(self.status_message(with_settings=True))
 
     def _drop_plain_statuses(self) -> None:
         # A status without an event is stale by the time the server is back; events are kept.
