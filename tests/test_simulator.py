@@ -271,7 +271,7 @@ def test_another_simulated_camera_sees_the_same_bed_from_elsewhere() -> None:
     main, side = SimulatedCamera(printer).render(), SimulatedCamera(printer, view=1).render()
     main_image, side_image = Image.open(io.BytesIO(main)), Image.open(io.BytesIO(side))
     assert main_image.size == side_image.size
-    difference = sum(abs(a - b) for a, b in zip(main_image.convert("L").getdata(), side_image.convert("L").getdata(),
+    difference = sum(abs(a - b) for a, b in zip(main_image.convert("L").tobytes(), side_image.convert("L").tobytes(),
                                                 strict=True))
     assert difference / (main_image.width * main_image.height) > 2  # another view, not the same picture
 
