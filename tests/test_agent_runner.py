@@ -4,13 +4,14 @@ configuration file and the command line."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import io
 import json
 import socket
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -98,39 +99,82 @@ async def _is(value: bool) -> bool:
     return value
 
 
-async def test_the_first_frame_of_a_connection_says_who_the_agent_is_even_behind_kept_events() -> None:
-    # A server that only looks the printer up and records the websocket's frames.
-    frames: list[dict[str, Any]] = []
-    got_two = asyncio.Event()
+class RecordingServer:
+    """A server that only looks the printer up and records what arrives on the websocket."""
 
-    def lookup(connection: ServerConnection, request: Request) -> Response | None:
+    def __init__(self) -> None:
+        self.frames: list[dict[str, Any]] = []
+        self._arrived = asyncio.Event()
+
+    def lookup(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.path.startswith("/api/v1/octo/printer/"):
             return connection.respond(HTTPStatus.OK, json.dumps({"printer": {"id": 1, "name": "sim"}}))
         return None
 
-    async def websocket(connection: ServerConnection) -> None:
+    async def websocket(self, connection: ServerConnection) -> None:
         async for raw in connection:
-            frames.append(json.loads(raw))
-            if len(frames) >= 2:
-                got_two.set()
+            self.frames.append(json.loads(raw))
+            self._arrived.set()
 
-    printer = SimulatedPrinter("sim", SimulationOptions(idle_seconds=(3600, 3600)), seed=1)
-    async with serve(websocket, "127.0.0.1", 0, process_request=lookup) as server:
+    async def frame_where(self, check: Callable[[dict[str, Any]], bool], within: float = 15) -> dict[str, Any]:
+        async with asyncio.timeout(within):
+            while True:
+                found = next((f for f in self.frames if check(f)), None)
+                if found is not None:
+                    return found
+                self._arrived.clear()
+                await self._arrived.wait()
+
+
+@contextlib.asynccontextmanager
+async def agent_on_recording_server(printer: SimulatedPrinter,
+                                    before_start: Callable[[AgentRunner], None] = lambda runner: None,
+                                    ) -> AsyncIterator[tuple[RecordingServer, AgentRunner]]:
+    recording = RecordingServer()
+    async with serve(recording.websocket, "127.0.0.1", 0, process_request=recording.lookup) as server:
         port = server.sockets[0].getsockname()[1]
         runner = AgentRunner(f"http://127.0.0.1:{port}", "token", printer, cadence=FAST)
-        # An event the agent heard before it reached the server: kept, and sent first.
-        runner._on_event(Event.PRINTER_STATE_CHANGED, {"state": "Operational"})
+        before_start(runner)
         task = asyncio.create_task(runner.run())
         try:
-            async with asyncio.timeout(15):
-                await got_two.wait()
+            yield recording, runner
         finally:
             runner.stop()
             assert await asyncio.wait_for(task, 15) is Stopped.REQUESTED
-    first = frames[0]
+
+
+def _idle_printer() -> SimulatedPrinter:
+    return SimulatedPrinter("sim", SimulationOptions(idle_seconds=(3600, 3600)), seed=1)
+
+
+async def test_the_first_frame_of_a_connection_says_who_the_agent_is_even_behind_kept_events() -> None:
+    def hear_an_event_before_reaching_the_server(runner: AgentRunner) -> None:
+        runner._on_event(Event.PRINTER_STATE_CHANGED, {"state": "Operational"})
+
+    async with agent_on_recording_server(_idle_printer(), hear_an_event_before_reaching_the_server) as (server, _):
+        await server.frame_where(lambda frame: "event" not in frame)
+    first, second = server.frames[:2]
+    # The kept event goes first, and it carries who the agent is.
     assert first["event"]["event_type"] == Event.PRINTER_STATE_CHANGED.value
     assert first["settings"]["agent"]["name"] == "layerfleet_agent"
-    assert "event" not in frames[1] and frames[1]["settings"]["agent"]["name"] == "layerfleet_agent"
+    assert "event" not in second and second["settings"]["agent"]["name"] == "layerfleet_agent"
+
+
+async def test_settings_changed_on_the_host_reach_the_server_without_a_reconnect() -> None:
+    printer = _idle_printer()
+    async with agent_on_recording_server(printer) as (server, runner):
+        await server.frame_where(lambda frame: "settings" in frame)
+        # Plain statuses at the idle pace carry no settings while nothing changed.
+        count = len(server.frames)
+        await server.frame_where(lambda frame: len(server.frames) > count)
+        assert all("settings" not in frame for frame in server.frames[count:])
+        turned = [{**printer.host_settings()["webcams"][0], "rotation": 90}]  # type: ignore[index]
+        printer.host_settings = lambda: {"webcams": turned}  # type: ignore[method-assign]
+        runner._become_active()
+        changed = await server.frame_where(lambda frame: "webcams" in frame.get("settings", {})
+                                           and frame["settings"]["webcams"] == turned)
+        assert changed["settings"]["agent"]["name"] == "layerfleet_agent"
+        assert runner.connected
 
 
 def test_backoff_grows_to_its_ceiling_with_jitter() -> None:

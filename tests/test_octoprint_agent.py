@@ -50,6 +50,17 @@ async def test_the_agent_links_our_server_and_octoprint(
             await poll(lambda: state_is("Operational"), "the agent to report the idle printer", agent)
             assert (await shown())["settings"]["agent_name"] == "layerfleet_agent"
 
+            # A webcam flipped in OctoPrint's settings reaches the server without a reconnect.
+            # Toggled: the OctoPrint host is shared by both database backends' runs.
+            flipped = not (await shown())["settings"]["webcam_flipH"]
+            await asyncio.to_thread(octoprint.request, "POST", "/api/settings",
+                                    json={"plugins": {"classicwebcam": {"flipH": flipped}}})
+
+            async def shown_flipped() -> bool:
+                return bool((await shown())["settings"]["webcam_flipH"] is flipped)
+
+            await poll(shown_flipped, "the webcam flipped in OctoPrint to reach the server", agent)
+
             await asyncio.to_thread(octoprint.start_print, "e2e part.gcode", LONG_PRINT)
 
             async def printing_hot() -> dict[str, Any] | None:

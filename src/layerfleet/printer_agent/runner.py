@@ -127,6 +127,7 @@ class AgentRunner:
         self.print_ts = NOT_PRINTING
         self.gcode_file_id: int | None = None
         self._outbox: deque[dict[str, Any]] = deque()
+        self._settings_sent: dict[str, Any] | None = None
         self._wake_sender = asyncio.Event()
         self._wake_status = asyncio.Event()
         self._wake_picture = asyncio.Event()
@@ -299,8 +300,13 @@ class AgentRunner:
         message: dict[str, Any] = {"status": status}
         if ts is not None:
             message["current_print_ts"] = ts
-        if with_settings:
-            message["settings"] = self.settings()
+        settings = self.settings()
+        # Besides on demand, settings go whenever they changed since the connection last carried
+        # them: OctoPrint reloads its own when a user saves them (a webcam turned, profiles edited),
+        # and a host that answered after the agent reached the server only then has its versions.
+        if with_settings or settings != self._settings_sent:
+            message["settings"] = settings
+            self._settings_sent = settings
         return message
 
     def settings(self) -> dict[str, Any]:
