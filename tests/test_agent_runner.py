@@ -25,12 +25,14 @@ from websockets.http11 import Request, Response
 from agent_helpers import prints_of, until
 from conftest import Farm
 from layerfleet.config import Settings
+from layerfleet.fleet.models import Printer
 from layerfleet.printer_agent.camera import MjpegStreamCamera, SnapshotUrlCamera
 from layerfleet.printer_agent.config import AgentConfig, ConfigError
 from layerfleet.printer_agent.connector import Event, PauseOptions, PrinterState
 from layerfleet.printer_agent.runner import AgentRunner, Backoff, Cadence, Stopped, websocket_url
 from layerfleet.simulator.printer import SimulatedPrinter, SimulationOptions
 from live_server import LiveServer
+from octoprint_host import StaticServer, jpeg
 
 FAST = Cadence(idle_status=1.0, active_status=0.3, watched_picture=0.5, unwatched_picture=5.0,
                min_backoff=0.1, max_backoff=0.5, http_timeout=5.0)
@@ -340,6 +342,43 @@ async def test_pictures_resume_at_the_watched_cadence_once_a_resumed_print_has_r
             await asyncio.sleep(2.5)
             # Watched cadence 0.5 s; the unwatched one (60 s) would give none.
             assert len(posted) - before >= 2, posted
+        finally:
+            runner.stop()
+            assert await asyncio.wait_for(task, 15) is Stopped.REQUESTED
+
+
+async def test_a_host_webcam_that_appears_after_the_agent_started_is_watched(settings: Settings, farm: Farm) -> None:
+    # On a printer's own computer the agent often starts before OctoPrint or Moonraker answers,
+    # or the webcam is set up later: the host's snapshot URL is looked up again, not once.
+    owner = await farm.member()
+    record = await farm.printer(owner)
+    printer = SimulatedPrinter("sim", SimulationOptions(speed=10, min_print_minutes=60, max_print_minutes=60,
+                                                        idle_seconds=(0, 0), first_print_preheated=True), seed=5)
+    host_says: list[str | None] = [None]
+    printer.snapshot_url = lambda: host_says[0]  # type: ignore[method-assign]
+    with StaticServer({"/snapshot.jpg": ("image/jpeg", jpeg((640, 480)))}) as webcam, LiveServer(settings) as url:
+        runner = AgentRunner(url, record.auth_token, printer, cadence=FAST)
+        sent: list[bool] = []
+        original_post = runner.post_picture
+
+        async def post(*, viewing_boost: bool = False) -> bool:
+            sent.append(await original_post(viewing_boost=viewing_boost))
+            return sent[-1]
+
+        runner.post_picture = post  # type: ignore[method-assign]
+        task = asyncio.create_task(runner.run())
+        try:
+            await until(lambda: _is(printer.state is PrinterState.PRINTING and len(sent) >= 2), within=30)
+            assert not any(sent)  # no camera known yet
+            host_says[0] = f"{webcam.url}/snapshot.jpg"
+            await until(lambda: _is(any(sent)), within=15)
+
+            async def picture_shown() -> bool:
+                async with farm.sessionmaker() as session:
+                    shown = await session.get(Printer, record.id, populate_existing=True)
+                    return shown is not None and shown.pic_path is not None
+
+            await until(picture_shown, within=15)
         finally:
             runner.stop()
             assert await asyncio.wait_for(task, 15) is Stopped.REQUESTED

@@ -121,6 +121,28 @@ async def test_snapshot_is_operational_with_temperatures_and_versions(host: Moon
     await eventually(lambda: connector.snapshot().temperatures["bed"].target == 0.0, "the bed target change")
 
 
+async def test_webcams_edited_in_the_front_end_reach_the_settings_at_once(host: MoonrakerHost, watch: Any) -> None:
+    connector, _ = await watch()
+    await ready(connector)
+    configured = {"name": "test_cam", "is_primary_camera": True, "flipH": False, "flipV": False, "rotation": 0,
+                  "streamRatio": "4:3"}
+    assert connector.host_settings()["webcams"] == [configured]
+    # Added as Mainsail or Fluidd add one: Moonraker tells its clients, the connector reads them again.
+    await in_thread(lambda: host.post("/server/webcams/item", {
+        "name": "side", "snapshot_url": "/side/?action=snapshot", "stream_url": "/side/?action=stream",
+        "flip_horizontal": True, "rotation": 90, "aspect_ratio": "16:9"}))
+    try:
+        side = {"name": "side", "is_primary_camera": False, "flipH": True, "flipV": False, "rotation": 90,
+                "streamRatio": "16:9"}
+        await eventually(lambda: connector.host_settings()["webcams"] == [configured, side], "the added webcam")
+        # The configured webcam stays the one pictures are taken from.
+        assert connector.snapshot_url() == "http://127.0.0.1/webcam/?action=snapshot"
+    finally:
+        await in_thread(lambda: host.http.delete("/server/webcams/item", params={"name": "side"},
+                                                 headers=host.headers).raise_for_status())
+    await eventually(lambda: connector.host_settings()["webcams"] == [configured], "the removed webcam gone")
+
+
 async def test_a_short_print_starts_and_is_done(host: MoonrakerHost, watch: Any) -> None:
     connector, events = await watch()
     await ready(connector)

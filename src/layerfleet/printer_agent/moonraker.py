@@ -111,6 +111,7 @@ class MoonrakerConnector(Connector):
         self._moonraker_version: str | None = None
         self._klipper_version: str | None = None
         self._webcam_snapshot_url: str | None = None
+        self._webcams: list[dict[str, Any]] = []  # as the protocol's settings carry them
         self._metadata: dict[str, dict[str, Any]] = {}  # file name → Moonraker's metadata
         self._metadata_wanted: set[str] = set()
 
@@ -265,6 +266,8 @@ class MoonrakerConnector(Connector):
             settings["moonraker_version"] = self._moonraker_version
         if self._klipper_version:
             settings["klipper_version"] = self._klipper_version
+        if self._webcams:
+            settings["webcams"] = self._webcams
         return settings
 
     def snapshot_url(self) -> str | None:
@@ -377,11 +380,7 @@ class MoonrakerConnector(Connector):
             raise
         info = await self.call("server.info")
         self._moonraker_version = info.get("moonraker_version") or self._moonraker_version
-        try:
-            webcams = (await self.call("server.webcams.list")).get("webcams", [])
-        except ConnectorError:
-            webcams = []  # Moonraker without the webcam component
-        self._webcam_snapshot_url = self._pick_snapshot_url(webcams)
+        await self._load_webcams()
         self._connection_error = ""
         await self._klippy_changed(str(info.get("klippy_state", "disconnected")))
 
@@ -455,6 +454,9 @@ class MoonrakerConnector(Connector):
             self._spawn(self._klippy_changed("shutdown"))
         elif method == "notify_klippy_disconnected":
             self._spawn(self._klippy_changed("disconnected"))
+        elif method == "notify_webcams_changed":
+            # Added, edited or removed in Mainsail or Fluidd: the agent must not keep the old one.
+            self._spawn(self._load_webcams())
 
     async def _klippy_changed(self, state: str) -> None:
         """Follow Klipper through Moonraker: subscribe when it is ready, watch it when not."""
@@ -544,15 +546,22 @@ class MoonrakerConnector(Connector):
             return max(0.0, min(lift, high[2] - position[2]))
         return lift  # a printer without Z limits (kinematics: none) has nothing to run into
 
-    def _pick_snapshot_url(self, webcams: list[Any]) -> str | None:
+    async def _load_webcams(self) -> None:
+        try:
+            listed = (await self.call("server.webcams.list")).get("webcams", [])
+        except ConnectorError:
+            listed = []  # Moonraker without the webcam component
+        cameras = [c for c in listed if isinstance(c, dict)] if isinstance(listed, list) else []
+        # The first enabled webcam with a snapshot URL is the one pictures are taken from.
+        primary = next((c for c in cameras if c.get("enabled", True) and c.get("snapshot_url")), None)
+        self._webcam_snapshot_url = self._front_end_url(str(primary["snapshot_url"])) if primary else None
+        self._webcams = [_webcam(c, is_primary=c is primary) for c in cameras]
+
+    def _front_end_url(self, url: str) -> str:
         # Relative webcam URLs are written for the web front end (Mainsail, Fluidd) that serves
         # the camera from the same host's web server, not from Moonraker's own port.
         parts = urlsplit(self.http_url)
-        front_end = urlunsplit((parts.scheme, parts.hostname or "", "/", "", ""))
-        for cam in webcams:
-            if isinstance(cam, dict) and cam.get("enabled", True) and cam.get("snapshot_url"):
-                return urljoin(front_end, str(cam["snapshot_url"]))
-        return None
+        return urljoin(urlunsplit((parts.scheme, parts.hostname or "", "/", "", "")), url)
 
     # -- snapshot and events -------------------------------------------------------------
 
@@ -803,3 +812,17 @@ def _int_or_none(value: Any) -> int | None:
 
 def _float_or_none(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def _webcam(camera: dict[str, Any], *, is_primary: bool) -> dict[str, Any]:
+    """One of Moonraker's webcams as the protocol's settings describe a camera (OctoPrint's words)."""
+    rotation = camera.get("rotation")
+    ratio = camera.get("aspect_ratio")
+    return {
+        "name": str(camera.get("name") or "")[:64],
+        "is_primary_camera": is_primary,
+        "flipH": camera.get("flip_horizontal") is True,
+        "flipV": camera.get("flip_vertical") is True,
+        "rotation": rotation if rotation in (0, 90, 180, 270) and not isinstance(rotation, bool) else 0,
+        "streamRatio": ratio if ratio in ("4:3", "16:9") else None,
+    }

@@ -118,6 +118,7 @@ class AgentRunner:
         self.connector = connector
         self.camera = camera
         self.cameras = list(cameras)
+        self._host_camera: SnapshotUrlCamera | None = None
         self.cadence = cadence or Cadence()
         self.name = name
         self.label = label or connector.kind
@@ -159,8 +160,6 @@ class AgentRunner:
         )
         try:
             await self.connector.start(self._on_event)
-            if self.camera is None and (url := self.connector.snapshot_url()):
-                self.camera = SnapshotUrlCamera(url)
             if not await self._fetch_printer():
                 return self._stopped_because
             workers = [self._keep_connected(), self._send_outbox(), self._status_pacer(),
@@ -249,13 +248,26 @@ class AgentRunner:
     async def post_picture(self, *, viewing_boost: bool = False) -> bool:
         """A picture of every camera; whether the primary camera's went through."""
         sent = False
-        if self.camera is not None:
-            sent = await self._post_camera(self.camera, {"is_primary_camera": "true"}, viewing_boost, "camera")
+        camera = self.primary_camera()
+        if camera is not None:
+            sent = await self._post_camera(camera, {"is_primary_camera": "true"}, viewing_boost, "camera")
         for other in self.cameras:
             fields = {"is_primary_camera": "false", "is_nozzle_camera": "true" if other.nozzle else "false",
                       "camera_name": other.name}
             await self._post_camera(other.camera, fields, viewing_boost, f"camera {other.name!r}")
         return sent
+
+    def primary_camera(self) -> Camera | None:
+        """The camera configured for the agent, else the host's webcam as the host says now: a host
+        that was still starting when the agent did, or whose webcam was set up later, tells it only then."""
+        if self.camera is not None:
+            return self.camera
+        url = self.connector.snapshot_url()
+        if url is None:
+            return None
+        if self._host_camera is None or self._host_camera.url != url:
+            self._host_camera = SnapshotUrlCamera(url)
+        return self._host_camera
 
     async def _post_camera(self, camera: Camera, fields: dict[str, str], viewing_boost: bool, which: str) -> bool:
         try:
