@@ -469,6 +469,13 @@ async def test_device_fields_are_set_per_printer(client: httpx.AsyncClient, farm
     assert_error(await client.patch(f"{V3}/devices/{printer.uuid}", headers=viewer, json={"device_type": "X3"}), 403)
     again = (await client.get(f"{V3}/devices/{printer.uuid}", headers=headers)).json()
     assert again["device_type"] == "X7" and again["loaded_primary_material"] == "Onyx"
+    # Cleared: a type is Unknown again, a blank material is none; what was not sent stays.
+    cleared = await client.patch(f"{V3}/devices/{printer.uuid}", headers=headers, json={
+        "device_type": None, "loaded_primary_material": "  "})
+    assert cleared.status_code == 200, cleared.text
+    body = cleared.json()
+    assert (body["device_type"], body["device_series"], body["loaded_primary_material"],
+            body["ccs_primary_remaining"]) == ("Unknown", "Industrial Series", None, 400.0)
 
 
 async def test_print_job_filters_on_dates_states_and_ids(client: httpx.AsyncClient, farm: Farm) -> None:

@@ -7,7 +7,8 @@ indistinguishable from one that does not exist.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -70,6 +71,25 @@ def rotate_agent_token(printer: Printer) -> str:
 def apply_changes(printer: Printer, changes: PrinterChanges) -> None:
     for field, value in changes.given().items():
         setattr(printer, field, value)
+
+
+# What the farm knows of a machine that its agent cannot tell (the Eiger devices' fields).
+MACHINE_FIELDS = frozenset({"device_type", "device_series", "loaded_primary_material",
+                            "loaded_secondary_material", "ccs_primary_remaining", "ccs_secondary_remaining"})
+UNKNOWN_MACHINE = "Unknown"
+
+
+def apply_machine_facts(printer: Printer, given: Mapping[str, Any]) -> None:
+    """Set what the farm knows of a machine: a type or series cleared is Unknown again, a
+    material cleared or blank means none is loaded."""
+    for name, value in given.items():
+        if name not in MACHINE_FIELDS:
+            raise ValueError(f"{name} is not a machine fact")
+        if name in ("device_type", "device_series") and value is None:
+            value = UNKNOWN_MACHINE
+        elif name.startswith("loaded_") and isinstance(value, str):
+            value = value.strip() or None
+        setattr(printer, name, value)
 
 
 async def delete_printer(session: AsyncSession, printer: Printer) -> None:

@@ -13,6 +13,7 @@ from layerfleet.api.eiger_v3.errors import not_found
 from layerfleet.api.eiger_v3.query import DATES, Filter, Kind, ListSpec, parse_list_query
 from layerfleet.api.eiger_v3.schemas import DeviceViewExtended, ListDevicesResponse
 from layerfleet.api.eiger_v3.views import DEVICE_SERIES, PRINTER_TYPES, device_view_extended
+from layerfleet.fleet import service as fleet
 from layerfleet.fleet.models import Printer
 from layerfleet.scheduling import queries
 from layerfleet.scheduling import service as scheduling
@@ -97,10 +98,6 @@ async def update_device(device_id: str, request: Request, db: Db, caller: Caller
     ensure_role(caller.user, Role.OPERATOR)
     printer = await device_by_id(db, caller, device_id)
     changes = await json_body(request, DeviceChanges)
-    for name in changes.model_fields_set:
-        value = getattr(changes, name)
-        if name in ("device_type", "device_series") and value is None:
-            value = "Unknown"
-        setattr(printer, name, value.strip() or None if isinstance(value, str) and "material" in name else value)
+    fleet.apply_machine_facts(printer, changes.model_dump(include=changes.model_fields_set))
     await db.commit()
     return await read_device(device_id, db, caller)
