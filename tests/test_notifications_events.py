@@ -4,6 +4,8 @@ notify call)."""
 
 from __future__ import annotations
 
+import asyncio
+from datetime import timedelta
 from typing import Any
 
 import httpx
@@ -13,6 +15,7 @@ from conftest import IDLE, PRINTING, Farm
 from layerfleet.accounts.models import Role
 from layerfleet.agents import lifecycle
 from layerfleet.agents.gateway import AgentGateway
+from layerfleet.agents.liveness import SilentAgentSweep, mark_silent_offline
 from layerfleet.database import utcnow
 from layerfleet.fleet.models import Printer
 from layerfleet.library.models import Build, SettingsPreset, SliceJob, SliceStatus
@@ -83,6 +86,60 @@ async def test_an_agent_gone_while_printing_raises_printer_offline(farm: Farm, c
     await gateway._offline_while_printing(idle.id, other.id)
     assert len(await recorded(farm)) == 1
     await gateway.close_all()
+
+
+async def test_printers_left_online_by_a_crashed_server_are_marked_offline_once(
+        farm: Farm, client: httpx.AsyncClient) -> None:
+    admin = await farm.member(Role.ADMIN)
+    await make_target(client, admin, "json://127.0.0.1:9/x", ["PrinterOffline"])
+    now = utcnow()
+    long_ago, lately = now - timedelta(minutes=10), now - timedelta(minutes=1)
+    # As a crashed server process leaves them: last statuses in place, no agent connected.
+    printing = await farm.printer(admin, "Orphan", status=PRINTING, status_updated_at=long_ago)
+    print_ = await farm.print(printing, current=True, filename="long.gcode")
+    idle = await farm.printer(admin, "Idle orphan", status=IDLE, status_updated_at=long_ago)
+    fresh = await farm.printer(admin, "Heard lately", status=IDLE, status_updated_at=lately)
+    here = await farm.printer(admin, "Connected here", status=IDLE, status_updated_at=long_ago)
+    gone = await farm.printer(admin, "Offline already", status=None, status_updated_at=long_ago)
+
+    def sweep() -> Any:
+        return mark_silent_offline(farm.sessionmaker, silent_after=300, connected_here=lambda i: i == here.id,
+                                   now=now)
+
+    marked = await sweep()
+    assert {k: sorted(v) for k, v in marked.items()} == {admin.user.organization_id: sorted([printing.id, idle.id])}
+
+    async def statuses(session: Any) -> dict[int, Any]:
+        rows = await session.execute(select(Printer.id, Printer.status))
+        return {row.id: row.status for row in rows}
+
+    shown = await farm.run(statuses)
+    assert shown[printing.id] is None and shown[idle.id] is None and shown[gone.id] is None
+    assert shown[fresh.id] == IDLE and shown[here.id] == IDLE
+    [event] = await recorded(farm)
+    assert (event.kind, event.printer_id, event.print_id) == ("PrinterOffline", printing.id, print_.id)
+    assert event.payload["filename"] == "long.gcode" and "10 min" in event.payload["text"]
+
+    # Once: a second sweep (another server process's, say) finds nothing more to do.
+    assert await sweep() == {}
+    assert len(await recorded(farm)) == 1
+
+
+async def test_the_sweep_runs_until_closed_and_tells_what_it_marked(farm: Farm) -> None:
+    admin = await farm.member()
+    silent = await farm.printer(admin, "Silent", status=IDLE, status_updated_at=utcnow() - timedelta(minutes=10))
+    told: list[dict[int, list[int]]] = []
+    sweep = SilentAgentSweep(farm.sessionmaker, silent_after=300, connected_here=lambda i: False,
+                             marked=told.append, interval=0.05)
+    sweep.start()
+    try:
+        for _ in range(100):
+            if told:
+                break
+            await asyncio.sleep(0.05)
+    finally:
+        await sweep.close()
+    assert told == [{admin.user.organization_id: [silent.id]}]
 
 
 async def test_a_failed_slice_raises_slice_failed(farm: Farm, client: httpx.AsyncClient, settings: Any) -> None:

@@ -216,7 +216,8 @@ def create_app(
     sessionmaker = create_sessionmaker(engine)
     events = _default_events(settings)
     gateway = AgentGateway(sessionmaker, bus, events=events,
-                           offline_alert_seconds=settings.printer_offline_minutes * 60)
+                           offline_alert_seconds=settings.printer_offline_minutes * 60,
+                           silent_after_seconds=settings.agent_silent_minutes * 60)
 
     pipeline: WatchingPipeline | None = None
     if frame_sink is None and settings.detection_enabled:
@@ -249,6 +250,7 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await bus.start()
         await events.start()
+        gateway.start()
         if pipeline is not None:
             await pipeline.start()
         await slicing.start()

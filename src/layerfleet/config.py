@@ -109,6 +109,9 @@ class Settings(BaseSettings):
         default=30.0, gt=0, description="Sent and failed notifications are kept this long (the delivery log)")
     printer_offline_minutes: float = Field(
         default=3.0, gt=0, description="An agent gone this long while printing raises PrinterOffline")
+    agent_silent_minutes: float = Field(
+        default=5.0, gt=1, description="A printer whose agent sent nothing this long is offline, as after a server "
+        "crash (agents send a status at least every 50 s); PrinterOffline if it was printing")
     # --- Timelapses: videos of prints and uploaded timelapses (layerfleet.timelapses) ---
     timelapse_enabled: bool = Field(default=True, description="Keep prints' frames and compile their timelapses")
     timelapse_frame_interval_seconds: float = Field(

@@ -34,6 +34,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from layerfleet import metrics
 from layerfleet.agents import lifecycle
 from layerfleet.agents.linking import printer_for_token
+from layerfleet.agents.liveness import SilentAgentSweep
 from layerfleet.agents.status_writer import StatusWriter
 from layerfleet.commands.bus import AgentMessage, RemoteStatus, TokenRevoked
 from layerfleet.database import utcnow
@@ -206,8 +207,10 @@ class AgentGateway:
         probe_timeout: float = DEFAULT_PROBE_TIMEOUT,
         events: FleetEvents | None = None,
         offline_alert_seconds: float = 180.0,
+        silent_after_seconds: float = 300.0,
     ) -> None:
-        """``offline_alert_seconds``: an agent gone this long while printing raises PrinterOffline."""
+        """``offline_alert_seconds``: an agent gone this long while printing raises PrinterOffline;
+        ``silent_after_seconds``: a printer not heard from this long is offline (see `liveness`)."""
         self._sessionmaker = sessionmaker
         self.offline_alert_seconds = offline_alert_seconds
         self._offline_watches: set[asyncio.Task[None]] = set()
@@ -219,6 +222,15 @@ class AgentGateway:
         self._connections: dict[int, AgentConnection] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.status_writer = StatusWriter(sessionmaker, written=self._statuses_written)
+        self.silent_sweep = SilentAgentSweep(sessionmaker, silent_after=silent_after_seconds,
+                                             connected_here=self.is_connected, marked=self._marked_silent)
+
+    def start(self) -> None:
+        self.silent_sweep.start()
+
+    def _marked_silent(self, marked: dict[int, list[int]]) -> None:
+        for organization_id, printer_ids in marked.items():
+            self.events.publish(organization_id, printer_ids)
 
     def is_connected(self, printer_id: int) -> bool:
         return printer_id in self._connections
@@ -249,6 +261,7 @@ class AgentGateway:
             await connection.close(code)
 
     async def close_all(self) -> None:
+        await self.silent_sweep.close()
         for watch in list(self._offline_watches):
             watch.cancel()
         for connection in list(self._connections.values()):
