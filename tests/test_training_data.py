@@ -25,6 +25,7 @@ from training.data import (
     with_webcam_normals_repeated,
 )
 from training.extra import PINNED, SPLITS, mask_overlays, read_extra, read_manifest, split_groups
+from training.overlays import painted_mark
 
 REPO = Path(__file__).resolve().parents[1]
 EXTRA = REPO.parent / "shared" / "datasets" / "print-failures-extra"
@@ -229,6 +230,31 @@ def test_real_normal_webcam_frames_can_be_seen_more_often_each_copy_augmented_an
     assert thrice.negatives == once.negatives and thrice.webcam_normals == once.webcam_normals
     copies = [thrice[i][0] for i in (0, 3, 4)]
     assert not torch_equal(copies[0], copies[1]) and not torch_equal(copies[1], copies[2])
+
+
+def test_a_made_up_mark_is_painted_out_as_a_drawn_one_is() -> None:
+    image = normal_frame(3).image
+    arrays = [np.asarray(painted_mark(random.Random(seed), image), dtype=np.int16) for seed in range(12)]
+    original = np.asarray(image, dtype=np.int16)
+    changed = [np.abs(a - original).max(axis=2) > 8 for a in arrays]
+    # A patch of the picture, not the picture: a mark is a stroke or an outline.
+    assert all(0.002 < c.mean() < 0.25 for c in changed), [round(float(c.mean()), 4) for c in changed]
+    assert len({c.tobytes() for c in changed}) == len(changed)  # each seed its own mark
+    # Filled from the surroundings as mask_overlays fills a drawn arrow's place, its 8-bit fill's
+    # error included (what the evaluated pictures carry): near the picture's own colour.
+    flat = Image.new("RGB", (160, 120), (120, 110, 100))
+    filled = np.asarray(painted_mark(random.Random(1), flat), dtype=np.int16)
+    assert (filled != [120, 110, 100]).any() and np.abs(filled - [120, 110, 100]).max() < 40
+
+
+def test_painted_marks_go_on_either_class_and_none_draws_nothing() -> None:
+    samples = [normal_frame(1), labelled_source()]
+    plain = TrainingSet(samples, size=64, synthetic=3)
+    off = TrainingSet(samples, size=64, synthetic=3, painted_marks=0.0)
+    every = TrainingSet(samples, size=64, synthetic=3, painted_marks=1.0)
+    for index in range(len(plain)):
+        assert torch_equal(plain[index][0], off[index][0])  # the option off changes no sample
+        assert not torch_equal(plain[index][0], every[index][0])  # on: every picture, of both classes
 
 
 def torch_equal(a: object, b: object) -> bool:

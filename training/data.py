@@ -15,6 +15,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 
 from layerfleet.detection.imaging import letterbox
 from layerfleet.simulator.render import FILAMENT_COLOURS, Scene, draw_spaghetti, render_frame
+from training.overlays import painted_mark
 
 Boxes = np.ndarray  # (k, 5): class, x0, y0, x1, y1 in pixels of the image they belong to
 FAILURE, GANTRY, DEFECT = 0, 1, 2
@@ -229,7 +230,7 @@ class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
     normal webcam frames, and clutter hard negatives (`training.composites`)."""
 
     def __init__(self, samples: list[Sample], size: int, synthetic: int, seed: int = 0,
-                 mix: SyntheticMix = SHIPPED) -> None:
+                 mix: SyntheticMix = SHIPPED, painted_marks: float = 0.0) -> None:
         from training.composites import cutout_sources
 
         self.samples = samples
@@ -243,6 +244,10 @@ class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
         self.synthetic = synthetic
         self.seed = seed
         self.mix = mix
+        # The share of pictures with a made-up mark painted out (training.overlays), whatever
+        # their class: painted-out patches must not be a cue. 0 draws nothing from the rng, so
+        # every sample is what it was without the option.
+        self.painted_marks = painted_marks
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -290,7 +295,10 @@ class TrainingSet(torch.utils.data.Dataset):  # type: ignore[type-arg]
         rng = random.Random(hash((self.seed, self.epoch, index)))
         real = index < len(self.samples)
         sample = self.samples[index] if real else self.made_up(rng, index - len(self.samples))
-        image, boxes = augment(rng, sample.image, sample.boxes)
+        image = sample.image
+        if self.painted_marks > 0 and rng.random() < self.painted_marks:
+            image = painted_mark(rng, image)
+        image, boxes = augment(rng, image, sample.boxes)
         pixels, boxes = finish(rng, image, boxes, self.size)
         flags = sample_flags(sample, boxes)
         return torch.from_numpy(pixels).permute(2, 0, 1).contiguous(), torch.from_numpy(boxes), flags

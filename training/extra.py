@@ -16,9 +16,10 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
 from training.data import DEFECT, FAILURE, Sample, read_yolo_boxes
+from training.overlays import mask_overlays
 
 DEFAULT_EXTRA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "print-failures-extra"
 SPLITS = ("train", "val", "holdout")
@@ -64,30 +65,6 @@ def split_groups(rows: list[dict[str, str]], seed: int = SPLIT_SEED) -> dict[str
             assignment[group] = split
             filled[split] += size
     return assignment
-
-
-def mask_overlays(image: Image.Image) -> Image.Image:
-    """Paint out strongly saturated red and green marks (drawn arrows, detection boxes, captions)
-    with the blurred surroundings, so an overlay never becomes a cue for either class: arrows
-    are on failures, boxes on normal frames and text on camera-setup photos."""
-    pixels = np.asarray(image, dtype=np.int16)
-    r, g, b = pixels[..., 0], pixels[..., 1], pixels[..., 2]
-    red = (r > 170) & (r - g > 110) & (r - b > 110)
-    green = (g > 170) & (g - r > 90) & (g - b > 60)
-    marks = Image.fromarray(((red | green) * 255).astype(np.uint8)).filter(ImageFilter.MaxFilter(9))
-    mark = np.asarray(marks) > 0
-    if not mark.any():
-        return image
-    keep = (~mark).astype(np.float32)
-    radius = max(4.0, image.width / 40)
-    # Normalised convolution: the blur of the kept pixels divided by the blur of the kept mask.
-    kept = Image.fromarray((np.asarray(image, dtype=np.float32) * keep[..., None]).astype(np.uint8))
-    weight = np.asarray(Image.fromarray((keep * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(radius)),
-                        dtype=np.float32)
-    spread = np.asarray(kept.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32)
-    filled = spread * 255 / np.maximum(weight, 1.0)[..., None]
-    out = np.where(mark[..., None], filled.clip(0, 255), np.asarray(image, dtype=np.float32))
-    return Image.fromarray(out.astype(np.uint8))
 
 
 def _limited(rows: list[dict[str, str]], limit: int) -> list[dict[str, str]]:

@@ -76,6 +76,9 @@ def main() -> None:
                         help="weight of composites' cells in the class and box losses (default: the mix's)")
     parser.add_argument("--webcam-normals", type=int, default=1, metavar="TIMES",
                         help="real normal webcam frames seen this many times an epoch (hard negatives)")
+    parser.add_argument("--painted-marks", type=float, default=0.0, metavar="SHARE",
+                        help="share of training pictures with a made-up arrow or box painted out "
+                             "(training.overlays), so painted-out patches are no cue for either class")
     parser.add_argument("--freeze", type=int, default=3, help="backbone blocks kept frozen (after the stem)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--limit", type=int, help="use only this many images of each split (smoke runs)")
@@ -108,7 +111,7 @@ def main() -> None:
         mix = dataclasses.replace(mix, box_weight=args.composite_box_weight)
     real = len(train)
     train = with_webcam_normals_repeated(train, args.webcam_normals)
-    dataset = TrainingSet(train, args.size, synthetic, args.seed, mix)
+    dataset = TrainingSet(train, args.size, synthetic, args.seed, mix, painted_marks=args.painted_marks)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch, shuffle=True, collate_fn=collate, num_workers=args.workers,
         drop_last=len(dataset) > args.batch, persistent_workers=args.workers > 0,
@@ -127,7 +130,7 @@ def main() -> None:
     total = args.steps or args.epochs * steps_per_epoch
     warmup = min(steps_per_epoch, max(1, total // 10))
     bases = [group["lr"] for group in optimiser.param_groups]
-    say(f"synthetic mix {args.mix}: {mix}")
+    say(f"synthetic mix {args.mix}: {mix}; painted marks {args.painted_marks}")
     say(f"train {real} images (+ {len(train) - real} repeated normal webcam frames) + {dataset.synthetic} "
         f"synthetic/epoch, val {len(val)}; {total} steps")
     say(f"synthetic per epoch: {json.dumps(dataset.synthetic_counts())}; "
