@@ -4,13 +4,13 @@ notify call)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import Any
 
 import httpx
 from sqlalchemy import select
 
+from agent_helpers import until
 from conftest import IDLE, PRINTING, Farm
 from layerfleet.accounts.models import Role
 from layerfleet.agents import lifecycle
@@ -133,13 +133,14 @@ async def test_the_sweep_runs_until_closed_and_tells_what_it_marked(farm: Farm) 
                              marked=told.append, interval=0.05)
     sweep.start()
     try:
-        for _ in range(100):
-            if told:
-                break
-            await asyncio.sleep(0.05)
+        await until(lambda: _told(told), within=5)
     finally:
         await sweep.close()
     assert told == [{admin.user.organization_id: [silent.id]}]
+
+
+async def _told(told: list[dict[int, list[int]]]) -> bool:
+    return bool(told)
 
 
 async def test_a_failed_slice_raises_slice_failed(farm: Farm, client: httpx.AsyncClient, settings: Any) -> None:

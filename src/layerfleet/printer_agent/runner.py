@@ -442,9 +442,10 @@ class AgentRunner:
         # Events kept while away go first, in order, then the state now: the server must see the
         # old print end before it hears of the new one. The first of them carries the settings too,
         # so the server never shows a state it got from this agent without knowing the agent.
+        now = self.status_message(with_settings=True)
         if self._outbox:
-            self._outbox[0]["settings"] = self.settings()
-        self._queue(self.status_message(with_settings=True))
+            self._outbox[0]["settings"] = now["settings"]
+        self._queue(now)
 
     def _drop_plain_statuses(self) -> None:
         # A status without an event is stale by the time the server is back; events are kept.
