@@ -4,19 +4,24 @@ notify call)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from agent_helpers import until
-from conftest import IDLE, PRINTING, Farm
+from conftest import BACKENDS, IDLE, PRINTING, Farm
+from layerfleet.accounts import service as accounts
 from layerfleet.accounts.models import Role
 from layerfleet.agents import lifecycle
 from layerfleet.agents.gateway import AgentGateway
-from layerfleet.agents.liveness import SilentAgentSweep, mark_silent_offline
-from layerfleet.database import utcnow
+from layerfleet.agents.liveness import LivenessSweep, mark_silent_offline, raise_offline_while_printing
+from layerfleet.database import create_engine, create_sessionmaker, downgrade, migrate, utcnow
+from layerfleet.fleet import service as fleet
 from layerfleet.fleet.models import Printer
 from layerfleet.library.models import Build, SettingsPreset, SliceJob, SliceStatus
 from layerfleet.library.slice_jobs import SliceRunner
@@ -24,6 +29,7 @@ from layerfleet.notifications.models import NotificationEvent, OutboxEvent
 from layerfleet.prints.models import Print
 from layerfleet.scheduling import service as scheduling
 from layerfleet.scheduling.models import JobState, PrintJob
+from test_migrations import own_postgres_database
 from test_notifications import make_target
 from test_printwatch import PRINTER, issue, post, register
 
@@ -69,23 +75,79 @@ async def test_heater_events_are_recorded_from_agent_statuses(farm: Farm, client
     assert events[0].payload["printer_name"] == "Heated"
 
 
-async def test_an_agent_gone_while_printing_raises_printer_offline(farm: Farm, client: httpx.AsyncClient) -> None:
+async def statuses(farm: Farm) -> dict[int, Any]:
+    async def get(session: Any) -> dict[int, Any]:
+        rows = await session.execute(select(Printer.id, Printer.status))
+        return {row.id: row.status for row in rows}
+
+    return await farm.run(get)  # type: ignore[no-any-return]
+
+
+async def test_an_agent_gone_while_printing_raises_printer_offline_once_per_silence(
+        farm: Farm, client: httpx.AsyncClient) -> None:
     admin = await farm.member(Role.ADMIN)
     await make_target(client, admin, "json://127.0.0.1:9/x", ["PrinterOffline"])
-    printer = await farm.printer(admin, "Wanderer", status=None)
-    print_ = await farm.print(printer, current=True, filename="long.gcode")
-    gateway = AgentGateway(farm.sessionmaker, farm.bus, offline_alert_seconds=0)
-    await gateway._offline_while_printing(printer.id, print_.id)
-    [event] = await recorded(farm)
-    assert event.kind == "PrinterOffline" and event.print_id == print_.id
-    assert event.payload["filename"] == "long.gcode" and "gone" in event.payload["text"]
+    now = utcnow()
+    ago = {minutes: now - timedelta(minutes=minutes) for minutes in (1, 4, 10)}
+    # Marked offline when their agents went (status null), last heard at these times.
+    wanderer = await farm.printer(admin, "Wanderer", status=None, status_updated_at=ago[4])
+    print_ = await farm.print(wanderer, current=True, filename="long.gcode")
+    just_gone = await farm.printer(admin, "Just gone", status=None, status_updated_at=ago[1])
+    await farm.print(just_gone, current=True)
+    await farm.printer(admin, "Gone idle", status=None, status_updated_at=ago[10])
+    here = await farm.printer(admin, "Connected here", status=None, status_updated_at=ago[10])
+    await farm.print(here, current=True)
+    # Still showing a status: the silent sweep's to judge first, not this one.
+    showing = await farm.printer(admin, "Showing", status=PRINTING, status_updated_at=ago[10])
+    await farm.print(showing, current=True)
 
-    # Back online (a status came), or the print ended: nothing is raised.
-    idle = await farm.printer(admin, "Back", status=IDLE)
-    other = await farm.print(idle, current=True)
-    await gateway._offline_while_printing(idle.id, other.id)
-    assert len(await recorded(farm)) == 1
-    await gateway.close_all()
+    def sweep(at: Any = now) -> Any:
+        return raise_offline_while_printing(farm.sessionmaker, alert_after=180,
+                                            connected_here=lambda i: i == here.id, now=at)
+
+    assert await sweep() == [wanderer.id]
+    [event] = await recorded(farm)
+    assert (event.kind, event.printer_id, event.print_id) == ("PrinterOffline", wanderer.id, print_.id)
+    assert event.payload["filename"] == "long.gcode" and "4 min" in event.payload["text"]
+    assert event.payload["printer_name"] == "Wanderer"
+
+    # Once per silence: a second sweep (another server process's, say) has nothing to tell.
+    assert await sweep() == []
+    # Heard again, then gone again: a new silence, told again once its minutes are up.
+    async def heard_and_gone(session: Any) -> None:
+        printer = await session.get(Printer, wanderer.id)
+        printer.status_updated_at = now
+        await session.commit()
+
+    await farm.run(heard_and_gone)
+    assert await sweep() == []
+    assert sorted(await sweep(now + timedelta(minutes=3))) == sorted([wanderer.id, just_gone.id])
+    assert len(await recorded(farm)) == 3
+
+
+async def test_printer_offline_is_raised_after_a_graceful_restart_of_the_server(
+        farm: Farm, client: httpx.AsyncClient) -> None:
+    """The process that saw the agent go stops before the alert is due; the one that comes
+    back (or any other) raises it from what the database holds."""
+    admin = await farm.member(Role.ADMIN)
+    await make_target(client, admin, "json://127.0.0.1:9/x", ["PrinterOffline"])
+    printer = await farm.printer(admin, "Leaver", status=PRINTING, status_updated_at=utcnow())
+    print_ = await farm.print(printer, current=True, filename="part.gcode")
+    going = AgentGateway(farm.sessionmaker, farm.bus, offline_alert_seconds=0.3)
+    await going._mark_offline(printer.id, admin.user.organization_id, None)  # its agent left
+    await going.close_all()
+    assert (await statuses(farm))[printer.id] is None
+    assert await recorded(farm) == []
+
+    restarted = AgentGateway(farm.sessionmaker, farm.bus, offline_alert_seconds=0.3)
+    try:
+        await asyncio.sleep(0.4)
+        await restarted.liveness_sweep.sweep()
+        await restarted.liveness_sweep.sweep()
+    finally:
+        await restarted.close_all()
+    [event] = await recorded(farm)
+    assert (event.kind, event.printer_id, event.print_id) == ("PrinterOffline", printer.id, print_.id)
 
 
 async def test_printers_left_online_by_a_crashed_server_are_marked_offline_once(
@@ -108,35 +170,41 @@ async def test_printers_left_online_by_a_crashed_server_are_marked_offline_once(
 
     marked = await sweep()
     assert {k: sorted(v) for k, v in marked.items()} == {admin.user.organization_id: sorted([printing.id, idle.id])}
-
-    async def statuses(session: Any) -> dict[int, Any]:
-        rows = await session.execute(select(Printer.id, Printer.status))
-        return {row.id: row.status for row in rows}
-
-    shown = await farm.run(statuses)
+    shown = await statuses(farm)
     assert shown[printing.id] is None and shown[idle.id] is None and shown[gone.id] is None
     assert shown[fresh.id] == IDLE and shown[here.id] == IDLE
+    # Once: a second sweep (another server process's, say) finds nothing more to do.
+    assert await sweep() == {}
+
+    # The orphan in a print is now an offline printer gone while printing: told once.
+    assert await raise_offline_while_printing(farm.sessionmaker, alert_after=180, connected_here=lambda i: False,
+                                              now=now) == [printing.id]
     [event] = await recorded(farm)
     assert (event.kind, event.printer_id, event.print_id) == ("PrinterOffline", printing.id, print_.id)
     assert event.payload["filename"] == "long.gcode" and "10 min" in event.payload["text"]
 
-    # Once: a second sweep (another server process's, say) finds nothing more to do.
-    assert await sweep() == {}
-    assert len(await recorded(farm)) == 1
 
-
-async def test_the_sweep_runs_until_closed_and_tells_what_it_marked(farm: Farm) -> None:
-    admin = await farm.member()
-    silent = await farm.printer(admin, "Silent", status=IDLE, status_updated_at=utcnow() - timedelta(minutes=10))
+async def test_the_sweep_runs_until_closed_and_tells_what_it_marked(farm: Farm, client: httpx.AsyncClient) -> None:
+    admin = await farm.member(Role.ADMIN)
+    await make_target(client, admin, "json://127.0.0.1:9/x", ["PrinterOffline"])
+    silent = await farm.printer(admin, "Silent", status=PRINTING, status_updated_at=utcnow() - timedelta(minutes=10))
+    print_ = await farm.print(silent, current=True)
     told: list[dict[int, list[int]]] = []
-    sweep = SilentAgentSweep(farm.sessionmaker, silent_after=300, connected_here=lambda i: False,
-                             marked=told.append, interval=0.05)
+    sweep = LivenessSweep(farm.sessionmaker, silent_after=300, alert_after=180, connected_here=lambda i: False,
+                          marked=told.append, interval=0.05)
     sweep.start()
     try:
         await until(lambda: _told(told), within=5)
+        await until(lambda: _raised(farm), within=5)
     finally:
         await sweep.close()
     assert told == [{admin.user.organization_id: [silent.id]}]
+    [event] = await recorded(farm)
+    assert (event.kind, event.print_id) == ("PrinterOffline", print_.id)
+
+
+async def _raised(farm: Farm) -> bool:
+    return bool(await recorded(farm))
 
 
 async def _told(told: list[dict[int, list[int]]]) -> bool:
@@ -238,3 +306,46 @@ async def test_a_heater_reaching_its_target_in_a_plain_status_over_the_websocket
 
         events = await until(raised)
     assert [e.payload["heater"] for e in events] == ["tool0"]
+
+
+async def _seed_printers(url: str, heard: Any) -> None:
+    engine = create_engine(url, pooled=False)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            user = await accounts.create_user(session, "offline@example.com", "password-123",
+                                              organization_name="Offline")
+            printing = await fleet.create_printer(session, user, "Printing")
+            idle = await fleet.create_printer(session, user, "Idle")
+            await session.flush()
+            print_ = Print(organization_id=printing.organization_id, printer_id=printing.id)
+            session.add(print_)
+            await session.flush()
+            printing.current_print_id = print_.id
+            printing.status_updated_at = idle.status_updated_at = heard
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+
+async def _told_silences(url: str) -> dict[str, Any]:
+    engine = create_engine(url, pooled=False)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            rows = await session.execute(select(Printer.name, Printer.offline_alert_heard_at))
+            return {row.name: row.offline_alert_heard_at for row in rows}
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+def test_printers_in_a_print_at_upgrade_are_not_told_again_of_their_silence(backend_name: str, tmp_path: Path) -> None:
+    """The older server's timers told (or lost long ago) the silences of the day of the
+    upgrade; the first sweep after it must not raise a PrinterOffline for every one of them."""
+    url = asyncio.run(own_postgres_database("offline_alerts")) if backend_name == "postgresql" \
+        else f"sqlite+aiosqlite:///{tmp_path / 'offline.db'}"
+    migrate(url)
+    heard = utcnow() - timedelta(days=2)
+    asyncio.run(_seed_printers(url, heard))
+    downgrade(url, "0011")
+    migrate(url)
+    assert asyncio.run(_told_silences(url)) == {"Printing": heard, "Idle": None}

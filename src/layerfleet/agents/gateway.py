@@ -27,14 +27,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from layerfleet import metrics
 from layerfleet.agents import lifecycle
 from layerfleet.agents.linking import printer_for_token
-from layerfleet.agents.liveness import SilentAgentSweep
+from layerfleet.agents.liveness import LivenessSweep
 from layerfleet.agents.status_writer import StatusWriter
 from layerfleet.commands.bus import AgentMessage, RemoteStatus, TokenRevoked
 from layerfleet.database import utcnow
@@ -42,8 +42,6 @@ from layerfleet.errors import Unavailable
 from layerfleet.fleet.events import FleetEvents
 from layerfleet.fleet.models import Printer, status_flags
 from layerfleet.fleet.watch_reasons import should_watch
-from layerfleet.notifications import outbox
-from layerfleet.notifications.models import NotificationEvent
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +210,6 @@ class AgentGateway:
         """``offline_alert_seconds``: an agent gone this long while printing raises PrinterOffline;
         ``silent_after_seconds``: a printer not heard from this long is offline (see `liveness`)."""
         self._sessionmaker = sessionmaker
-        self.offline_alert_seconds = offline_alert_seconds
-        self._offline_watches: set[asyncio.Task[None]] = set()
         self.events = events or FleetEvents()
         self._registry = registry if isinstance(registry, AgentRegistry) else None
         if self._registry is None:
@@ -222,11 +218,12 @@ class AgentGateway:
         self._connections: dict[int, AgentConnection] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.status_writer = StatusWriter(sessionmaker, written=self._statuses_written)
-        self.silent_sweep = SilentAgentSweep(sessionmaker, silent_after=silent_after_seconds,
-                                             connected_here=self.is_connected, marked=self._marked_silent)
+        self.liveness_sweep = LivenessSweep(sessionmaker, silent_after=silent_after_seconds,
+                                            alert_after=offline_alert_seconds,
+                                            connected_here=self.is_connected, marked=self._marked_silent)
 
     def start(self) -> None:
-        self.silent_sweep.start()
+        self.liveness_sweep.start()
 
     def _marked_silent(self, marked: dict[int, list[int]]) -> None:
         for organization_id, printer_ids in marked.items():
@@ -261,9 +258,7 @@ class AgentGateway:
             await connection.close(code)
 
     async def close_all(self) -> None:
-        await self.silent_sweep.close()
-        for watch in list(self._offline_watches):
-            watch.cancel()
+        await self.liveness_sweep.close()
         for connection in list(self._connections.values()):
             self._forget(connection)
             await connection.close(CLOSE_GOING_AWAY)
@@ -376,42 +371,15 @@ class AgentGateway:
             return  # the agent is back already
         try:
             async with self._sessionmaker() as session:
-                printing = (await session.execute(
-                    select(Printer.current_print_id).where(Printer.id == printer_id))).scalar_one_or_none()
                 await session.execute(
                     update(Printer).where(Printer.id == printer_id).values(status=None)
                     .execution_options(synchronize_session=False)
                 )
                 await session.commit()
-            if printing is not None:
-                watch = asyncio.ensure_future(self._offline_while_printing(printer_id, printing))
-                self._offline_watches.add(watch)
-                watch.add_done_callback(self._offline_watches.discard)
         except Exception:
             log.exception("could not mark printer %s offline", printer_id)
             return
         self.events.publish(organization_id, [printer_id])
-
-    async def _offline_while_printing(self, printer_id: int, print_id: int) -> None:
-        """PrinterOffline when the agent stays away while its print is still open."""
-        await asyncio.sleep(self.offline_alert_seconds)
-        if printer_id in self._connections:
-            return
-        try:
-            async with self._sessionmaker() as session:
-                printer = await session.get(Printer, printer_id)
-                if printer is None or printer.status is not None or printer.current_print_id != print_id:
-                    return  # back (through another server process) or the print ended
-                minutes = round(self.offline_alert_seconds / 60)
-                await outbox.record(
-                    session, organization_id=printer.organization_id, event=NotificationEvent.PRINTER_OFFLINE,
-                    printer_id=printer_id, print_id=print_id,
-                    payload={"printer_name": printer.name,
-                             "filename": printer.current_print.filename if printer.current_print else "",
-                             "text": f"The printer's agent has been gone for {minutes} min while printing."})
-                await session.commit()
-        except Exception:
-            log.exception("could not raise PrinterOffline for printer %s", printer_id)
 
     @staticmethod
     def _is_plain_status(connection: AgentConnection, update_: lifecycle.AgentUpdate) -> bool:

@@ -191,6 +191,8 @@ class Printer(Base):
     # Written by the agent gateway from what the printer's agent reports.
     status: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     status_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # The last-heard time of the silence PrinterOffline was raised for (`agents.liveness`).
+    offline_alert_heard_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     settings: Mapped[dict[str, Any]] = mapped_column(JSON, default=default_printer_settings)
     pic_path: Mapped[str | None] = mapped_column(String(512), nullable=True)
     pic_updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
