@@ -240,6 +240,15 @@ async def recreate_postgres(url: str) -> None:
         await connection.close()
 
 
+async def fresh_database(database: str, postgres_url: str, root: Path) -> str:
+    """The URL of an empty database for one run: PostgreSQL's bench database dropped and made
+    again, or a new SQLite file under ``root``."""
+    if database == "postgresql":
+        await recreate_postgres(postgres_url)
+        return postgres_url
+    return f"sqlite+aiosqlite:///{root / 'layerfleet.db'}"
+
+
 def _admin_dsn(url: str) -> str:
     return make_url(url).set(drivername="postgresql", database="postgres").render_as_string(hide_password=False)
 
@@ -594,11 +603,7 @@ async def run_scenario(name: str, database: str, two_processes: bool, options: O
     counters = Counters()
     with tempfile.TemporaryDirectory(prefix="layerfleet-bench-") as tmp:
         root = Path(tmp)
-        if database == "postgresql":
-            await recreate_postgres(options.postgres_url)
-            url = options.postgres_url
-        else:
-            url = f"sqlite+aiosqlite:///{root / 'layerfleet.db'}"
+        url = await fresh_database(database, options.postgres_url, root)
         print(f"[{name}] seeding {options.agents} printers …", flush=True)
         seeded = await seed(url, options.agents)
 

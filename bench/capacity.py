@@ -576,11 +576,7 @@ async def run_step(options: Options, pictures: tuple[list[bytes], list[bytes]]) 
     clean, failing = pictures
     with tempfile.TemporaryDirectory(prefix="layerfleet-capacity-") as tmp:
         root = Path(tmp)
-        if options.database == "postgresql":
-            await load.recreate_postgres(options.postgres_url)
-            url = options.postgres_url
-        else:
-            url = f"sqlite+aiosqlite:///{root / 'layerfleet.db'}"
+        url = await load.fresh_database(options.database, options.postgres_url, root)
         env = {"LAYERFLEET_DATABASE_URL": url, "LAYERFLEET_LOG_LEVEL": options.server_log_level}
         if options.detection_threads:
             env["LAYERFLEET_DETECTION_THREADS"] = str(options.detection_threads)

@@ -30,7 +30,7 @@ from layerfleet.detection.runtime import shipped_model_path
 from layerfleet.simulator.render import Scene, render_frame
 
 # (filters, kernel) convolutions and "M" max-pools, as the reference lists them.
-DARKNET19 = [
+DARKNET19: list[tuple[int, int] | str] = [
     (32, 3), "M", (64, 3), "M", (128, 3), (64, 1), (128, 3), "M", (256, 3), (128, 1), (256, 3), "M",
     (512, 3), (256, 1), (512, 3), (256, 1), (512, 3), "M",
     (1024, 3), (512, 1), (1024, 3), (512, 1), (1024, 3), (1024, 3), (1024, 3),
@@ -58,7 +58,7 @@ def build_reference(path: Path, seed: int = 0) -> int:
 
     x, channels, size, layer16 = "input", 3, 416, ""
     for index, spec in enumerate(DARKNET19):
-        if spec == "M":
+        if isinstance(spec, str):  # "M": max-pool
             nodes.append(helper.make_node("MaxPool", [x], [f"pool{index}"], kernel_shape=[2, 2], strides=[2, 2]))
             x, size = f"pool{index}", size // 2
         else:

@@ -169,9 +169,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"server: {python}")
     print(f"hostile clients: {args.bodies} bodies of {BODY_BYTES // 2**20} MB without credentials "
           f"(half chunked), {args.headers} headers of {HEADER_BYTES // 2**20} MB; attack lasted {elapsed:.1f} s")
-    for answer, sent in sorted(answers.items()):
-        print(f"  {len(sent):3d} × {answer!r}: sent at most {max(sent) / 2**20:.1f} MB, "
-              f"median {statistics.median(sent) / 2**20:.1f} MB")
+    for answer, sizes in sorted(answers.items()):
+        print(f"  {len(sizes):3d} × {answer!r}: sent at most {max(sizes) / 2**20:.1f} MB, "
+              f"median {statistics.median(sizes) / 2**20:.1f} MB")
     print(f"server RSS: {before:.0f} MB before, {peak:.0f} MB at peak")
     print(f"GET /api/v1/printers/ from the start to 1 s after the attack: {len(latencies)} requests, "
           f"p50 {p50:.1f} ms, p99 {p99:.1f} ms, max {max(latencies):.1f} ms")

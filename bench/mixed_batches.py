@@ -57,7 +57,9 @@ def main() -> None:
         choice = ModelChoice(None, root, threads=args.threads)  # type: ignore[arg-type]  # no database here
         print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; batch {args.batch}, "
               f"{args.threads} thread(s), {args.repeats} repeats; ms per frame (median of batches), decode included")
-        configurations = []
+        # (models, batch, groups, models loaded, MB per model, ms per frame of each repeat)
+        configurations: list[tuple[int, list[tuple[int, bytes]], dict[Path | None, list[int]], int, float,
+                                   list[float]]] = []
         for models in (1, 2, 4, 8):
             if models > args.batch:
                 break

@@ -273,8 +273,8 @@ def main() -> int:
 
         if args.source == "agents":
             sent = asyncio.run(emit_from_agents(port, printers, args.spread, mark, lambda: finish(len(printers))))
-            arrivals: dict[Any, float] = receiver.by_printer  # type: ignore[assignment]
-            started: dict[Any, float] = sent  # type: ignore[assignment]
+            arrivals: dict[Any, float] = receiver.by_printer
+            started: dict[Any, float] = sent
         else:
             started = asyncio.run(emit(url, organization_id, printers, args.events_per_printer, args.spread))
             arrivals = receiver.received

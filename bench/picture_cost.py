@@ -221,11 +221,7 @@ def drain(pipeline: WatchingPipeline) -> list[PendingFrame]:
 async def run_once(options: argparse.Namespace, picture: bytes, phases: dict[str, Phase]) -> None:
     with tempfile.TemporaryDirectory(prefix="layerfleet-picture-cost-") as tmp:
         root = Path(tmp)
-        if options.database == "postgresql":
-            await load.recreate_postgres(options.postgres_url)
-            url = options.postgres_url
-        else:
-            url = f"sqlite+aiosqlite:///{root / 'layerfleet.db'}"
+        url = await load.fresh_database(options.database, options.postgres_url, root)
         await asyncio.to_thread(migrate, url)
         settings = Settings(
             data_dir=root / "data", database_url=url, secret_key="bench-picture-cost", detection_enabled=True,
