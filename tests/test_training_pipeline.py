@@ -66,6 +66,36 @@ def test_train_a_few_steps_export_and_load(tmp_path: Path) -> None:
     assert 0.0 <= figures["defect_auroc"] <= 1.0 and 0.0 <= figures["auroc"] <= 1.0
 
 
+def test_a_weight_average_is_exported_and_frozen_batch_norms_may_keep_imagenet_s_statistics(tmp_path: Path) -> None:
+    """Two short epochs (the second is where the shipped recipe lets the frozen layers' batch
+    norms follow the data) with ``--ema`` and ``--keep-imagenet-bn``."""
+    import torch
+
+    from training.model import FailureDetector
+
+    out = tmp_path / "run"
+    result = subprocess.run(
+        [sys.executable, "-m", "training.train", "--data", str(DATA), "--extra", str(EXTRA), "--out", str(out),
+         "--limit", "4", "--epochs", "2", "--batch", "4", "--size", "160", "--workers", "0", "--synthetic", "4",
+         "--export-size", "160", "--ema", "0.9", "--keep-imagenet-bn"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (out / "train.log").read_text()
+    assert "weight average 0.9" in log and "frozen batch norms ImageNet" in log
+    assert "epoch 1 done" in log and "exported" in log
+    saved = torch.load(out / "last.pt", weights_only=False)["model"]
+    imagenet = FailureDetector(160).state_dict()
+    frozen_norms = [name for name in saved if name.startswith(("backbone._bn0.", "backbone._blocks.0."))
+                    and ("running_mean" in name or "running_var" in name)]
+    assert frozen_norms
+    for name in frozen_norms:
+        assert torch.allclose(saved[name], imagenet[name], atol=1e-5), name
+    trained = [name for name in saved if name.startswith("backbone._blocks.10.") and "running_mean" in name]
+    assert trained and any(not torch.allclose(saved[n], imagenet[n], atol=1e-5) for n in trained)
+    assert Detector(out / "model.onnx").input_size == 160
+
+
 def test_evaluate_reports_the_shipped_model_s_defect_figures_and_n_a_for_a_model_without_them(
         tmp_path: Path) -> None:
     run = [sys.executable, "-m", "training.evaluate", "--data", str(DATA), "--extra", str(EXTRA), "--sets", "extra-val"]

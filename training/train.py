@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from layerfleet.detection.imaging import letterbox
+from training.averaging import WeightAverage
 from training.data import MIXES, Sample, TrainingSet, collate, read_split, with_webcam_normals_repeated
 from training.evaluate import auroc
 from training.export import export_onnx
@@ -33,7 +34,9 @@ DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets
 
 @torch.no_grad()
 def validate(model: FailureDetector, samples: list[Sample], size: int) -> dict[str, float]:
-    """Image-level check on val, through the same letterbox as the runtime."""
+    """Image-level check on val, through the same letterbox as the runtime; the modules' train
+    or eval modes are as they were afterwards."""
+    modes = [(module, module.training) for module in model.modules()]
     model.eval()
     scores, labels, defect_scores = [], [], []
     for start in range(0, len(samples), 16):
@@ -43,7 +46,8 @@ def validate(model: FailureDetector, samples: list[Sample], size: int) -> dict[s
         _, _, image_score, _, defect_score = model(torch.stack(pixels).contiguous(memory_format=torch.channels_last))
         scores.extend(image_score.squeeze(1).tolist())
         defect_scores.extend(defect_score.squeeze(1).tolist())
-    model.train()
+    for module, training in modes:
+        module.train(training)
     negatives = [s for s, y in zip(scores, labels, strict=True) if not y]
     positives = [s for s, y in zip(scores, labels, strict=True) if y]
     known = [i for i, s in enumerate(samples) if s.defect is not None]
@@ -79,6 +83,12 @@ def main() -> None:
     parser.add_argument("--painted-marks", type=float, default=0.0, metavar="SHARE",
                         help="share of training pictures with a made-up arrow or box painted out "
                              "(training.overlays), so painted-out patches are no cue for either class")
+    parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                        help="validate and export an exponential moving average of the weights with this decay "
+                             "(e.g. 0.998; 0 exports the last step's weights)")
+    parser.add_argument("--keep-imagenet-bn", action="store_true",
+                        help="the frozen layers' batch norms keep ImageNet's statistics all along (the shipped "
+                             "recipe lets them follow the training data from the second epoch)")
     parser.add_argument("--freeze", type=int, default=3, help="backbone blocks kept frozen (after the stem)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--limit", type=int, help="use only this many images of each split (smoke runs)")
@@ -126,11 +136,13 @@ def main() -> None:
     optimiser = torch.optim.AdamW(
         [{"params": backbone, "lr": args.lr * 0.3}, {"params": head, "lr": args.lr}], weight_decay=1e-4
     )
+    average = WeightAverage(model, args.ema) if args.ema > 0 else None
     steps_per_epoch = max(1, len(loader))
     total = args.steps or args.epochs * steps_per_epoch
     warmup = min(steps_per_epoch, max(1, total // 10))
     bases = [group["lr"] for group in optimiser.param_groups]
-    say(f"synthetic mix {args.mix}: {mix}; painted marks {args.painted_marks}")
+    say(f"synthetic mix {args.mix}: {mix}; painted marks {args.painted_marks}; weight average {args.ema or 'off'}; "
+        f"frozen batch norms {'ImageNet' if args.keep_imagenet_bn else 'follow the data from epoch 1'}")
     say(f"train {real} images (+ {len(train) - real} repeated normal webcam frames) + {dataset.synthetic} "
         f"synthetic/epoch, val {len(val)}; {total} steps")
     say(f"synthetic per epoch: {json.dumps(dataset.synthetic_counts())}; "
@@ -139,7 +151,7 @@ def main() -> None:
     step, best, started = 0, -1.0, time.time()
     model.train()
     for module in frozen:
-        module.eval()  # frozen layers keep their ImageNet batch-norm statistics
+        module.eval()  # in the first epoch the frozen layers keep their ImageNet batch-norm statistics
     for epoch in range(args.epochs):
         dataset.epoch = epoch
         for images, targets, flags in loader:
@@ -152,14 +164,23 @@ def main() -> None:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimiser.step()
+            if average is not None:
+                average.update(model)
             step += 1
             if step % 20 == 0 or step == total:
                 rounded = {k: round(v, 3) for k, v in parts.items()}
                 say(f"epoch {epoch} step {step}/{total} loss {loss.item():.3f} {json.dumps(rounded)}")
             if step >= total:
                 break
-        metrics = validate(model, val, args.size)
-        checkpoint = {"model": model.state_dict(), "image_size": args.size, "epoch": epoch, "val": metrics}
+        exported = model if average is None else average.module
+        metrics = validate(exported, val, args.size)
+        if not args.keep_imagenet_bn:
+            # The recipe of the shipped model: from the second epoch on, the frozen layers' batch
+            # norms follow the training data too (their weights stay frozen). It came from
+            # validation putting the whole model back in training mode; kept so that the one
+            # command still makes that model.
+            model.train()
+        checkpoint = {"model": exported.state_dict(), "image_size": args.size, "epoch": epoch, "val": metrics}
         torch.save(checkpoint, args.out / "last.pt")
         if metrics["auroc"] >= best or math.isnan(metrics["auroc"]):
             best = metrics["auroc"]
