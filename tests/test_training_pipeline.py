@@ -70,7 +70,6 @@ def test_a_weight_average_is_exported_and_frozen_batch_norms_may_keep_imagenet_s
     """Two short epochs (the second is where the shipped recipe lets the frozen layers' batch
     norms follow the data) with ``--ema`` and ``--keep-imagenet-bn``."""
     import torch
-
     from training.model import FailureDetector
 
     out = tmp_path / "run"
