@@ -22,6 +22,7 @@ What is real and what is simulated (tests/moonraker_host.py has the details):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import threading
 import time
@@ -30,6 +31,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import httpx
 import pytest
 from tests.moonraker_host import MoonrakerHost, free_port, paced_print, required_host
 
@@ -141,6 +143,37 @@ async def test_webcams_edited_in_the_front_end_reach_the_settings_at_once(host: 
         await in_thread(lambda: host.http.delete("/server/webcams/item", params={"name": "side"},
                                                  headers=host.headers).raise_for_status())
     await eventually(lambda: connector.host_settings()["webcams"] == [configured], "the removed webcam gone")
+
+
+async def test_the_front_ends_preheat_presets_are_sent_as_temperature_profiles(host: MoonrakerHost,
+                                                                               watch: Any) -> None:
+    def store(namespace: str, key: str, value: Any) -> None:
+        host.post("/server/database/item", {"namespace": namespace, "key": key, "value": value})
+
+    def forget(namespace: str, key: str) -> None:
+        host.http.delete("/server/database/item", params={"namespace": namespace, "key": key},
+                         headers=host.headers).raise_for_status()
+
+    # Stored as Mainsail stores them before the agent connects: read at once.
+    await in_thread(lambda: store("mainsail", "presets", {"presets": {"a1": {
+        "name": "PLA", "gcode": "", "values": {"extruder": {"bool": True, "type": "heater", "value": 215},
+                                               "heater_bed": {"bool": True, "type": "heater", "value": 60}}}}}))
+    try:
+        connector, _ = await watch(presets_refresh_seconds=0.5)
+        await ready(connector)
+        assert connector.host_settings()["temperature"] == {"profiles": [{"name": "PLA", "extruder": 215, "bed": 60}]}
+        # Added later in Fluidd (Moonraker tells no one): read again within the refresh interval.
+        await in_thread(lambda: store("fluidd", "uiSettings", {"dashboard": {"tempPresets": [{
+            "id": "f1", "name": "PETG", "gcode": "", "values": {
+                "extruder": {"value": 240, "type": "heater", "active": True},
+                "heater_bed": {"value": 80, "type": "heater", "active": False}}}]}}))
+        await eventually(lambda: connector.host_settings()["temperature"]["profiles"] == [
+            {"name": "PLA", "extruder": 215, "bed": 60}, {"name": "PETG", "extruder": 240}], "Fluidd's preset")
+    finally:
+        await in_thread(lambda: forget("mainsail", "presets"))
+        with contextlib.suppress(httpx.HTTPStatusError):
+            await in_thread(lambda: forget("fluidd", "uiSettings"))
+    await eventually(lambda: "temperature" not in connector.host_settings(), "the presets gone")
 
 
 async def test_a_short_print_starts_and_is_done(host: MoonrakerHost, watch: Any) -> None:

@@ -18,6 +18,7 @@ status updates is still reported as started and ended.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import posixpath
@@ -34,6 +35,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketExce
 
 from layerfleet import __version__
 from layerfleet.pacing import woken_within
+from layerfleet.printer_agent import frontend_presets
 from layerfleet.printer_agent.connector import (
     Connector,
     ConnectorError,
@@ -62,11 +64,18 @@ SPOOL_IN_MEMORY_BYTES = 8 * 1024 * 1024
 # While Klipper is not ready Moonraker does not say when it starts failing (a config error,
 # say), only when it becomes ready or shuts down, so the connector asks now and then.
 KLIPPY_POLL_SECONDS = 2.0
+# Mainsail and Fluidd write their preheat presets to Moonraker's database and Moonraker tells no
+# one, so they are read again now and then (one small request).
+PRESETS_REFRESH_SECONDS = 300.0
 RETRACT_SPEED = 1800  # mm/min, a common retraction speed
 LIFT_SPEED = 600  # mm/min, gentle enough for any Z axis
 
 IN_JOB = ("printing", "paused")
 JOB_ENDS = {"complete": Event.PRINT_DONE, "cancelled": Event.PRINT_CANCELLED, "error": Event.PRINT_FAILED}
+
+
+class MoonrakerRefused(ConnectorError):
+    """Moonraker answered a request with an error (as opposed to not answering at all)."""
 
 
 @dataclass
@@ -82,7 +91,7 @@ class MoonrakerConnector(Connector):
 
     def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 10.0,
                  client_name: str = CLIENT_NAME, reconnect_delay: float = 1.0,
-                 max_reconnect_delay: float = 30.0) -> None:
+                 max_reconnect_delay: float = 30.0, presets_refresh_seconds: float = PRESETS_REFRESH_SECONDS) -> None:
         self.http_url = _http_base(url)
         self.websocket_url = _websocket_url(self.http_url)
         self.api_key = api_key
@@ -90,6 +99,7 @@ class MoonrakerConnector(Connector):
         self.client_name = client_name
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max_reconnect_delay
+        self.presets_refresh_seconds = presets_refresh_seconds
 
         self._emit: EventSink | None = None
         self._task: asyncio.Task[None] | None = None
@@ -112,6 +122,7 @@ class MoonrakerConnector(Connector):
         self._klipper_version: str | None = None
         self._webcam_snapshot_url: str | None = None
         self._webcams: list[dict[str, Any]] = []  # as the protocol's settings carry them
+        self._temperature_profiles: list[dict[str, Any]] = []  # the front ends' preheat presets
         self._metadata: dict[str, dict[str, Any]] = {}  # file name → Moonraker's metadata
         self._metadata_wanted: set[str] = set()
 
@@ -268,6 +279,8 @@ class MoonrakerConnector(Connector):
             settings["klipper_version"] = self._klipper_version
         if self._webcams:
             settings["webcams"] = self._webcams
+        if self._temperature_profiles:
+            settings["temperature"] = {"profiles": self._temperature_profiles}
         return settings
 
     def snapshot_url(self) -> str | None:
@@ -357,14 +370,18 @@ class MoonrakerConnector(Connector):
                            max_size=MAX_MESSAGE_BYTES, proxy=None) as ws:
             self._ws = ws
             reader = asyncio.create_task(self._read(ws))
+            follower: asyncio.Task[None] | None = None
             try:
                 await self._set_up()
                 self._first_attempt.set()
+                follower = asyncio.create_task(self._follow_temperature_profiles())
                 await reader
                 return True
             finally:
-                reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
+                tasks = [t for t in (reader, follower) if t is not None]
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 self._ws = None
 
     async def _set_up(self) -> None:
@@ -381,6 +398,7 @@ class MoonrakerConnector(Connector):
         info = await self.call("server.info")
         self._moonraker_version = info.get("moonraker_version") or self._moonraker_version
         await self._load_webcams()
+        await self._load_temperature_profiles()
         self._connection_error = ""
         await self._klippy_changed(str(info.get("klippy_state", "disconnected")))
 
@@ -411,7 +429,7 @@ class MoonrakerConnector(Connector):
         if "error" in message:
             error = message["error"]
             text = error.get("message") if isinstance(error, dict) else str(error)
-            future.set_exception(ConnectorError(text or "Moonraker reported an error"))
+            future.set_exception(MoonrakerRefused(text or "Moonraker reported an error"))
             return
         result = message.get("result")
         if on_result is not None:
@@ -556,6 +574,25 @@ class MoonrakerConnector(Connector):
         primary = next((c for c in cameras if c.get("enabled", True) and c.get("snapshot_url")), None)
         self._webcam_snapshot_url = self._front_end_url(str(primary["snapshot_url"])) if primary else None
         self._webcams = [_webcam(c, is_primary=c is primary) for c in cameras]
+
+    async def _load_temperature_profiles(self) -> None:
+        profiles: list[dict[str, Any]] = []
+        for (namespace, key), read in ((frontend_presets.MAINSAIL, frontend_presets.mainsail_profiles),
+                                       (frontend_presets.FLUIDD, frontend_presets.fluidd_profiles)):
+            try:
+                item = await self.call("server.database.get_item", {"namespace": namespace, "key": key})
+            except MoonrakerRefused:
+                continue  # that front end was never opened on this printer: its namespace does not exist
+            named = {p["name"] for p in profiles}
+            profiles += [p for p in read(item.get("value") if isinstance(item, dict) else None)
+                         if p["name"] not in named]
+        self._temperature_profiles = profiles[:frontend_presets.MAX_PRESETS]
+
+    async def _follow_temperature_profiles(self) -> None:
+        while True:
+            await asyncio.sleep(self.presets_refresh_seconds)
+            with contextlib.suppress(ConnectorError):  # no answer: the ones read last stay till the next try
+                await self._load_temperature_profiles()
 
     def _front_end_url(self, url: str) -> str:
         # Relative webcam URLs are written for the web front end (Mainsail, Fluidd) that serves
