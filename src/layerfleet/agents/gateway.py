@@ -19,12 +19,8 @@ Otherwise it was a dead connection of the same agent reconnecting and is closed 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import uuid
-from collections import deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 from sqlalchemy import update
@@ -33,12 +29,18 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from layerfleet import metrics
 from layerfleet.agents import lifecycle
+from layerfleet.agents.connection import (
+    CLOSE_UNAUTHORIZED,
+    AgentCallError,
+    AgentConnection,
+    AgentNotConnected,
+    parse_frame,
+)
 from layerfleet.agents.linking import printer_for_token
 from layerfleet.agents.liveness import LivenessSweep
 from layerfleet.agents.status_writer import StatusWriter
-from layerfleet.commands.bus import AgentMessage, RemoteStatus, TokenRevoked
+from layerfleet.commands.bus import AgentMessage, RemoteStatus
 from layerfleet.database import utcnow
-from layerfleet.errors import Unavailable
 from layerfleet.fleet.events import FleetEvents
 from layerfleet.fleet.models import Printer, status_flags
 from layerfleet.fleet.watch_reasons import should_watch
@@ -49,27 +51,16 @@ MAX_FRAME_BYTES = 1024 * 1024
 CLOSE_GOING_AWAY = 1001
 CLOSE_TOO_BIG = 1009
 CLOSE_DUPLICATE = 4321
-CLOSE_UNAUTHORIZED = 4401
 DEFAULT_PROBE_TIMEOUT = 2.0
 DEFAULT_CALL_TIMEOUT = 10.0
-MAX_INBOX = 200
 DRAIN_SECONDS = 10.0
 STATUS_WAIT_SECONDS = 10.0
-MAX_PENDING_CALLS = 100
 KNOWN_KEYS = frozenset({
     "status", "settings", "event", "current_print_ts", "passthru",
     "octoprint_data", "octoprint_settings", "octoprint_event",
 })
 # The liveness probe: read-only, and answered by OctoPrint-Obico (seen in the capture).
 PROBE_TARGET, PROBE_FUNC = "_printer", "get_current_data"
-
-
-class AgentNotConnected(Unavailable):
-    """The printer's agent is not connected to this server."""
-
-
-class AgentCallError(Unavailable):
-    """The agent answered a remote call with an error."""
 
 
 @runtime_checkable
@@ -86,109 +77,6 @@ def token_from_header(header: str | None) -> str | None:
     if scheme.lower() not in {"bearer", "token"} or not token:
         return None
     return token
-
-
-def _reject_constant(name: str) -> Any:
-    # NaN and Infinity are not JSON; PostgreSQL would refuse to store them.
-    raise ValueError(f"{name} is not valid JSON")
-
-
-def parse_frame(text: str) -> dict[str, Any] | None:
-    try:
-        frame = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        return None
-    return frame if isinstance(frame, dict) else None
-
-
-@dataclass(eq=False)
-class AgentConnection:
-    websocket: WebSocket
-    printer_id: int
-    organization_id: int
-    token: str
-    send_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pending: dict[str, asyncio.Future[Any]] = field(default_factory=dict)
-    replaced: bool = False
-    closed: bool = False
-    should_watch: bool | None = None
-    # Frames wait here for the connection's worker, so reading never waits for the database
-    # (an unread socket misses its keep-alive pongs and is dropped under load).
-    inbox: deque[dict[str, Any]] = field(default_factory=deque)
-    inbox_ready: asyncio.Event = field(default_factory=asyncio.Event)
-    reading_done: bool = False
-    # What the last fully applied message said, to tell a plain status from a change.
-    applied_flags: tuple[bool, bool, bool] | None = None
-    applied_ts: int | None = None
-    # The status last received, so a heater crossing its target in a plain status is noticed.
-    last_status: dict[str, Any] | None = None
-    status_written: asyncio.Future[None] | None = None
-
-    def enqueue(self, frame: dict[str, Any]) -> None:
-        last = self.inbox[-1] if self.inbox else None
-        if last is not None and _coalescible(last, frame):
-            self.inbox[-1] = frame  # only the newest of two plain statuses matters
-        else:
-            if len(self.inbox) >= MAX_INBOX:
-                log.warning("printer %s: the agent sends faster than the server applies; oldest frame dropped",
-                            self.printer_id)
-                self.inbox.popleft()
-            self.inbox.append(frame)
-        self.inbox_ready.set()
-
-    async def send(self, message: dict[str, Any]) -> None:
-        if self.closed:
-            raise AgentNotConnected(self.printer_id)
-        async with self.send_lock:
-            await self.websocket.send_text(json.dumps(message))
-
-    async def deliver(self, message: AgentMessage) -> None:
-        if isinstance(message, TokenRevoked):
-            await self.close(CLOSE_UNAUTHORIZED)
-            return
-        await self.send(message.as_message())
-
-    async def close(self, code: int) -> None:
-        if self.closed:
-            return
-        self.closed = True
-        for future in self.pending.values():
-            future.cancel()
-        try:
-            async with self.send_lock:
-                await self.websocket.close(code)
-        except Exception:  # the peer may be gone already; nothing is left to tell it
-            log.debug("closing the connection of printer %s failed", self.printer_id, exc_info=True)
-
-    async def call(self, target: str, func: str, args: list[Any], kwargs: dict[str, Any], wait_seconds: float) -> Any:
-        if len(self.pending) >= MAX_PENDING_CALLS:
-            raise AgentCallError("too many calls waiting for this agent")
-        ref = uuid.uuid4().hex
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self.pending[ref] = future
-        try:
-            await self.send({"passthru": {"target": target, "func": func, "args": args, "kwargs": kwargs, "ref": ref}})
-            async with asyncio.timeout(wait_seconds):
-                return await future
-        finally:
-            self.pending.pop(ref, None)
-
-    def answer(self, reply: dict[str, Any]) -> None:
-        future = self.pending.get(str(reply.get("ref")))
-        if future is None or future.done():
-            return
-        if reply.get("error") is not None:
-            future.set_exception(AgentCallError(str(reply["error"])[:1000]))
-        else:
-            future.set_result(reply.get("ret"))
-
-
-PLAIN_KEYS = frozenset({"status", "current_print_ts", "octoprint_data"})
-
-
-def _coalescible(older: dict[str, Any], newer: dict[str, Any]) -> bool:
-    return set(older) <= PLAIN_KEYS and set(newer) <= PLAIN_KEYS \
-        and older.get("current_print_ts") == newer.get("current_print_ts")
 
 
 def _watch_flags(status: dict[str, Any]) -> tuple[bool, bool, bool]:
@@ -296,7 +184,7 @@ class AgentGateway:
         worker = asyncio.create_task(self._apply_frames(connection), name=f"agent-{printer.id}")
         try:
             await connection.send(RemoteStatus(should_watch=connection.should_watch).as_message())
-            await self._receive(connection)
+            await self._receive(connection, websocket)
         except (WebSocketDisconnect, AgentNotConnected):
             pass
         except Exception:
@@ -392,8 +280,7 @@ class AgentGateway:
             return False  # a notification to raise: the full path records it with its cause
         return update_.current_print_ts is None or update_.current_print_ts == connection.applied_ts
 
-    async def _receive(self, connection: AgentConnection) -> None:
-        websocket = connection.websocket
+    async def _receive(self, connection: AgentConnection, websocket: WebSocket) -> None:
         while True:
             try:
                 message = await websocket.receive()
