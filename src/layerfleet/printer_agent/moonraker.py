@@ -398,7 +398,8 @@ class MoonrakerConnector(Connector):
         info = await self.call("server.info")
         self._moonraker_version = info.get("moonraker_version") or self._moonraker_version
         await self._load_webcams()
-        await self._load_temperature_profiles()
+        with contextlib.suppress(ConnectorError):  # a slow database is no reason to drop the printer
+            await self._load_temperature_profiles()
         self._connection_error = ""
         await self._klippy_changed(str(info.get("klippy_state", "disconnected")))
 
