@@ -24,7 +24,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import layerfleet
@@ -33,8 +33,7 @@ from layerfleet.database import utcnow
 from layerfleet.detection.model_versions import ModelStatus, ModelVersion
 from layerfleet.detection.runtime import shipped_model_path
 from layerfleet.finetuning import evidence, service
-from layerfleet.jobs import JobQueue
-from layerfleet.jobs.hand_over import HandOverLoop
+from layerfleet.jobs import JobQueue, durable
 from layerfleet.media import media_root
 
 log = logging.getLogger(__name__)
@@ -84,7 +83,7 @@ class FinetuneJobs:
         self.workers = workers
         self.sole_worker = sole_worker
         self.runner = FinetuneRunner(sessionmaker, settings, on_change=on_change)
-        self._hand_over = HandOverLoop(self.hand_over, what="finetune", interval=POLL_SECONDS)
+        self._hand_over = durable.HandOverLoop(self.hand_over, what="finetune", interval=POLL_SECONDS)
 
     async def start(self) -> None:
         if self.workers == 0:
@@ -107,7 +106,6 @@ class FinetuneJobs:
 
     async def hand_over(self) -> int:
         """Enqueue the QUEUED versions nobody has handed over yet; give up on those whose worker died."""
-        waiting = (ModelVersion.status == ModelStatus.QUEUED.value) & ModelVersion.enqueued_at.is_(None)
         # A job is stopped at the time limit, so one TRAINING well past it lost its process (killed
         # with its worker): it would otherwise block the organization's next fine-tuning forever.
         dead = utcnow() - timedelta(seconds=self.settings.finetune_timeout_seconds + STALE_MARGIN_SECONDS)
@@ -116,18 +114,10 @@ class FinetuneJobs:
                 ModelVersion.status == ModelStatus.TRAINING.value, ModelVersion.started_at < dead)
                 .values(status=ModelStatus.FAILED.value, finished_at=utcnow(),
                         error="The process running this fine-tuning stopped; start it again."))
-            rows = list((await session.execute(select(ModelVersion.id, ModelVersion.uuid).where(waiting)
-                                               .order_by(ModelVersion.id).limit(20))).all())
-            mine = []
-            for version_id, version_uuid in rows:
-                taken = await session.execute(update(ModelVersion).where(ModelVersion.id == version_id, waiting)
-                                              .values(enqueued_at=utcnow()).execution_options(synchronize_session=False))
-                if getattr(taken, "rowcount", 0) == 1:
-                    mine.append(version_uuid)
             await session.commit()
-        for version_uuid in mine:
-            await self.queue.enqueue(FINETUNE_JOB_KIND, version_uuid)
-        return len(mine)
+        waiting = (ModelVersion.status == ModelStatus.QUEUED.value) & ModelVersion.enqueued_at.is_(None)
+        return await durable.hand_over(self.sessionmaker, self.queue, FINETUNE_JOB_KIND, ModelVersion, waiting,
+                                       {"enqueued_at": utcnow()}, limit=20)
 
 
 class FinetuneRunner:
@@ -155,17 +145,9 @@ class FinetuneRunner:
             await asyncio.to_thread(shutil.rmtree, work, True)
 
     async def _claim(self, version_uuid: str) -> int | None:
-        async with self.sessionmaker() as session:
-            version = (await session.execute(select(ModelVersion).where(ModelVersion.uuid == version_uuid))
-                       ).scalar_one_or_none()
-            if version is None:
-                return None
-            claimed = await session.execute(update(ModelVersion).where(
-                ModelVersion.id == version.id, ModelVersion.status == ModelStatus.QUEUED.value)
-                .values(status=ModelStatus.TRAINING.value, started_at=utcnow())
-                .execution_options(synchronize_session=False))
-            await session.commit()
-            return version.id if getattr(claimed, "rowcount", 0) == 1 else None
+        return await durable.claim(self.sessionmaker, ModelVersion, version_uuid,
+                                   ModelVersion.status == ModelStatus.QUEUED.value,
+                                   {"status": ModelStatus.TRAINING.value, "started_at": utcnow()})
 
     async def _train(self, version_id: int, work: Path) -> dict[str, Any]:
         missing = training_available()

@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from layerfleet.database import utcnow
-from layerfleet.jobs import JobQueue
+from layerfleet.jobs import JobQueue, durable
 from layerfleet.library import service as library
 from layerfleet.library.models import Build, PartVersion, SettingsPreset, SliceJob, SliceStatus
 from layerfleet.library.service import SLICE_TIMEOUT_SECONDS, STALE_MARGIN, gcode_dir, library_root
@@ -159,16 +159,9 @@ class SliceRunner:
             await self._finish(job_id, SliceStatus.ERROR, "The slice failed on the server; see its log.")
 
     async def _claim(self, job_uuid: str) -> int | None:
-        async with self._sessionmaker() as session:
-            job = (await session.execute(select(SliceJob).where(SliceJob.uuid == job_uuid))).scalar_one_or_none()
-            if job is None:
-                return None
-            result = await session.execute(update(SliceJob).where(
-                SliceJob.id == job.id, _claimable(self._timeout),
-            ).values(status=SliceStatus.IN_PROGRESS.value, started_at=utcnow(), attempts=SliceJob.attempts + 1)
-            .execution_options(synchronize_session=False))
-            await session.commit()
-            return job.id if getattr(result, "rowcount", 0) == 1 else None
+        return await durable.claim(self._sessionmaker, SliceJob, job_uuid, _claimable(self._timeout),
+                                   {"status": SliceStatus.IN_PROGRESS.value, "started_at": utcnow(),
+                                    "attempts": SliceJob.attempts + 1})
 
     async def _slice(self, job_id: int) -> None:
         root = library_root(self._data_dir)

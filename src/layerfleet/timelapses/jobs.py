@@ -31,8 +31,7 @@ from layerfleet.detection.imaging import BadImage
 from layerfleet.detection.models import Alert, PredictionFrame
 from layerfleet.detection.runtime import Detector
 from layerfleet.fleet.models import Printer
-from layerfleet.jobs import JobQueue
-from layerfleet.jobs.hand_over import HandOverLoop
+from layerfleet.jobs import JobQueue, durable
 from layerfleet.media import KEPT_FRAMES, media_root, print_folder, remove_media
 from layerfleet.prints import service as prints
 from layerfleet.prints.models import Print
@@ -66,7 +65,7 @@ class TimelapseJobs:
         self.sole_worker = sole_worker
         self.stale = timedelta(seconds=stale_seconds)
         self.runner = TimelapseRunner(sessionmaker, settings, detector=detector, stale=self.stale)
-        self._hand_over = HandOverLoop(self.hand_over, what="timelapse", interval=POLL_SECONDS)
+        self._hand_over = durable.HandOverLoop(self.hand_over, what="timelapse", interval=POLL_SECONDS)
         self._retention: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -101,21 +100,8 @@ class TimelapseJobs:
     async def hand_over(self) -> int:
         """Enqueue the jobs nobody has taken: new ones, and those whose worker died."""
         now = utcnow()
-        async with self.sessionmaker() as session:
-            rows = list((await session.execute(
-                select(TimelapseJob.id, TimelapseJob.uuid).where(_waiting(now, self.stale))
-                .order_by(TimelapseJob.id).limit(100))).all())
-            mine = []
-            for job_id, job_uuid in rows:
-                taken = await session.execute(update(TimelapseJob).where(
-                    TimelapseJob.id == job_id, _waiting(now, self.stale)).values(enqueued_at=now)
-                    .execution_options(synchronize_session=False))
-                if getattr(taken, "rowcount", 0) == 1:
-                    mine.append(job_uuid)
-            await session.commit()
-        for job_uuid in mine:
-            await self.queue.enqueue(TIMELAPSE_JOB_KIND, job_uuid)
-        return len(mine)
+        return await durable.hand_over(self.sessionmaker, self.queue, TIMELAPSE_JOB_KIND, TimelapseJob,
+                                       _waiting(now, self.stale), {"enqueued_at": now}, limit=100)
 
     async def _retain(self) -> None:
         while True:
@@ -191,23 +177,19 @@ class TimelapseRunner:
 
     async def _claim(self, job_uuid: str) -> int | None:
         now = utcnow()
+        claimable = _claimable(now, self.stale)
         async with self.sessionmaker() as session:
-            job = (await session.execute(
-                select(TimelapseJob).where(TimelapseJob.uuid == job_uuid))).scalar_one_or_none()
-            if job is None:
-                return None
-            if job.attempts >= MAX_ATTEMPTS and job.status != TimelapseStatus.DONE.value:
-                await session.execute(update(TimelapseJob).where(TimelapseJob.id == job.id, _claimable(now, self.stale))
-                                      .values(status=TimelapseStatus.ERROR.value, finished_at=now,
-                                              error=f"Stopped after {MAX_ATTEMPTS} attempts."))
-                await session.commit()
-                return None
-            result = await session.execute(update(TimelapseJob).where(
-                TimelapseJob.id == job.id, _claimable(now, self.stale),
-            ).values(status=TimelapseStatus.IN_PROGRESS.value, started_at=now, heartbeat_at=now,
-                     attempts=TimelapseJob.attempts + 1).execution_options(synchronize_session=False))
+            gave_up = await session.execute(update(TimelapseJob).where(
+                TimelapseJob.uuid == job_uuid, TimelapseJob.attempts >= MAX_ATTEMPTS, claimable)
+                .values(status=TimelapseStatus.ERROR.value, finished_at=now,
+                        error=f"Stopped after {MAX_ATTEMPTS} attempts."))
             await session.commit()
-            return job.id if getattr(result, "rowcount", 0) == 1 else None
+        if durable.won(gave_up):
+            return None
+        return await durable.claim(self.sessionmaker, TimelapseJob, job_uuid,
+                                   claimable & (TimelapseJob.attempts < MAX_ATTEMPTS),
+                                   {"status": TimelapseStatus.IN_PROGRESS.value, "started_at": now,
+                                    "heartbeat_at": now, "attempts": TimelapseJob.attempts + 1})
 
     async def _heartbeat(self, job_id: int) -> None:
         while True:
