@@ -27,7 +27,7 @@ SYNTHETIC_ROTATION = ("simulator", "composite", "clutter", "simulator", "composi
 @dataclass(frozen=True)
 class SyntheticMix:
     """How the synthetic samples are made. ``SHIPPED`` made the shipped model; ``WIDE`` is the
-    second run's mix (docs/model.md, "A second run, not shipped"), kept to be tried again with a
+    second run's mix (docs/model.md, "The shipping rule and the runs judged by it"), kept to be tried again with a
     lower ``box_weight``: its composites raised recall on unseen cameras but taught the box head
     to fire on real normal frames."""
 

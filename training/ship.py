@@ -16,7 +16,7 @@ whole prints:
   (10 s) longer.
 
 A second training run passed the per-frame half and paused P1's normal prints falsely
-(docs/model.md, "A second run, not shipped"): hence the second half.
+(docs/model.md, "The shipping rule and the runs judged by it"): hence the second half.
 """
 
 from __future__ import annotations
