@@ -109,3 +109,21 @@ def test_evaluate_reports_the_shipped_model_s_defect_figures_and_n_a_for_a_model
     assert figures["defect_auroc"] is None and figures["ap50_defect"] is None and figures["defect_images"] > 0
     bad = subprocess.run([*run[:-1], "val,nowhere"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "unknown set" in bad.stderr
+
+
+def test_evaluate_measures_an_average_of_models_in_logit_space(tmp_path: Path) -> None:
+    from training.evaluate import ScoreAverage, mean_in_logit_space
+
+    assert mean_in_logit_space([0.9, 0.1]) == pytest.approx(0.5)
+    assert mean_in_logit_space([0.99, 0.5]) == pytest.approx(1 / (1 + 99 ** -0.5))
+    sure = Detector(tiny_model(tmp_path / "sure.onnx", failure=0.9, defect=0.9))
+    doubtful = Detector(tiny_model(tmp_path / "doubtful.onnx", failure=0.1, defect=0.2))
+    frames = [sure.prepare(path.read_bytes()) for path in sorted((DATA / "images" / "val").glob("*.jpg"))[:3]]
+    for both, alone in zip(ScoreAverage([sure, doubtful]).run(frames), sure.run(frames), strict=True):
+        assert both.score == pytest.approx(0.5, abs=1e-5)
+        assert both.defect_score == pytest.approx(mean_in_logit_space([0.9, 0.2]), abs=1e-5)
+        assert both.defect_boxes == alone.defect_boxes and both.boxes == alone.boxes  # the first model's
+    run = [sys.executable, "-m", "training.evaluate", "--data", str(DATA), "--extra", str(EXTRA), "--sets", "val",
+           "--average-with", str(tmp_path / "sure.onnx")]
+    refused = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=120)  # the shipped 256 px + 64 px
+    assert refused.returncode == 2 and "different input sizes" in refused.stderr
