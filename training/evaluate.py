@@ -171,7 +171,6 @@ class ScoreAverage:
         if len(sizes) != 1:
             raise ModelsDoNotMatch(f"models of different input sizes cannot share a frame: {sorted(sizes)}")
         self.detectors = list(detectors)
-        self.input_size = sizes.pop()
         self.has_defects = all(detector.has_defects for detector in detectors)
 
     def prepare(self, data: bytes) -> Letterboxed:

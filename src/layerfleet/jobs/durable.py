@@ -41,8 +41,8 @@ def won(result: Result[Any]) -> bool:
 
 async def claim(sessionmaker: async_sessionmaker[AsyncSession], table: type[JobRow], job_uuid: str,
                 claimable: ColumnElement[bool], values: Mapping[str, Any]) -> int | None:
-    """Write ``values`` to the job's row if it is still ``claimable``, in one statement; the row's
-    id when this call won it, None when the row is gone or someone else has it."""
+    """Write ``values`` to the job's row if it is still ``claimable``, in one conditional UPDATE;
+    the row's id when this call won it, None when the row is gone or not claimable."""
     async with sessionmaker() as session:
         job_id = (await session.execute(select(table.id).where(table.uuid == job_uuid))).scalar_one_or_none()
         if job_id is None:

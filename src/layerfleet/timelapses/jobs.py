@@ -178,18 +178,19 @@ class TimelapseRunner:
     async def _claim(self, job_uuid: str) -> int | None:
         now = utcnow()
         claimable = _claimable(now, self.stale)
-        async with self.sessionmaker() as session:
-            gave_up = await session.execute(update(TimelapseJob).where(
-                TimelapseJob.uuid == job_uuid, TimelapseJob.attempts >= MAX_ATTEMPTS, claimable)
-                .values(status=TimelapseStatus.ERROR.value, finished_at=now,
-                        error=f"Stopped after {MAX_ATTEMPTS} attempts."))
-            await session.commit()
-        if durable.won(gave_up):
-            return None
-        return await durable.claim(self.sessionmaker, TimelapseJob, job_uuid,
-                                   claimable & (TimelapseJob.attempts < MAX_ATTEMPTS),
-                                   {"status": TimelapseStatus.IN_PROGRESS.value, "started_at": now,
-                                    "heartbeat_at": now, "attempts": TimelapseJob.attempts + 1})
+        job_id = await durable.claim(self.sessionmaker, TimelapseJob, job_uuid,
+                                     claimable & (TimelapseJob.attempts < MAX_ATTEMPTS),
+                                     {"status": TimelapseStatus.IN_PROGRESS.value, "started_at": now,
+                                      "heartbeat_at": now, "attempts": TimelapseJob.attempts + 1})
+        if job_id is None:
+            # Not won: taken by another worker, gone, or spent — only a spent one is still claimable.
+            async with self.sessionmaker() as session:
+                await session.execute(update(TimelapseJob).where(
+                    TimelapseJob.uuid == job_uuid, TimelapseJob.attempts >= MAX_ATTEMPTS, claimable)
+                    .values(status=TimelapseStatus.ERROR.value, finished_at=now,
+                            error=f"Stopped after {MAX_ATTEMPTS} attempts."))
+                await session.commit()
+        return job_id
 
     async def _heartbeat(self, job_id: int) -> None:
         while True:
