@@ -343,7 +343,9 @@ async def test_a_mixed_batch_is_scored_with_each_organizations_model(farm: Farm,
             self.batches.append(len(images))
             return super().detect(images)
 
-    shipped = Counting()
+    # The first network alone, as Farm A's copy scores (a fine-tuned model is run as it was judged:
+    # alone); the server's shipped detector adds its second opinion on suspicious frames.
+    shipped = Counting(shipped_model_path())
     choice = ModelChoice(farm.sessionmaker, root, refresh_seconds=3600)
     frames = [(a.user.organization_id, cable_bundle(1)), (b.user.organization_id, cable_bundle(1)),
               (c.user.organization_id, cable_bundle(2)), (a.user.organization_id, b"not a picture"),

@@ -88,19 +88,26 @@ def _mean(figures: dict[str, Any]) -> float:
     return float(figures["per_frame"]["val"]["auroc"] + figures["per_frame"]["extra-val"]["auroc"]) / 2
 
 
-def test_the_kept_figures_are_the_shipped_model_s_and_no_other_s(tmp_path: Path) -> None:
+def test_the_kept_figures_are_the_shipped_detector_s_and_no_other_s(tmp_path: Path) -> None:
+    """The shipped model with its second opinion, as the server runs them."""
     from training.ship import MEASUREMENT, SHIPPED_FIGURES, saved_figures
 
+    from layerfleet.detection import Detector
     from layerfleet.detection.runtime import shipped_model_path
 
     defaults = {"printers": 6, "prints": 2, "failing": 2, "hours": 2.0}
-    kept = saved_figures(SHIPPED_FIGURES, shipped_model_path(), defaults)
+    shipped = Detector()
+    kept = saved_figures(SHIPPED_FIGURES, shipped, defaults)
     assert kept is not None, "the shipped model changed: refresh training/shipped-figures.json (--figures)"
     assert kept["temporal"]["webcam_normal_P1"]["print_hours"] > 5 and kept["per_frame"]["val"]["images"] > 100
-    assert saved_figures(SHIPPED_FIGURES, shipped_model_path(), {**defaults, "hours": 0.25}) is None
-    other = tmp_path / "other.onnx"
-    other.write_bytes(shipped_model_path().read_bytes() + b"\0")
-    assert saved_figures(SHIPPED_FIGURES, other, defaults) is None
+    assert saved_figures(SHIPPED_FIGURES, shipped, {**defaults, "hours": 0.25}) is None
+    assert shipped.second_opinion is not None
+    assert saved_figures(SHIPPED_FIGURES, Detector(shipped_model_path()), defaults) is None  # the first alone
+    assert saved_figures(SHIPPED_FIGURES, Detector(shipped.second_opinion), defaults) is None
+    other_second = Detector(shipped_model_path(), second_opinion=shipped_model_path())
+    assert saved_figures(SHIPPED_FIGURES, other_second, defaults) is None
+    asked_later = Detector(second_opinion_from=shipped.second_opinion_from + 0.1)
+    assert saved_figures(SHIPPED_FIGURES, asked_later, defaults) is None
     older = tmp_path / "older.json"
     older.write_text(json.dumps({**kept, "measurement": MEASUREMENT - 1}))
-    assert saved_figures(older, shipped_model_path(), defaults) is None  # measured another way
+    assert saved_figures(older, shipped, defaults) is None  # measured another way

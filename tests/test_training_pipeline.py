@@ -111,19 +111,22 @@ def test_evaluate_reports_the_shipped_model_s_defect_figures_and_n_a_for_a_model
     assert bad.returncode == 2 and "unknown set" in bad.stderr
 
 
-def test_evaluate_measures_an_average_of_models_in_logit_space(tmp_path: Path) -> None:
-    from training.evaluate import ScoreAverage, mean_in_logit_space
-
-    assert mean_in_logit_space([0.9, 0.1]) == pytest.approx(0.5)
-    assert mean_in_logit_space([0.99, 0.5]) == pytest.approx(1 / (1 + 99 ** -0.5))
-    sure = Detector(tiny_model(tmp_path / "sure.onnx", failure=0.9, defect=0.9))
-    doubtful = Detector(tiny_model(tmp_path / "doubtful.onnx", failure=0.1, defect=0.2))
-    frames = [sure.prepare(path.read_bytes()) for path in sorted((DATA / "images" / "val").glob("*.jpg"))[:3]]
-    for both, alone in zip(ScoreAverage([sure, doubtful]).run(frames), sure.run(frames), strict=True):
-        assert both.score == pytest.approx(0.5, abs=1e-5)
-        assert both.defect_score == pytest.approx(mean_in_logit_space([0.9, 0.2]), abs=1e-5)
-        assert both.defect_boxes == alone.defect_boxes and both.boxes == alone.boxes  # the first model's
+def test_evaluate_measures_a_model_with_a_second_opinion(tmp_path: Path) -> None:
+    sure = tiny_model(tmp_path / "sure.onnx", failure=0.9, defect=0.9)
+    doubtful = tiny_model(tmp_path / "doubtful.onnx", failure=0.02, defect=0.2)
     run = [sys.executable, "-m", "training.evaluate", "--data", str(DATA), "--extra", str(EXTRA), "--sets", "val",
-           "--average-with", str(tmp_path / "sure.onnx")]
-    refused = subprocess.run(run, cwd=REPO, capture_output=True, text=True, timeout=120)  # the shipped 256 px + 64 px
-    assert refused.returncode == 2 and "different input sizes" in refused.stderr
+           "--json", "--model", str(sure)]
+    answers = [json.loads(subprocess.run(run + extra, cwd=REPO, capture_output=True, text=True, timeout=600).stdout)
+               for extra in ([], ["--second-opinion", str(doubtful)], ["--second-opinion", str(doubtful),
+                                                                        "--second-opinion-from", "0.95"])]
+    alone, pair, never_asked = answers
+    images = alone["sets"]["val"]["images"]
+    assert alone["second_opinion"] is None and alone["sets"]["val"]["recall_at_0.5"] == 1.0
+    assert pair["second_opinion"] == str(doubtful) and pair["second_opinions"] == images
+    assert pair["sets"]["val"]["recall_at_0.5"] == 0.0  # every score is the average of 0.9 and 0.02: 0.30
+    assert never_asked["second_opinions"] == 0 and never_asked["sets"] == alone["sets"] | {
+        "val": alone["sets"]["val"] | {"ms_per_image": never_asked["sets"]["val"]["ms_per_image"]}}
+    refused = subprocess.run([*run[:-2], "--second-opinion", str(sure)], cwd=REPO, capture_output=True, text=True,
+                             timeout=120)  # the shipped 256 px model and a 64 px one
+    assert refused.returncode == 2 and "does not match" in refused.stderr
+

@@ -1,6 +1,6 @@
 """Evaluate an exported model through the same runtime the server uses.
 
-    python -m training.evaluate [--model PATH] [--average-with PATH ...] [--sets val,extra-holdout] [--json]
+    python -m training.evaluate [--model PATH [--second-opinion PATH]] [--sets val,extra-holdout] [--json]
 
 Sets: ``val`` (print-failures' val split), ``extra-val`` and ``extra-holdout`` (the groups of
 print-failures-extra that `training.extra` keeps for validation and for evaluation only; the
@@ -11,9 +11,9 @@ per class (failure, defect) on images with boxes, and the defect score's AUROC o
 defects are known. Figures a model or a set cannot give (a model without the defect output, a
 set without defect labels) are "n/a" in the table and null in the JSON.
 
-``--average-with`` measures an ensemble: the models' failure and defect scores averaged in logit
-space, the boxes of ``--model``. The server runs one model; this says what averaging would buy
-(and it costs each model's time per frame).
+Without ``--model`` it measures what the server runs: the shipped model with its second opinion
+(`layerfleet.detection.runtime`). ``--model`` alone measures that model alone; ``--second-opinion``
+adds a second network, asked from ``--second-opinion-from`` (0 averages every frame).
 """
 
 from __future__ import annotations
@@ -24,15 +24,14 @@ import json
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from layerfleet.detection import Detector
-from layerfleet.detection.imaging import Letterboxed
-from layerfleet.detection.runtime import ALERT_SCORE, FrameResult, iou, shipped_model_path
+from layerfleet.detection.runtime import ALERT_SCORE, SECOND_OPINION_FROM, ModelMissing, iou
 from training.data import read_yolo_boxes
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "print-failures"
@@ -150,44 +149,33 @@ def load_set(name: str, data: Path, extra: Path) -> list[Item]:
     raise ValueError(f"unknown set {name!r}; sets: {', '.join(SETS)}")
 
 
-def _logit(p: float) -> float:
-    p = min(max(p, 1e-7), 1 - 1e-7)
-    return math.log(p / (1 - p))
+def add_detector_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model`` / ``--second-opinion`` / ``--second-opinion-from``, as every measuring command
+    reads them (`detector_from`)."""
+    parser.add_argument("--model", type=Path, default=None,
+                        help="ONNX model (default: the shipped one with its second opinion)")
+    parser.add_argument("--second-opinion", type=Path, default=None, metavar="MODEL",
+                        help="a second network asked on the frames --model finds suspicious, the two scores "
+                             "averaged in logit space (default: none with --model, the shipped one without)")
+    parser.add_argument("--second-opinion-from", type=float, default=None, metavar="SCORE",
+                        help=f"the first network's score from which the second is asked (default "
+                             f"{SECOND_OPINION_FROM}; 0: every frame)")
 
 
-def mean_in_logit_space(scores: Sequence[float]) -> float:
-    return 1 / (1 + math.exp(-sum(_logit(p) for p in scores) / len(scores)))
+def detector_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Detector:
+    try:
+        return Detector(args.model, second_opinion=args.second_opinion, second_opinion_from=args.second_opinion_from)
+    except ModelMissing as exc:
+        parser.error(str(exc))
 
 
-class ModelsDoNotMatch(ValueError):
-    """Models that cannot be averaged frame by frame."""
+def described(detector: Detector) -> str:
+    if detector.second_opinion is None:
+        return str(detector.model_path)
+    return f"{detector.model_path} + {detector.second_opinion} from {detector.second_opinion_from:g}"
 
 
-class ScoreAverage:
-    """Several models as one for `score_items`: scores averaged in logit space, the first's boxes."""
-
-    def __init__(self, detectors: Sequence[Detector]) -> None:
-        sizes = {detector.input_size for detector in detectors}
-        if len(sizes) != 1:
-            raise ModelsDoNotMatch(f"models of different input sizes cannot share a frame: {sorted(sizes)}")
-        self.detectors = list(detectors)
-        self.has_defects = all(detector.has_defects for detector in detectors)
-
-    def prepare(self, data: bytes) -> Letterboxed:
-        return self.detectors[0].prepare(data)
-
-    def run(self, frames: Sequence[Letterboxed]) -> list[FrameResult]:
-        per_model = [detector.run(frames) for detector in self.detectors]
-        averaged = []
-        for results in zip(*per_model, strict=True):
-            defects = [r.defect_score for r in results]
-            averaged.append(replace(
-                results[0], score=mean_in_logit_space([r.score for r in results]),
-                defect_score=mean_in_logit_space(defects) if self.has_defects and None not in defects else None))
-        return averaged
-
-
-def score_items(detector: Detector | ScoreAverage, items: Sequence[Item]) -> dict[str, object]:
+def score_items(detector: Detector, items: Sequence[Item]) -> dict[str, object]:
     truth: dict[int, list[np.ndarray]] = {c: [] for c in CLASSES.values()}
     detections: dict[int, list[tuple[float, int, np.ndarray]]] = {c: [] for c in CLASSES.values()}
     scores, defect_scores, max_conf = [], [], []
@@ -246,11 +234,7 @@ def evaluate(model: Path, data: Path, split: str = "val") -> dict[str, object]:
     return metrics
 
 
-def evaluate_sets(model: Path, sets: Sequence[str], data: Path, extra: Path,
-                  average_with: Sequence[Path] = ()) -> dict[str, dict[str, object]]:
-    detector: Detector | ScoreAverage = Detector(model)
-    if average_with:
-        detector = ScoreAverage([detector, *(Detector(path) for path in average_with)])
+def evaluate_sets(detector: Detector, sets: Sequence[str], data: Path, extra: Path) -> dict[str, dict[str, object]]:
     return {name: score_items(detector, load_set(name, data, extra)) for name in sets}
 
 
@@ -274,30 +258,26 @@ def main() -> None:
     from training.extra import DEFAULT_EXTRA
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
+    add_detector_arguments(parser)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--extra", type=Path, default=DEFAULT_EXTRA)
     parser.add_argument("--sets", default=",".join(DEFAULT_SETS), help=f"comma-separated, of: {', '.join(SETS)}")
-    parser.add_argument("--average-with", type=Path, action="append", default=[], metavar="MODEL",
-                        help="measure the average of --model's and this model's scores (repeatable)")
     parser.add_argument("--json", action="store_true", help="one JSON object instead of the table")
     args = parser.parse_args()
     sets = [name.strip() for name in args.sets.split(",") if name.strip()]
     unknown = [name for name in sets if name not in SETS]
     if unknown or not sets:
         parser.error(f"unknown set(s) {', '.join(unknown) or '(none)'}; sets: {', '.join(SETS)}")
-    model = args.model or shipped_model_path()
-    try:
-        report = evaluate_sets(model, sets, args.data, args.extra, args.average_with)
-    except ModelsDoNotMatch as exc:
-        parser.error(str(exc))
+    detector = detector_from(args, parser)
+    report = evaluate_sets(detector, sets, args.data, args.extra)
     if args.json:
         clean = {name: {k: _nan_to_none(v) if isinstance(v, float) else v for k, v in m.items()}
                  for name, m in report.items()}
-        print(json.dumps({"model": str(model), "average_with": [str(path) for path in args.average_with],
-                          "sets": clean}))
+        print(json.dumps({"model": str(detector.model_path), "second_opinion": detector.second_opinion and
+                          str(detector.second_opinion), "second_opinion_from": detector.second_opinion_from,
+                          "second_opinions": detector.second_opinions, "sets": clean}))
     else:
-        print(f"model: {model}" + "".join(f" + {path}" for path in args.average_with))
+        print(f"model: {described(detector)}")
         print(table(report))
 
 

@@ -1,6 +1,6 @@
 """Whether a newly trained model replaces the shipped one: the shipping rule as one command.
 
-    python -m training.ship --model training/runs/X/model.onnx [--against PATH] [--json]
+    python -m training.ship --model training/runs/X/model.onnx [--second-opinion PATH] [--against PATH] [--json]
 
 The rule was fixed before the run it judges, and looks only at data the training may have seen
 or chosen on — never at the extra set's holdout groups, which stay the published figures of
@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from layerfleet.detection import Detector
-from layerfleet.detection.runtime import shipped_model_path
-from training.evaluate import DEFAULT_DATA, evaluate_sets
+from layerfleet.detection.runtime import SECOND_OPINION_FROM
+from training.evaluate import DEFAULT_DATA, described, detector_from, evaluate_sets
 from training.extra import DEFAULT_EXTRA
 from training.temporal import SECONDS_PER_FRAME, temporal_figures
 
@@ -53,25 +53,35 @@ class Verdict:
     reasons: list[str]  # why not, one line each; empty when it ships
 
 
-def model_figures(model: Path, data: Path, extra: Path, **temporal: Any) -> dict[str, Any]:
-    """What the rule reads of one model: per-frame figures of ``PER_FRAME_SETS`` and the
-    temporal figures (``temporal`` passes sizes to `training.temporal.temporal_figures`)."""
-    per_frame = evaluate_sets(model, PER_FRAME_SETS, data, extra)
-    return {"model": str(model), "model_sha256": sha256(model), "measurement": MEASUREMENT, "sizes": temporal,
-            "per_frame": per_frame, "temporal": temporal_figures(Detector(model), extra, **temporal)}
+def model_figures(detector: Detector, data: Path, extra: Path, **temporal: Any) -> dict[str, Any]:
+    """What the rule reads of one detector (a model, or a model with its second opinion):
+    per-frame figures of ``PER_FRAME_SETS`` and the temporal figures (``temporal`` passes sizes
+    to `training.temporal.temporal_figures`)."""
+    per_frame = evaluate_sets(detector, PER_FRAME_SETS, data, extra)
+    return {**identity(detector), "measurement": MEASUREMENT, "sizes": temporal,
+            "per_frame": per_frame, "temporal": temporal_figures(detector, extra, **temporal)}
+
+
+def identity(detector: Detector) -> dict[str, Any]:
+    """Which networks, asked how: saved figures are used only for the same."""
+    second = detector.second_opinion
+    return {"model": str(detector.model_path), "model_sha256": sha256(detector.model_path),
+            "second_opinion": second and str(second), "second_opinion_sha256": second and sha256(second),
+            "second_opinion_from": detector.second_opinion_from if second else None}
 
 
 def sha256(model: Path) -> str:
     return hashlib.sha256(model.read_bytes()).hexdigest()
 
 
-def saved_figures(path: Path, model: Path, sizes: dict[str, Any]) -> dict[str, Any] | None:
-    """The figures saved at ``path`` if they are ``model``'s at these sizes, measured as now."""
+def saved_figures(path: Path, detector: Detector, sizes: dict[str, Any]) -> dict[str, Any] | None:
+    """The figures saved at ``path`` if they are ``detector``'s at these sizes, measured as now."""
     if not path.is_file():
         return None
     saved: dict[str, Any] = json.loads(path.read_text())
-    same = (saved.get("model_sha256") == sha256(model) and saved.get("sizes") == sizes
-            and saved.get("measurement") == MEASUREMENT)
+    now = identity(detector)
+    same = (all(saved.get(key) == now[key] for key in ("model_sha256", "second_opinion_sha256", "second_opinion_from"))
+            and saved.get("sizes") == sizes and saved.get("measurement") == MEASUREMENT)
     return saved if same else None
 
 
@@ -116,9 +126,14 @@ def verdict(candidate: dict[str, Any], shipped: dict[str, Any]) -> Verdict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True, help="the candidate ONNX model")
+    parser.add_argument("--second-opinion", type=Path, default=None, metavar="MODEL",
+                        help="the candidate's second opinion (a pair is judged as the server would run it)")
+    parser.add_argument("--second-opinion-from", type=float, default=None, metavar="SCORE",
+                        help=f"the score from which the candidate's second opinion is asked (default "
+                             f"{SECOND_OPINION_FROM})")
     parser.add_argument("--against", type=Path, default=None,
-                        help="the model to replace (default: the shipped one), or the JSON this command "
-                             "printed for it with --figures")
+                        help="the model to replace alone (default: the shipped one with its second opinion), or "
+                             "the JSON this command printed for it with --figures")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--extra", type=Path, default=DEFAULT_EXTRA)
     parser.add_argument("--figures", action="store_true",
@@ -133,22 +148,25 @@ def main() -> None:
     if not (args.extra / "manifest.csv").is_file():
         parser.error(f"{args.extra} holds no manifest.csv: the rule needs the extra set's val groups and P1")
     sizes = {"printers": args.printers, "prints": args.prints, "failing": args.failing, "hours": args.hours}
-    candidate = model_figures(args.model, args.data, args.extra, **sizes)
+    candidate_detector = detector_from(args, parser)
+    candidate = model_figures(candidate_detector, args.data, args.extra, **sizes)
     if args.figures:
         print(json.dumps(candidate, default=str))
         return
-    against = args.against or shipped_model_path()
-    if against.suffix == ".json":
-        shipped = json.loads(against.read_text())
+    if args.against is not None and args.against.suffix == ".json":
+        shipped = json.loads(args.against.read_text())
+        against = str(args.against)
     else:
-        found = saved_figures(SHIPPED_FIGURES, against, sizes)
-        shipped = found or model_figures(against, args.data, args.extra, **sizes)
+        against_detector = Detector(args.against)  # None: the shipped model with its second opinion
+        against = described(against_detector)
+        found = saved_figures(SHIPPED_FIGURES, against_detector, sizes)
+        shipped = found or model_figures(against_detector, args.data, args.extra, **sizes)
     judged = verdict(candidate, shipped)
     if args.json:
         print(json.dumps({"candidate": candidate, "shipped": shipped, "ships": judged.ships,
                           "reasons": judged.reasons}, default=str))
     else:
-        print(f"candidate {args.model}\nagainst   {against}")
+        print(f"candidate {described(candidate_detector)}\nagainst   {against}")
         print("SHIPS" if judged.ships else "KEEP the shipped model:\n  " + "\n  ".join(judged.reasons))
     sys.exit(0 if judged.ships else KEEP)
 

@@ -1,6 +1,6 @@
 """What an operator feels: the live decision rules run over whole prints, frame after frame.
 
-    python -m training.temporal [--model PATH] [--json]
+    python -m training.temporal [--model PATH [--second-opinion PATH]] [--json]
 
 Per-frame figures (training/evaluate.py) say how often one picture is misjudged; a farm lives
 with sequences, where the reference rules (layerfleet.detection.decisions: EWM, rolling means,
@@ -37,8 +37,8 @@ import numpy as np
 from layerfleet.detection import Detector
 from layerfleet.detection.decisions import PrinterBaseline, PrintScores, advance, should_alert, should_pause
 from layerfleet.detection.evidence import evidence
-from layerfleet.detection.runtime import shipped_model_path
 from layerfleet.simulator.render import Scene, render_frame
+from training.evaluate import add_detector_arguments, detector_from
 
 SECONDS_PER_FRAME = 10.0
 SENSITIVITY = 1.0  # the printers' default (detective_sensitivity)
@@ -180,19 +180,24 @@ def failing_figures(outcomes: list[PrintOutcome]) -> dict[str, float]:
 
 def temporal_figures(detector: Detector, extra: Path, *, printers: int = 6, prints: int = 2, failing: int = 2,
                      hours: float = 2.0, hold: int = 15, seed: int = 1) -> dict[str, object]:
-    """Every figure of the module's docstring, for one model (``main``'s defaults)."""
+    """Every figure of the module's docstring, for one detector (``main``'s defaults)."""
     started = time.perf_counter()
     normal, failed = simulated(detector, printers, prints, hours, failing, seed)
     figures: dict[str, object] = {
         "model": str(detector.model_path.name),
+        "second_opinion": detector.second_opinion and detector.second_opinion.name,
         "simulated_normal": normal_figures(normal),
         "simulated_failing": failing_figures(failed),
     }
     if (extra / "manifest.csv").is_file():
         # Printers apart too: the extra set's split trains on P1 and holds P2 back (training.extra).
+        asked_before = detector.second_opinions
         by_printer = webcam(detector, extra, hold)
         every = [outcome for outcomes in by_printer.values() for outcome in outcomes]
-        figures["webcam_normal"] = {**normal_figures(every), "hold": hold}
+        frames = sum(len(sequence) for sequences in webcam_sequences(extra).values() for sequence in sequences.values())
+        # What a second opinion costs on normal prints: the share of their frames it was asked on.
+        asked = (detector.second_opinions - asked_before) / max(1, frames) if detector.second_opinion else None
+        figures["webcam_normal"] = {**normal_figures(every), "hold": hold, "second_opinion_share": asked}
         for printer, outcomes in by_printer.items():
             figures[f"webcam_normal_{printer}"] = {**normal_figures(outcomes), "hold": hold}
     figures["seconds"] = round(time.perf_counter() - started, 1)
@@ -201,7 +206,7 @@ def temporal_figures(detector: Detector, extra: Path, *, printers: int = 6, prin
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="ONNX model (default: the shipped one)")
+    add_detector_arguments(parser)
     parser.add_argument("--extra", type=Path, default=EXTRA_DATA, help="the print-failures-extra data set")
     parser.add_argument("--printers", type=int, default=6, help="simulated printers (one scene each)")
     parser.add_argument("--prints", type=int, default=2, help="normal prints per simulated printer")
@@ -211,7 +216,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    figures = temporal_figures(Detector(args.model or shipped_model_path()), args.extra, printers=args.printers,
+    figures = temporal_figures(detector_from(args, parser), args.extra, printers=args.printers,
                                prints=args.prints, failing=args.failing, hours=args.hours, hold=args.hold,
                                seed=args.seed)
     if args.json:
