@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from defect_models import tiny_model
+from layerfleet import metrics
 from layerfleet.detection import Detector
 from layerfleet.detection.runtime import (
     MODEL_ENV,
@@ -25,6 +26,10 @@ REPO = Path(__file__).resolve().parents[1]
 PICTURES = sorted((REPO.parent / "shared" / "datasets" / "print-failures" / "images" / "val").glob("*.jpg"))[:3]
 
 
+def asked_so_far() -> float:
+    return metrics.REGISTRY.get_sample_value("layerfleet_detection_second_opinions_total") or 0.0
+
+
 def test_the_average_is_taken_in_logit_space() -> None:
     assert mean_in_logit_space([0.9, 0.1]) == pytest.approx(0.5)
     assert mean_in_logit_space([0.99, 0.5]) == pytest.approx(1 / (1 + 99 ** -0.5))
@@ -37,20 +42,23 @@ def test_a_suspicious_frame_gets_the_average_and_keeps_the_first_network_s_boxes
     alone = Detector(sure)
     pair = Detector(sure, second_opinion=doubtful, second_opinion_from=0.5)
     frames = [alone.prepare(path.read_bytes()) for path in PICTURES]
+    before = asked_so_far()
     for both, first in zip(pair.run(frames), alone.run(frames), strict=True):
         assert both.score == pytest.approx(0.5, abs=1e-5)
         assert both.defect_score == pytest.approx(mean_in_logit_space([0.9, 0.2]), abs=1e-5)
         assert both.boxes == first.boxes and both.defect_boxes == first.defect_boxes and both.p == first.p
     assert pair.second_opinions == len(frames) and alone.second_opinions == 0
+    assert asked_so_far() - before == len(frames)  # /metrics: what the second opinion costs
 
 
 def test_a_frame_below_the_gate_costs_one_network(tmp_path: Path) -> None:
     calm = tiny_model(tmp_path / "calm.onnx", failure=0.05, defect=0.3)
     alarmed = tiny_model(tmp_path / "alarmed.onnx", failure=0.95, defect=0.95)
     pair = Detector(calm, second_opinion=alarmed, second_opinion_from=0.1)
+    before = asked_so_far()
     results = pair.detect([path.read_bytes() for path in PICTURES] + [b"not a picture"])
     assert [round(r.score, 4) for r in results[:-1]] == [0.05] * len(PICTURES)  # type: ignore[union-attr]
-    assert pair.second_opinions == 0
+    assert pair.second_opinions == 0 and asked_so_far() == before
     every = Detector(calm, second_opinion=alarmed, second_opinion_from=0.0)
     assert every.detect_one(PICTURES[0].read_bytes()).score == pytest.approx(mean_in_logit_space([0.05, 0.95]))
     assert every.second_opinions == 1

@@ -59,6 +59,7 @@ __all__ = [
     "PICTURES_RECEIVED",
     "REGISTRY",
     "SCORING_LAG",
+    "SECOND_OPINIONS",
     "WATCHING_QUEUE_CAPACITY",
     "WATCHING_QUEUE_DEPTH",
     "WaitingFrames",
@@ -91,6 +92,9 @@ FRAMES_DROPPED = Counter(
 FRAMES_FAILED = Counter(
     "layerfleet_watching_frames_failed", "Queued frames that were not scored because of an error",
     ["stage"], registry=REGISTRY)
+SECOND_OPINIONS = Counter(
+    "layerfleet_detection_second_opinions",
+    "Frames the detector's second network scored because the first found them suspicious", registry=REGISTRY)
 SCORING_LAG = Histogram(
     "layerfleet_watching_scoring_lag_seconds", "Seconds from a picture's arrival to its score being applied",
     buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120, 300), registry=REGISTRY)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from layerfleet import metrics
 from layerfleet.detection.imaging import BadImage, Letterboxed, prepare
 from layerfleet.errors import Unavailable
 
@@ -195,7 +196,7 @@ class Detector:
                 # with nothing would not be an average.
                 raise ModelMissing(f"the second opinion {second_opinion} does not match {path}: input "
                                    f"{second_shape[-1]} vs {shape[-1]}, or one has the defect output and the other not")
-        self.second_opinions = 0  # frames the second network scored, for benchmarks
+        self.second_opinions = 0  # frames this detector's second network scored (measurements)
 
     def prepare(self, data: bytes) -> Letterboxed:
         """Decode one frame (raises :class:`BadImage`); the costly part outside the model."""
@@ -212,6 +213,7 @@ class Detector:
         if not asked:
             return results
         self.second_opinions += len(asked)
+        metrics.SECOND_OPINIONS.inc(len(asked))
         second = self._second.run(self._outputs, {self._second_input: np.ascontiguousarray(batch[asked])})
         for row, i in enumerate(asked):
             first = results[i]
