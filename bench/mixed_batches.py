@@ -53,7 +53,9 @@ def main() -> None:
         root = Path(tmp)
         for n in range(args.batch):
             shutil.copy(shipped_model_path(), root / f"org{n}.onnx")
-        shipped = Detector(threads=args.threads)
+        # The first network alone, like the organizations' copies: what mixing sessions costs, not
+        # what the shipped second opinion adds (bench/detect_speed.py).
+        shipped = Detector(shipped_model_path(), threads=args.threads)
         choice = ModelChoice(None, root, threads=args.threads)  # type: ignore[arg-type]  # no database here
         print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; batch {args.batch}, "
               f"{args.threads} thread(s), {args.repeats} repeats; ms per frame (median of batches), decode included")

@@ -26,10 +26,15 @@ def test_train_a_few_steps_export_and_load(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "training.train", "--data", str(DATA), "--extra", str(EXTRA), "--out", str(out),
          "--limit", "6", "--steps", "2", "--batch", "4", "--workers", "0", "--synthetic", "4",
-         "--export-size", "288"],
+         "--export-size", "288", "--second-opinion-seed", "3"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # The shipped pair is one command: the second opinion, the same recipe with its own seed.
+    second = out / "second-opinion" / "model.onnx"
+    assert "exported" in (out / "second-opinion" / "train.log").read_text()
+    assert second.read_bytes() != (out / "model.onnx").read_bytes()
+    assert Detector(out / "model.onnx", second_opinion=second).second_opinion == second
     log = (out / "train.log").read_text()
     assert "step 2/2" in log and "exported" in log
     assert '"defect":' in log  # the defect head's loss is trained

@@ -1,6 +1,6 @@
 """Train the failure detector from ImageNet weights to an exported ONNX model.
 
-    python -m training.train --out training/runs/main          # the shipped model (2 cores)
+    python -m training.train --out training/runs/main --seed 2 --second-opinion-seed 3   # the shipped pair, ≈ 2 h
     python -m training.train --out /tmp/x --limit 8 --steps 2   # a smoke run
 
 Trains on print-failures and the train groups of print-failures-extra (`training.extra`; its
@@ -96,8 +96,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=20261121)
+    parser.add_argument("--second-opinion-seed", type=int, metavar="SEED",
+                        help="then train the second opinion the same way with this seed, into OUT/second-opinion "
+                             "(the shipped pair: --seed 2 --second-opinion-seed 3)")
     args = parser.parse_args()
+    train_one(args)
+    if args.second_opinion_seed is not None:
+        train_one(argparse.Namespace(**{**vars(args), "seed": args.second_opinion_seed,
+                                        "out": args.out / "second-opinion"}))
 
+
+def train_one(args: argparse.Namespace) -> None:
+    """One network from ImageNet weights to ``args.out/model.onnx``."""
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     torch.set_num_threads(args.threads)
