@@ -81,6 +81,9 @@ def test_the_command_judges_the_shipped_model_against_its_own_figures(tmp_path: 
     missing = subprocess.run([sys.executable, "-m", "training.ship", "--model", model, "--extra", str(tmp_path)],
                              cwd=REPO, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and "manifest.csv" in missing.stderr
+    gone = subprocess.run([sys.executable, "-m", "training.ship", "--model", model, "--against",
+                           str(tmp_path / "gone.onnx")], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert gone.returncode == 2 and "no detection model" in gone.stderr  # before minutes of measuring
     assert EXTRA.is_dir()
 
 

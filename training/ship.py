@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from layerfleet.detection import Detector
-from layerfleet.detection.runtime import SECOND_OPINION_FROM
+from layerfleet.detection.runtime import SECOND_OPINION_FROM, ModelMissing
 from training.evaluate import DEFAULT_DATA, described, detector_from, evaluate_sets
 from training.extra import DEFAULT_EXTRA
 from training.temporal import SECONDS_PER_FRAME, temporal_figures
@@ -149,15 +149,21 @@ def main() -> None:
         parser.error(f"{args.extra} holds no manifest.csv: the rule needs the extra set's val groups and P1")
     sizes = {"printers": args.printers, "prints": args.prints, "failing": args.failing, "hours": args.hours}
     candidate_detector = detector_from(args, parser)
+    # Both sides are loaded before either is measured: a wrong path fails at once, not minutes in.
+    against_detector: Detector | None = None
+    if not args.figures and not (args.against is not None and args.against.suffix == ".json"):
+        try:
+            against_detector = Detector(args.against)  # None: the shipped model with its second opinion
+        except ModelMissing as exc:
+            parser.error(str(exc))
     candidate = model_figures(candidate_detector, args.data, args.extra, **sizes)
     if args.figures:
         print(json.dumps(candidate, default=str))
         return
-    if args.against is not None and args.against.suffix == ".json":
+    if against_detector is None:
         shipped = json.loads(args.against.read_text())
         against = str(args.against)
     else:
-        against_detector = Detector(args.against)  # None: the shipped model with its second opinion
         against = described(against_detector)
         found = saved_figures(SHIPPED_FIGURES, against_detector, sizes)
         shipped = found or model_figures(against_detector, args.data, args.extra, **sizes)
