@@ -138,10 +138,12 @@ def webcam_sequences(data: Path) -> dict[str, dict[str, list[tuple[int, Path]]]]
             for printer, sequences in found.items()}
 
 
-def webcam(detector: Detector, data: Path, hold: int) -> dict[str, list[PrintOutcome]]:
-    """printer → its sequences' outcomes (one decision state per printer, as on a farm)."""
+def webcam(detector: Detector, by_printer: dict[str, dict[str, list[tuple[int, Path]]]], hold: int
+           ) -> dict[str, list[PrintOutcome]]:
+    """printer → its sequences' outcomes (one decision state per printer, as on a farm);
+    ``by_printer`` is `webcam_sequences`' answer."""
     outcomes: dict[str, list[PrintOutcome]] = {}
-    for printer, sequences in sorted(webcam_sequences(data).items()):
+    for printer, sequences in sorted(by_printer.items()):
         watcher = Watcher()
         for frames in sequences.values():
             ps = score_all(detector, [path.read_bytes() for _, path in frames])
@@ -192,9 +194,10 @@ def temporal_figures(detector: Detector, extra: Path, *, printers: int = 6, prin
     if (extra / "manifest.csv").is_file():
         # Printers apart too: the extra set's split trains on P1 and holds P2 back (training.extra).
         asked_before = detector.second_opinions
-        by_printer = webcam(detector, extra, hold)
+        sequences = webcam_sequences(extra)
+        by_printer = webcam(detector, sequences, hold)
         every = [outcome for outcomes in by_printer.values() for outcome in outcomes]
-        frames = sum(len(sequence) for sequences in webcam_sequences(extra).values() for sequence in sequences.values())
+        frames = sum(len(sequence) for of_printer in sequences.values() for sequence in of_printer.values())
         # What a second opinion costs on normal prints: the share of their frames it was asked on.
         asked = (detector.second_opinions - asked_before) / max(1, frames) if detector.second_opinion else None
         figures["webcam_normal"] = {**normal_figures(every), "hold": hold, "second_opinion_share": asked}

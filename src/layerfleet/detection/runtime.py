@@ -107,7 +107,7 @@ def configured_second_opinion_from() -> float:
     try:
         value = float(configured) if configured else SECOND_OPINION_FROM
     except ValueError:
-        raise ValueError(f"{SECOND_OPINION_FROM_ENV} must be a number from 0 to 1, not {configured!r}") from None
+        value = math.nan  # refused below, with the same message as a number out of range
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"{SECOND_OPINION_FROM_ENV} must be a number from 0 to 1, not {configured!r}")
     return value
