@@ -71,6 +71,21 @@ def test_train_a_few_steps_export_and_load(tmp_path: Path) -> None:
     assert 0.0 <= figures["defect_auroc"] <= 1.0 and 0.0 <= figures["auroc"] <= 1.0
 
 
+def test_the_pair_fails_as_a_whole_when_one_network_cannot_be_trained(tmp_path: Path) -> None:
+    # The two networks train in their own processes; the command must not say nothing and exit 0
+    # when one of them died (here: the data set is missing, which stops both).
+    result = subprocess.run(
+        [sys.executable, "-m", "training.train", "--data", str(tmp_path / "missing"), "--no-extra",
+         "--out", str(tmp_path / "run"), "--limit", "2", "--steps", "1", "--workers", "0",
+         "--second-opinion-seed", "3"],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode != 0
+    assert "training failed for" in result.stderr and "second-opinion" in result.stderr
+    assert "no train images at" in result.stderr
+    assert not (tmp_path / "run" / "model.onnx").exists()
+
+
 def test_a_weight_average_is_exported_and_frozen_batch_norms_may_keep_imagenet_s_statistics(tmp_path: Path) -> None:
     """Two short epochs (the second is where the shipped recipe lets the frozen layers' batch
     norms follow the data) with ``--ema`` and ``--keep-imagenet-bn``."""

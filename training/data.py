@@ -82,7 +82,11 @@ def read_yolo_boxes(label: Path, width: int, height: int) -> Boxes:
 def read_split(root: Path, split: str, limit: int | None = None) -> list[Sample]:
     """Load one split of the data set into memory (it is small: about 1,200 images)."""
     samples = []
-    images = sorted((root / "images" / split).glob("*.jpg"))
+    folder = root / "images" / split
+    if not folder.is_dir():
+        # A mistyped --data must not quietly train a model on synthetic pictures alone.
+        raise SystemExit(f"no {split} images at {folder}: is --data the print-failures data set?")
+    images = sorted(folder.glob("*.jpg"))
     if limit is not None:
         # Keep failures and negatives both in a small subset.
         images = images[: max(1, limit // 2)] + images[-max(1, limit - limit // 2):]

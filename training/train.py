@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import math
+import multiprocessing
 import random
 import time
 from pathlib import Path
@@ -97,13 +98,34 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=20261121)
     parser.add_argument("--second-opinion-seed", type=int, metavar="SEED",
-                        help="then train the second opinion the same way with this seed, into OUT/second-opinion "
-                             "(the shipped pair: --seed 2 --second-opinion-seed 3)")
+                        help="train the second opinion the same way with this seed, into OUT/second-opinion, "
+                             "beside the first (each with half of --threads; the shipped pair: --seed 2 "
+                             "--second-opinion-seed 3)")
     args = parser.parse_args()
-    train_one(args)
-    if args.second_opinion_seed is not None:
-        train_one(argparse.Namespace(**{**vars(args), "seed": args.second_opinion_seed,
-                                        "out": args.out / "second-opinion"}))
+    if args.second_opinion_seed is None:
+        train_one(args)
+    else:
+        train_pair(args)
+
+
+def train_pair(args: argparse.Namespace) -> None:
+    """Both networks of the pair at once, each with half the threads. One training does not keep
+    two cores busy (the data loader's augmentation and small batches leave gaps), so side by side
+    they finish sooner than one after the other: 60 steps of each took 79 s, against 2 × 50 s."""
+    threads = max(1, args.threads // 2)
+    runs = [argparse.Namespace(**{**vars(args), "threads": threads, "tag": "first "}),
+            argparse.Namespace(**{**vars(args), "threads": threads, "tag": "second ",
+                                  "seed": args.second_opinion_seed, "out": args.out / "second-opinion"})]
+    # Spawned, not forked: a forked PyTorch with threads already started can deadlock.
+    context = multiprocessing.get_context("spawn")
+    processes = [context.Process(target=train_one, args=(run,)) for run in runs]
+    for process in processes:
+        process.start()
+    for process in processes:
+        process.join()
+    failed = [run.out for run, process in zip(runs, processes, strict=True) if process.exitcode != 0]
+    if failed:
+        raise SystemExit(f"training failed for {', '.join(map(str, failed))} (see its train.log)")
 
 
 def train_one(args: argparse.Namespace) -> None:
@@ -116,7 +138,7 @@ def train_one(args: argparse.Namespace) -> None:
 
     def say(message: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {message}"
-        print(line, flush=True)
+        print(getattr(args, "tag", "") + line, flush=True)
         log.write(line + "\n")
         log.flush()
 
