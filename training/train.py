@@ -1,6 +1,6 @@
 """Train the failure detector from ImageNet weights to an exported ONNX model.
 
-    python -m training.train --out training/runs/main --seed 2 --second-opinion-seed 3   # the shipped pair, ≈ 2 h
+    python -m training.train --out training/runs/main --seed 2 --second-opinion-seed 3   # the shipped pair, ≈ 55 min
     python -m training.train --out /tmp/x --limit 8 --steps 2   # a smoke run
 
 Trains on print-failures and the train groups of print-failures-extra (`training.extra`; its
