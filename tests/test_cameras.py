@@ -54,9 +54,9 @@ class Evidence:
         weighing = combine(self.cameras, camera, p, at, self.last_step)
         if weighing.steps:
             self.frame += 1
-            self.last_step = at
+            self.last_step = at if self.last_step is None else max(self.last_step, at)
             self.steps.append((camera, weighing.p))
-        self.cameras = {**weighing.cameras, camera: {"p": p, "at": at.isoformat(), "frame": self.frame}}
+        self.cameras = {**weighing.cameras, camera: {"p": p, "at": weighing.latest.isoformat(), "frame": self.frame}}
         return weighing.steps
 
 
@@ -65,6 +65,24 @@ def test_with_one_camera_every_frame_steps_with_its_own_p() -> None:
     ps = [0.1, 2.0, 0.0, 0.7]
     assert all(evidence.see(PRIMARY, p, start + timedelta(seconds=10 * n)) for n, p in enumerate(ps))
     assert evidence.steps == [(PRIMARY, p) for p in ps]
+
+
+def test_a_late_frame_steps_and_does_not_hold_back_the_next() -> None:
+    # A worker died with frames 2 and 3 taken; another applied 4 and 5 before taking them over.
+    evidence, start = Evidence(), now()
+    order = [0, 1, 4, 5, 2, 3, 6, 7]
+    stepped = [evidence.see(PRIMARY, 0.1 * n, start + timedelta(seconds=10 * n)) for n in order]
+    assert stepped == [True] * 8
+    assert [p for _, p in evidence.steps] == [0.1 * n for n in order]
+    # Two cameras: a late frame of one (the primary's 20 s frame came first) waits, as an on-time
+    # frame does when the other camera stepped since; the rounds go on as before after it.
+    two = Evidence()
+    for at, camera in [(0, PRIMARY), (3, SIDE), (20, PRIMARY), (13, SIDE), (23, SIDE), (30, PRIMARY)]:
+        two.see(camera, CLEAN_P, start + timedelta(seconds=at))
+    assert [camera for camera, _ in two.steps] == [PRIMARY, PRIMARY, PRIMARY]
+    assert two.see(SIDE, 2.0, start + timedelta(seconds=43)) is False
+    assert two.see(PRIMARY, CLEAN_P, start + timedelta(seconds=40))  # arrives after the side's 43 s frame
+    assert two.steps[-1] == (PRIMARY, 2.0)  # the side camera's failing frame, weighed
 
 
 def test_two_cameras_step_once_a_round_with_the_highest_evidence() -> None:

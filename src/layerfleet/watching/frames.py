@@ -115,6 +115,7 @@ class Weighing:
     source: str  # the camera whose frame gave ``p`` (this frame's own when it is the highest)
     source_entry: dict[str, Any] | None  # that camera's entry, when it is another camera
     cameras: dict[str, Any]  # the print's ``detection_cameras`` after this frame
+    latest: datetime  # this camera's latest frame time, this one included
 
 
 def combine(cameras: Mapping[str, Any] | None, camera: str, p: float, taken_at: datetime,
@@ -129,12 +130,17 @@ def combine(cameras: Mapping[str, Any] | None, camera: str, p: float, taken_at: 
     recorded, for the next step), and a step takes the highest ``p`` among its own and the
     other cameras' frames not weighed yet. A failure seen clearly by any camera so counts at
     full strength, at most one interval late; with one camera every frame steps, as before.
+
+    A frame may come late, older than its camera's latest (a dead worker's batch taken over
+    after newer frames were applied): it steps as the camera's next frame would, and does not
+    move the camera's time back (``Weighing.latest``), or the camera's next frame would wait
+    for a step that already happened.
     """
     entries = dict(cameras or {})
     previous = entries.get(camera)
     previous_at = _entry_time(previous)
     steps = (not entries or last_step is None or taken_at - last_step > CAMERA_EVIDENCE_MAX_AGE
-             or (previous_at is not None and last_step <= previous_at < taken_at))
+             or (previous_at is not None and last_step <= previous_at and taken_at != previous_at))
     best, source, source_entry = p, camera, None
     if steps:
         for name, entry in entries.items():
@@ -144,7 +150,8 @@ def combine(cameras: Mapping[str, Any] | None, camera: str, p: float, taken_at: 
                 continue
             if float(entry.get("p", 0.0)) > best:
                 best, source, source_entry = float(entry["p"]), name, entry
-    return Weighing(steps, best, source, source_entry, entries)
+    latest = taken_at if previous_at is None else max(previous_at, taken_at)
+    return Weighing(steps, best, source, source_entry, entries, latest)
 
 
 def _entry_time(entry: Mapping[str, Any] | None) -> datetime | None:
@@ -229,6 +236,8 @@ async def _draw_hours(session: AsyncSession, user_id: int, seconds: float) -> No
 async def _charge_detection_hours(session: AsyncSession, printer: Printer, print_: Print, now: datetime,
                                   *, unlimited: bool, hours: HoursLedger | None) -> None:
     last = print_.detection_last_at
+    if last is not None and now <= last:
+        return  # a late frame (a dead worker's batch, taken over): its time was charged already
     print_.detection_last_at = now
     if last is None:
         return
@@ -286,7 +295,8 @@ async def apply_frame(
         # Watched time is the steps' time: cameras scored in the same round are not charged twice.
         await _charge_detection_hours(session, printer, print_, taken_at, unlimited=unlimited_hours, hours=hours)
     print_.detection_cameras = {**weighing.cameras, key: {
-        "p": round(p, 4), "at": taken_at.isoformat(), "frame": scores.frame, "w": result.width, "h": result.height}}
+        "p": round(p, 4), "at": weighing.latest.isoformat(), "frame": scores.frame, "w": result.width,
+        "h": result.height}}
 
     image_path, tagged_path = frame_paths(print_, scores.frame, camera)
     has_tags = any(box[4] > decisions.VISUALIZATION_THRESH for box in boxes)
