@@ -15,6 +15,7 @@ import dataclasses
 import json
 import math
 import multiprocessing
+import multiprocessing.connection
 import random
 import time
 from pathlib import Path
@@ -121,8 +122,16 @@ def train_pair(args: argparse.Namespace) -> None:
     processes = [context.Process(target=train_one, args=(run,)) for run in runs]
     for process in processes:
         process.start()
-    for process in processes:
-        process.join()
+    running = list(processes)
+    while running:
+        multiprocessing.connection.wait([process.sentinel for process in running])
+        running = [process for process in running if process.is_alive()]
+        if any(process.exitcode for process in processes):
+            for process in running:  # half a pair is no use: stop the other network's hour now
+                process.terminate()
+            for process in running:
+                process.join()
+            break
     failed = [run.out for run, process in zip(runs, processes, strict=True) if process.exitcode != 0]
     if failed:
         raise SystemExit(f"training failed for {', '.join(map(str, failed))} (see its train.log)")
