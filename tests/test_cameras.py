@@ -56,7 +56,8 @@ class Evidence:
             self.frame += 1
             self.last_step = at if self.last_step is None else max(self.last_step, at)
             self.steps.append((camera, weighing.p))
-        self.cameras = {**weighing.cameras, camera: {"p": p, "at": weighing.latest.isoformat(), "frame": self.frame}}
+        self.cameras = {**weighing.cameras, camera: {"p": p, "at": weighing.latest.isoformat(), "frame": self.frame,
+                                                     "waiting": not weighing.steps}}
         return weighing.steps
 
 
@@ -83,6 +84,13 @@ def test_a_late_frame_steps_and_does_not_hold_back_the_next() -> None:
     assert two.see(SIDE, 2.0, start + timedelta(seconds=43)) is False
     assert two.see(PRIMARY, CLEAN_P, start + timedelta(seconds=40))  # arrives after the side's 43 s frame
     assert two.steps[-1] == (PRIMARY, 2.0)  # the side camera's failing frame, weighed
+    # A late frame that waits is weighed at the next step, though older than that step's time.
+    late = Evidence()
+    for at, camera in [(0, PRIMARY), (3, SIDE), (20, PRIMARY)]:
+        late.see(camera, CLEAN_P, start + timedelta(seconds=at))
+    assert late.see(SIDE, 2.0, start + timedelta(seconds=13)) is False
+    assert late.see(PRIMARY, CLEAN_P, start + timedelta(seconds=30)) and late.steps[-1] == (PRIMARY, 2.0)
+    assert late.see(PRIMARY, CLEAN_P, start + timedelta(seconds=40)) and late.steps[-1] == (PRIMARY, CLEAN_P)
 
 
 def test_two_cameras_step_once_a_round_with_the_highest_evidence() -> None:

@@ -134,7 +134,8 @@ def combine(cameras: Mapping[str, Any] | None, camera: str, p: float, taken_at: 
     A frame may come late, older than its camera's latest (a dead worker's batch taken over
     after newer frames were applied): it steps as the camera's next frame would, and does not
     move the camera's time back (``Weighing.latest``), or the camera's next frame would wait
-    for a step that already happened.
+    for a step that already happened. Whether a waiting frame was weighed is recorded with it
+    (``waiting``), not read from the times, so a late one is weighed at the next step too.
     """
     entries = dict(cameras or {})
     previous = entries.get(camera)
@@ -145,13 +146,23 @@ def combine(cameras: Mapping[str, Any] | None, camera: str, p: float, taken_at: 
     if steps:
         for name, entry in entries.items():
             at = _entry_time(entry)
-            if name == camera or at is None or (last_step is not None and at <= last_step) \
+            if name == camera or at is None or not _waiting(entry, at, last_step) \
                     or taken_at - at > CAMERA_EVIDENCE_MAX_AGE:
                 continue
             if float(entry.get("p", 0.0)) > best:
                 best, source, source_entry = float(entry["p"]), name, entry
+        entries = {name: {**entry, "waiting": False} if isinstance(entry, dict) else entry
+                   for name, entry in entries.items()}
     latest = taken_at if previous_at is None else max(previous_at, taken_at)
     return Weighing(steps, best, source, source_entry, entries, latest)
+
+
+def _waiting(entry: Mapping[str, Any], at: datetime, last_step: datetime | None) -> bool:
+    """Whether another camera's frame is still to be weighed; entries written before this was
+    recorded tell by their time."""
+    if "waiting" in entry:
+        return bool(entry["waiting"])
+    return last_step is None or at > last_step
 
 
 def _entry_time(entry: Mapping[str, Any] | None) -> datetime | None:
@@ -296,7 +307,7 @@ async def apply_frame(
         await _charge_detection_hours(session, printer, print_, taken_at, unlimited=unlimited_hours, hours=hours)
     print_.detection_cameras = {**weighing.cameras, key: {
         "p": round(p, 4), "at": weighing.latest.isoformat(), "frame": scores.frame, "w": result.width,
-        "h": result.height}}
+        "h": result.height, "waiting": not weighing.steps}}
 
     image_path, tagged_path = frame_paths(print_, scores.frame, camera)
     has_tags = any(box[4] > decisions.VISUALIZATION_THRESH for box in boxes)
