@@ -102,6 +102,7 @@ def main() -> None:
                         help="train the second opinion the same way with this seed, into OUT/second-opinion, "
                              "beside the first (each with half of --threads; the shipped pair: --seed 2 "
                              "--second-opinion-seed 3)")
+    parser.set_defaults(tag="")  # what the console lines start with: which network of a pair
     args = parser.parse_args()
     if args.second_opinion_seed is None:
         train_one(args)
@@ -147,7 +148,7 @@ def train_one(args: argparse.Namespace) -> None:
 
     def say(message: str) -> None:
         line = f"{time.strftime('%H:%M:%S')} {message}"
-        print(getattr(args, "tag", "") + line, flush=True)
+        print(args.tag + line, flush=True)
         log.write(line + "\n")
         log.flush()
 
