@@ -150,6 +150,8 @@ def detection_loss(
     images: torch.Tensor,
     targets: list[torch.Tensor],
     flags: torch.Tensor,
+    teacher: torch.Tensor | None = None,
+    distill: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Focal loss on cell classes, GIoU on positive cells' boxes, BCE on the image scores.
     ``targets[i]`` is (k, 5): class, x0, y0, x1, y1 in input pixels; ``flags[i]`` is
@@ -157,7 +159,10 @@ def detection_loss(
 
     An image-level sample (not boxed) teaches the image head only: its cells are not negatives.
     A sample whose defects are unknown teaches nothing about defects, nor one whose gantries
-    were never labelled (the extra set) about gantries."""
+    were never labelled (the extra set) about gantries.
+
+    With ``teacher`` (N,) failure probabilities (`training.distillation`), the failure score
+    learns ``distill`` of its loss from them and the rest from the labels."""
     cls_logits, distances, image_logit = model.forward_raw(images)
     boxes = model.decode(distances)
     cls_target = torch.zeros_like(cls_logits)
@@ -183,6 +188,9 @@ def detection_loss(
     focal = (weight * alpha * (1 - p_t) ** 2 * ce).sum() / normaliser
     box = torch.cat(box_losses).sum() / normaliser if box_losses else cls_logits.sum() * 0.0
     image = F.binary_cross_entropy_with_logits(image_logit[:, 0], failure)
+    if teacher is not None and distill > 0:
+        taught = F.binary_cross_entropy_with_logits(image_logit[:, 0], teacher.to(image_logit.dtype))
+        image = (1 - distill) * image + distill * taught
     defect_terms = F.binary_cross_entropy_with_logits(image_logit[:, 1], defect, reduction="none")
     defect_image = (defect_terms * defect_known).sum() / defect_known.sum().clamp(min=1.0)
     total = focal + 2.0 * box + image + defect_image

@@ -26,6 +26,7 @@ import torch
 from layerfleet.detection.imaging import letterbox
 from training.averaging import WeightAverage
 from training.data import MIXES, Sample, TrainingSet, collate, read_split, with_webcam_normals_repeated
+from training.distillation import Teachers
 from training.evaluate import auroc
 from training.export import export_onnx
 from training.extra import DEFAULT_EXTRA, read_extra
@@ -91,6 +92,12 @@ def main() -> None:
     parser.add_argument("--keep-imagenet-bn", action="store_true",
                         help="the frozen layers' batch norms keep ImageNet's statistics all along (the shipped "
                              "recipe lets them follow the training data from the second epoch)")
+    parser.add_argument("--distill-from", type=Path, nargs="+", metavar="MODEL",
+                        help="ONNX teachers: one model, or a first model and its second opinion (run as the "
+                             "server runs a pair); the failure score also learns their image score "
+                             "(training.distillation)")
+    parser.add_argument("--distill-weight", type=float, default=0.5, metavar="SHARE",
+                        help="share of the failure score's loss learnt from the teachers (with --distill-from)")
     parser.add_argument("--freeze", type=int, default=3, help="backbone blocks kept frozen (after the stem)")
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--limit", type=int, help="use only this many images of each split (smoke runs)")
@@ -179,12 +186,15 @@ def train_one(args: argparse.Namespace) -> None:
         [{"params": backbone, "lr": args.lr * 0.3}, {"params": head, "lr": args.lr}], weight_decay=1e-4
     )
     average = WeightAverage(model, args.ema) if args.ema > 0 else None
+    teachers = Teachers(args.distill_from, args.threads) if args.distill_from else None
     steps_per_epoch = max(1, len(loader))
     total = args.steps or args.epochs * steps_per_epoch
     warmup = min(steps_per_epoch, max(1, total // 10))
     bases = [group["lr"] for group in optimiser.param_groups]
     say(f"synthetic mix {args.mix}: {mix}; painted marks {args.painted_marks}; weight average {args.ema or 'off'}; "
-        f"frozen batch norms {'ImageNet' if args.keep_imagenet_bn else 'follow the data from epoch 1'}")
+        f"frozen batch norms {'ImageNet' if args.keep_imagenet_bn else 'follow the data from epoch 1'}; "
+        f"taught by {[str(p) for p in args.distill_from] if teachers else 'the labels alone'}"
+        f"{f' ({args.distill_weight} of the failure score)' if teachers else ''}")
     say(f"train {real} images (+ {len(train) - real} repeated normal webcam frames) + {dataset.synthetic} "
         f"synthetic/epoch, val {len(val)}; {total} steps")
     say(f"synthetic per epoch: {json.dumps(dataset.synthetic_counts())}; "
@@ -201,7 +211,9 @@ def train_one(args: argparse.Namespace) -> None:
             factor = (step + 1) / warmup if step < warmup else 0.5 * (1 + math.cos(math.pi * progress))
             for group, base in zip(optimiser.param_groups, bases, strict=True):
                 group["lr"] = base * factor
-            loss, parts = detection_loss(model, images.contiguous(memory_format=torch.channels_last), targets, flags)
+            teacher = teachers.image_scores(images) if teachers is not None else None
+            loss, parts = detection_loss(model, images.contiguous(memory_format=torch.channels_last), targets, flags,
+                                         teacher, args.distill_weight)
             optimiser.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
