@@ -111,6 +111,8 @@ def main() -> None:
                              "--second-opinion-seed 3)")
     parser.set_defaults(tag="")  # what the console lines start with: which network of a pair
     args = parser.parse_args()
+    if not 0.0 <= args.distill_weight <= 1.0:
+        parser.error("--distill-weight is a share of the failure score's loss, from 0 to 1")
     if args.second_opinion_seed is None:
         train_one(args)
     else:
