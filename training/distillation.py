@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from layerfleet.detection.runtime import SECOND_OPINION_FROM
+from layerfleet.detection.runtime import SECOND_OPINION_FROM, mean_in_logit_space
 
 
 class Teachers:
@@ -55,7 +55,7 @@ class Teachers:
         scores = first.copy()
         if asked.any():
             second = self._score(1, np.ascontiguousarray(small[asked]))
-            scores[asked] = _sigmoid((_logit(first[asked]) + _logit(second)) / 2)
+            scores[asked] = [mean_in_logit_space([a, b]) for a, b in zip(first[asked], second, strict=True)]
         return torch.from_numpy(scores)
 
     def _score(self, index: int, pixels: np.ndarray) -> np.ndarray:
@@ -63,11 +63,3 @@ class Teachers:
         output = session.run(["image_score"], {session.get_inputs()[0].name: pixels})[0]
         return np.asarray(output, dtype=np.float32)[:, 0]
 
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p, 1e-7, 1 - 1e-7)
-    return np.log(p / (1 - p))
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return np.asarray(1 / (1 + np.exp(-x)), dtype=np.float32)
