@@ -227,11 +227,14 @@ async def test_the_action_follows_the_heartbeat_settings(client, farm, key, clie
 
 
 async def test_boxes_are_in_a_640_space_for_a_1280x960_picture(app, client, farm, key) -> None:
-    picture = jpeg(1.0, 1280, 960, seed=3)
+    detector = await app.state.services.printwatch_inference.detector()
+    # A drawn spaghetti whose boxes this model is sure of (the answer keeps boxes of 0.6 or more),
+    # so that the test does not hang on one drawing when the shipped model changes.
+    pictures = (jpeg(1.0, 1280, 960, seed=seed) for seed in range(8))
+    picture = next(p for p in pictures if any(b[4] >= 0.6 for b in detector.detect_one(p).boxes))
     await register(client, key)
     answer = await infer(client, key, image_array=b64(picture))
     assert answer["statusCode"] == 200 and answer["boxes"]
-    detector = await app.state.services.printwatch_inference.detector()
     expected = [b for b in detector.detect_one(picture).boxes if b[4] >= 0.6]
     assert len(expected) == len(answer["boxes"])
     for (xc, yc, w, h, _), box in zip(expected, answer["boxes"], strict=True):
