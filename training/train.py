@@ -1,8 +1,8 @@
 """Train the failure detector from ImageNet weights to an exported ONNX model.
 
-    python -m training.train --out training/runs/main --seed 2 --second-opinion-seed 3   # the teachers, ≈ 55 min
-    python -m training.train --out training/runs/shipped --seed 10 --distill-from training/runs/main/model.onnx \
-        training/runs/main/second-opinion/model.onnx --distill-weight 0.25   # the shipped first network (README)
+    python -m training.train --out training/runs/teachers --seed 2 --second-opinion-seed 3   # the teachers, ≈ 55 min
+    python -m training.train --out training/runs/main --seed 10 --distill-from training/runs/teachers/model.onnx \
+        training/runs/teachers/second-opinion/model.onnx --distill-weight 0.25   # the shipped first network (README)
     python -m training.train --out /tmp/x --limit 8 --steps 2   # a smoke run
 
 Trains on print-failures and the train groups of print-failures-extra (`training.extra`; its
