@@ -256,6 +256,7 @@ class Options:
     redis_url: str = DEFAULT_REDIS_URL
     detection_threads: int = 0
     model: Path | None = None  # the detector's ONNX file (default: the shipped one)
+    second_opinion: Path | None = None  # with model: its second opinion (default: none)
 
 
 async def seed_owner(url: str) -> str:
@@ -582,6 +583,8 @@ async def run_step(options: Options, pictures: tuple[list[bytes], list[bytes]]) 
             env["LAYERFLEET_DETECTION_THREADS"] = str(options.detection_threads)
         if options.model is not None:
             env["LAYERFLEET_MODEL_PATH"] = str(options.model.resolve())
+        if options.second_opinion is not None:
+            env["LAYERFLEET_SECOND_OPINION_PATH"] = str(options.second_opinion.resolve())
         namespace = f"bench-capacity-{os.getpid()}-{n}"
         if options.workers:
             env |= {"LAYERFLEET_REDIS_URL": options.redis_url, "LAYERFLEET_REDIS_NAMESPACE": namespace,
@@ -839,6 +842,8 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
                         help="LAYERFLEET_DETECTION_THREADS of the server and workers (default: all cores)")
     parser.add_argument("--model", type=Path, help="the detector's ONNX file (default: the shipped one), "
                         "to run an earlier model beside the shipped one")
+    parser.add_argument("--second-opinion", type=Path,
+                        help="with --model: its second opinion (else an earlier model scores alone)")
     args = parser.parse_args(argv)
     if args.printers < 1 or args.duration <= 0 or not 0 <= args.spaghetti_share <= 1:
         parser.error("--printers ≥ 1, --duration > 0 and 0 ≤ --spaghetti-share ≤ 1")
@@ -848,6 +853,7 @@ def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, Options]:
         spaghetti_share=args.spaghetti_share, database=args.database, postgres_url=args.postgres_url,
         link_concurrency=args.link_concurrency, server_log_level=args.server_log_level, keep_logs=args.keep_logs,
         workers=args.workers, redis_url=args.redis_url, detection_threads=args.detection_threads, model=args.model,
+        second_opinion=args.second_opinion,
     )
     return args, options
 

@@ -86,3 +86,29 @@ def test_a_network_is_trained_with_the_shipped_pair_as_teachers_and_a_missing_te
     assert result.returncode != 0
     assert "no teacher model at" in result.stderr
     assert not (tmp_path / "run" / "model.onnx").exists()
+
+
+def test_the_shipped_pair_is_trained_from_scratch_by_one_command(tmp_path: Path) -> None:
+    out = tmp_path / "pair"
+    command = [sys.executable, "-m", "training.train", "--limit", "2", "--steps", "1", "--batch", "2",
+               "--workers", "0", "--synthetic", "2", "--size", "64", "--export-size", "64", "--out", str(out),
+               "--seed", "5", "--teacher-seeds", "3", "4", "--distill-weight", "0.25"]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    teachers = out / "teachers"
+    first_teacher, second_teacher = teachers / "model.onnx", teachers / "second-opinion" / "model.onnx"
+    assert first_teacher.read_bytes() != second_teacher.read_bytes()
+    log = (out / "train.log").read_text()
+    assert f"taught by {[str(first_teacher), str(second_teacher)]} (0.25 of the failure score)" in log
+    assert "teachers and student in" in log
+    assert "taught by the labels alone" in (teachers / "train.log").read_text()
+    # The student ships with the teachers' second network as its second opinion.
+    assert (out / "second-opinion" / "model.onnx").read_bytes() == second_teacher.read_bytes()
+    assert (out / "model.onnx").read_bytes() not in (first_teacher.read_bytes(), second_teacher.read_bytes())
+    pair = Detector(out / "model.onnx", second_opinion=out / "second-opinion" / "model.onnx")
+    assert pair.input_size == 64
+
+    refused = subprocess.run([*command, "--distill-from", str(first_teacher)], cwd=REPO, capture_output=True,
+                             text=True, timeout=300)
+    assert refused.returncode == 2
+    assert "not with --distill-from or --second-opinion-seed" in refused.stderr

@@ -224,6 +224,21 @@ class Detector:
                                  defect_score=defect_score)
         return results
 
+    def image_scores(self, batch: np.ndarray) -> np.ndarray:
+        """(N,) failure scores of an (N, 3, S, S) float32 batch already letterboxed to the input
+        size, as `run` scores its frames (the same gate and average), without their boxes: what
+        `training.distillation` teaches from."""
+        scores: np.ndarray = np.asarray(self.session.run(["image_score"], {self.input_name: batch})[0],
+                                        dtype=np.float32)[:, 0]
+        if self._second is None:
+            return scores
+        asked = scores >= self.second_opinion_from
+        if asked.any():
+            second = self._second.run(["image_score"], {self._second_input: np.ascontiguousarray(batch[asked])})[0]
+            scores[asked] = [mean_in_logit_space([float(a), float(b)])
+                             for a, b in zip(scores[asked], second[:, 0], strict=True)]
+        return scores
+
     def _results(self, frames: Sequence[Letterboxed], outputs: Sequence[np.ndarray]) -> list[FrameResult]:
         scores, boxes, image_score = outputs[:3]
         results = []
