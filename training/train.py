@@ -157,7 +157,8 @@ def train_taught_pair(args: argparse.Namespace) -> None:
 def train_pair(args: argparse.Namespace) -> None:
     """Both networks of the pair at once, each with half the threads. One training does not keep
     two cores busy (the data loader's augmentation and small batches leave gaps), so side by side
-    they finish sooner than one after the other: 60 steps of each took 79 s, against 2 × 50 s."""
+    they finish sooner than one after the other: 60 steps of each took 79 s, against 2 × 50 s.
+    Not on every machine: on 2026-12-05's afternoon one took 102 s alone and two 208 s side by side."""
     threads = max(1, args.threads // 2)
     runs = [argparse.Namespace(**{**vars(args), "threads": threads, "tag": "first "}),
             argparse.Namespace(**{**vars(args), "threads": threads, "tag": "second ",
