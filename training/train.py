@@ -1,6 +1,6 @@
 """Train the failure detector from ImageNet weights to an exported ONNX model.
 
-    python -m training.train --out training/runs/main --seed 10 --teacher-seeds 2 3 --distill-weight 0.25
+    python -m training.train --out training/runs/main --seed 12 --teacher-seeds 2 3 --distill-weight 0.25
         # the shipped pair from scratch (README): the teachers (seeds 2 and 3, side by side) into
         # training/runs/main/teachers, then the first network taught by them into training/runs/main,
         # the teachers' second network copied to training/runs/main/second-opinion
@@ -118,7 +118,7 @@ def main() -> None:
                         help="first train the teachers, a pair with these seeds (as --second-opinion-seed), "
                              "into OUT/teachers, then this network taught by them (--distill-weight), and copy "
                              "the pair's second network to OUT/second-opinion: the shipped pair from scratch "
-                             "in one command (--seed 10 --teacher-seeds 2 3 --distill-weight 0.25)")
+                             "in one command (--seed 12 --teacher-seeds 2 3 --distill-weight 0.25)")
     parser.set_defaults(tag="")  # what the console lines start with: which network of a pair
     args = parser.parse_args()
     if not 0.0 <= args.distill_weight <= 1.0:
