@@ -207,14 +207,11 @@ class Detector:
             return []
         batch = np.stack([f.pixels for f in frames]).astype(np.float32).transpose(0, 3, 1, 2)
         results = self._results(frames, self.session.run(self._outputs, {self.input_name: np.ascontiguousarray(batch)}))
-        if self._second is None:
-            return results
-        asked = [i for i, result in enumerate(results) if result.score >= self.second_opinion_from]
+        asked, second = self._second_opinion(batch, [result.score for result in results], self._outputs)
         if not asked:
             return results
         self.second_opinions += len(asked)
         metrics.SECOND_OPINIONS.inc(len(asked))
-        second = self._second.run(self._outputs, {self._second_input: np.ascontiguousarray(batch[asked])})
         for row, i in enumerate(asked):
             first = results[i]
             defect_score = first.defect_score
@@ -230,14 +227,19 @@ class Detector:
         `training.distillation` teaches from."""
         scores: np.ndarray = np.asarray(self.session.run(["image_score"], {self.input_name: batch})[0],
                                         dtype=np.float32)[:, 0]
-        if self._second is None:
-            return scores
-        asked = scores >= self.second_opinion_from
-        if asked.any():
-            second = self._second.run(["image_score"], {self._second_input: np.ascontiguousarray(batch[asked])})[0]
-            scores[asked] = [mean_in_logit_space([float(a), float(b)])
-                             for a, b in zip(scores[asked], second[:, 0], strict=True)]
+        asked, second = self._second_opinion(batch, scores.tolist(), ["image_score"])
+        for row, i in enumerate(asked):
+            scores[i] = mean_in_logit_space([float(scores[i]), float(second[0][row, 0])])
         return scores
+
+    def _second_opinion(self, batch: np.ndarray, first_scores: Sequence[float], outputs: list[str] | None
+                        ) -> tuple[list[int], Sequence[np.ndarray]]:
+        """The rows whose first score reaches the gate and the second network's ``outputs`` for
+        them (none without a second network): the one place the pair's gate is applied."""
+        asked = [i for i, score in enumerate(first_scores) if score >= self.second_opinion_from]
+        if self._second is None or not asked:
+            return [], []
+        return asked, self._second.run(outputs, {self._second_input: np.ascontiguousarray(batch[asked])})
 
     def _results(self, frames: Sequence[Letterboxed], outputs: Sequence[np.ndarray]) -> list[FrameResult]:
         scores, boxes, image_score = outputs[:3]
