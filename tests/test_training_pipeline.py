@@ -150,3 +150,30 @@ def test_evaluate_measures_a_model_with_a_second_opinion(tmp_path: Path) -> None
                              timeout=120)  # the shipped 256 px model and a 64 px one
     assert refused.returncode == 2 and "does not match" in refused.stderr
 
+
+
+def test_validating_only_after_the_last_epoch_exports_the_same_weights(tmp_path: Path) -> None:
+    """``--val-every 0`` (what the one command does) skips validation until the last epoch; it
+    must not change what is trained, or the one command would no longer make the shipped model."""
+    import torch
+
+    logs, weights = [], []
+    for every in ("1", "0"):
+        out = tmp_path / f"every-{every}"
+        result = subprocess.run(
+            [sys.executable, "-m", "training.train", "--data", str(DATA), "--extra", str(EXTRA), "--out", str(out),
+             "--limit", "4", "--epochs", "2", "--batch", "4", "--size", "160", "--workers", "0", "--synthetic", "4",
+             "--export-size", "160", "--threads", "1", "--val-every", every],
+            cwd=REPO, capture_output=True, text=True, timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        logs.append((out / "train.log").read_text())
+        weights.append(torch.load(out / "last.pt", weights_only=False)["model"])
+    every_epoch, at_end = logs
+    first_epoch_line = next(line for line in at_end.splitlines() if "epoch 0 done" in line)
+    assert "val" not in first_epoch_line
+    assert "val {" in next(line for line in every_epoch.splitlines() if "epoch 0 done" in line)
+    assert "val {" in next(line for line in at_end.splitlines() if "epoch 1 done" in line)
+    assert weights[0].keys() == weights[1].keys()
+    for name in weights[0]:
+        assert torch.equal(weights[0][name], weights[1][name]), name
