@@ -177,3 +177,37 @@ def test_validating_only_after_the_last_epoch_exports_the_same_weights(tmp_path:
     assert weights[0].keys() == weights[1].keys()
     for name in weights[0]:
         assert torch.equal(weights[0][name], weights[1][name]), name
+
+
+def test_a_killed_pair_command_stops_both_networks(tmp_path: Path) -> None:
+    """SIGTERM to the command must not leave its two trainings running on their own."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    command = subprocess.Popen(
+        [sys.executable, "-m", "training.train", "--data", str(DATA), "--no-extra", "--out", str(out),
+         "--limit", "2", "--steps", "100000", "--batch", "2", "--size", "64", "--export-size", "64", "--workers", "0",
+         "--synthetic", "2", "--threads", "2", "--second-opinion-seed", "3"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    logs = [out / "train.log", out / "second-opinion" / "train.log"]
+    deadline = time.monotonic() + 300
+    while not all(log.is_file() and "step 20/" in log.read_text() for log in logs):
+        assert command.poll() is None, command.stderr.read() if command.stderr else ""
+        assert time.monotonic() < deadline, "the two trainings did not get going"
+        time.sleep(0.5)
+    children = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(command.pid)], capture_output=True,
+                                                   text=True).stdout.split()]
+    assert len(children) >= 2
+    command.send_signal(signal.SIGTERM)
+    assert command.wait(timeout=60) != 0
+    for pid in children:
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], pid
+    sizes = [log.stat().st_size for log in logs]
+    time.sleep(3)
+    assert [log.stat().st_size for log in logs] == sizes  # nothing trains on
+    assert not (out / "model.onnx").exists()
