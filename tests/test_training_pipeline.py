@@ -151,7 +151,6 @@ def test_evaluate_measures_a_model_with_a_second_opinion(tmp_path: Path) -> None
     assert refused.returncode == 2 and "does not match" in refused.stderr
 
 
-
 def test_validating_only_after_the_last_epoch_exports_the_same_weights(tmp_path: Path) -> None:
     """``--val-every 0`` (what the one command does) skips validation until the last epoch; it
     must not change what is trained, or the one command would no longer make the shipped model."""

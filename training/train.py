@@ -300,14 +300,11 @@ def train_one(args: argparse.Namespace) -> None:
             model.train()
         checkpoint = {"model": exported.state_dict(), "image_size": args.size, "epoch": epoch, "val": metrics}
         torch.save(checkpoint, args.out / "last.pt")
-        if metrics is None:
-            say(f"epoch {epoch} done in {time.time() - started:.0f}s")
-            continue
-        if metrics["auroc"] >= best or math.isnan(metrics["auroc"]):
+        if metrics is not None and (metrics["auroc"] >= best or math.isnan(metrics["auroc"])):
             best = metrics["auroc"]
             torch.save(checkpoint, args.out / "best.pt")
-        rounded = {k: round(v, 4) for k, v in metrics.items()}
-        say(f"epoch {epoch} done in {time.time() - started:.0f}s; val {json.dumps(rounded)}")
+        figures = "" if metrics is None else f"; val {json.dumps({k: round(v, 4) for k, v in metrics.items()})}"
+        say(f"epoch {epoch} done in {time.time() - started:.0f}s{figures}")
         if last:
             break
     # The final, annealed weights are exported: on val they gave better boxes (AP50) and recall
